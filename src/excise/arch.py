@@ -1,0 +1,95 @@
+"""Where each model family keeps its blocks. Architecture differences live here and nowhere else.
+
+Every method that reaches inside a model (RMU's layer activations, later erasure and editing)
+asks this module for module paths instead of branching on model classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from excise.errors import ModelError
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Dotted paths, relative to the causal-LM object, of the parts excise touches."""
+
+    layers: str  # the list of decoder blocks
+    mlp_out: str  # inside a block: the MLP's output projection (writes to the residual stream)
+    mlp_in: str  # inside a block: the MLP's input projection(s) (first of them)
+    attn_out: str  # inside a block: the attention output projection
+    final_norm: str  # after the last block, before the unembedding
+
+
+LAYOUTS: dict[str, Layout] = {
+    # Llama, Mistral, Qwen2/3, Gemma, Phi-3, OLMo, SmolLM2 share the HF Llama layout.
+    "llama": Layout(
+        "model.layers", "mlp.down_proj", "mlp.up_proj", "self_attn.o_proj", "model.norm"
+    ),
+    "mistral": Layout(
+        "model.layers", "mlp.down_proj", "mlp.up_proj", "self_attn.o_proj", "model.norm"
+    ),
+    "qwen2": Layout(
+        "model.layers", "mlp.down_proj", "mlp.up_proj", "self_attn.o_proj", "model.norm"
+    ),
+    "qwen3": Layout(
+        "model.layers", "mlp.down_proj", "mlp.up_proj", "self_attn.o_proj", "model.norm"
+    ),
+    "gemma": Layout(
+        "model.layers", "mlp.down_proj", "mlp.up_proj", "self_attn.o_proj", "model.norm"
+    ),
+    "gemma2": Layout(
+        "model.layers", "mlp.down_proj", "mlp.up_proj", "self_attn.o_proj", "model.norm"
+    ),
+    "phi3": Layout(
+        "model.layers", "mlp.down_proj", "mlp.gate_up_proj", "self_attn.o_proj", "model.norm"
+    ),
+    "olmo2": Layout(
+        "model.layers", "mlp.down_proj", "mlp.up_proj", "self_attn.o_proj", "model.norm"
+    ),
+    "gpt2": Layout("transformer.h", "mlp.c_proj", "mlp.c_fc", "attn.c_proj", "transformer.ln_f"),
+    "gpt_neox": Layout(
+        "gpt_neox.layers",
+        "mlp.dense_4h_to_h",
+        "mlp.dense_h_to_4h",
+        "attention.dense",
+        "gpt_neox.final_layer_norm",
+    ),
+    "opt": Layout(
+        "model.decoder.layers", "fc2", "fc1", "self_attn.out_proj", "model.decoder.final_layer_norm"
+    ),
+}
+
+
+def layout(model: nn.Module) -> Layout:
+    """The layout of ``model``'s family, or a clear error naming the supported families."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in LAYOUTS:
+        raise ModelError(
+            f"architecture {model_type!r} is not supported for this method; "
+            f"supported: {', '.join(sorted(LAYOUTS))}"
+        )
+    return LAYOUTS[model_type]
+
+
+def get_module(root: nn.Module, path: str) -> nn.Module:
+    module = root
+    for part in path.split("."):
+        module = module[int(part)] if part.isdigit() else getattr(module, part)
+    return module
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    return get_module(model, layout(model).layers)
+
+
+def block_part(model: nn.Module, layer: int, part: str) -> nn.Module:
+    """A named part (``mlp_out``, ``mlp_in``, ``attn_out``) of decoder block ``layer``."""
+    return get_module(decoder_layers(model)[layer], getattr(layout(model), part))
+
+
+def num_layers(model: nn.Module) -> int:
+    return len(decoder_layers(model))

@@ -1,0 +1,222 @@
+"""The ``excise`` command. User errors end in one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from excise.errors import ConfigError, ExciseError
+
+DEMO_METHOD = "rmu"
+TABLE = (
+    "forget_accuracy",
+    "paraphrase_accuracy",
+    "retain_accuracy",
+    "mc_accuracy",
+    "model_utility",
+    "perplexity",
+)
+
+
+def _echo(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _options(pairs: list[str] | None) -> dict[str, Any]:
+    """``--set key=value`` pairs; values are read as YAML scalars (numbers, true/false, lists)."""
+    options: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ConfigError(f"--set takes key=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        try:
+            options[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {key}: cannot read value {raw!r}") from error
+    return options
+
+
+def _train_options(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("steps", "lr", "batch_size", "grad_accum", "seed", "checkpoint_every")
+    options = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    if getattr(args, "quiet", False):
+        options["progress"] = False
+    return options
+
+
+def print_table(before: dict[str, float], after: dict[str, float]) -> None:
+    print(f"{'metric':<22}{'before':>10}{'after':>10}")
+    for key in TABLE:
+        if key in after:
+            print(f"{key:<22}{before.get(key, float('nan')):>10.3f}{after[key]:>10.3f}")
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from excise.methods import UNLEARNING, all_methods
+
+    for name, spec in sorted(all_methods().items()):
+        role = "remove" if name in UNLEARNING else "helper"
+        fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(spec.config_cls))
+        print(f"{name:<10} [{role}] {spec.summary}")
+        print(f"{'':<10} options: {fields or '-'}; training defaults: {spec.train_defaults}")
+    return 0
+
+
+def cmd_unlearn(args: argparse.Namespace, *, demo: bool = False) -> int:
+    from excise.pipeline import run_unlearn
+
+    started = time.perf_counter()
+    report = run_unlearn(
+        model_spec=args.model,
+        method=args.method,
+        out=Path(args.out),
+        task=args.task,
+        forget=getattr(args, "forget", None),
+        retain=getattr(args, "retain", None),
+        template=getattr(args, "template", "auto"),
+        method_options=_options(getattr(args, "set", None)),
+        train_options=_train_options(args),
+        overwrite=args.overwrite,
+        resume=getattr(args, "resume", False),
+        dtype=getattr(args, "dtype", "float32"),
+        echo=_echo,
+    )
+    print_table(report["before"], report["after"])
+    print(f"wrote {args.out}/model, {args.out}/report.json, {args.out}/report.html")
+    print(
+        f"total {time.perf_counter() - started:.0f} s; stages: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in report["timings_s"].items())
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from excise.metrics import evaluate
+    from excise.models import load_model
+    from excise.pipeline import resolve_task
+
+    model, tokenizer = load_model(args.model, dtype=args.dtype)
+    reference = model
+    if args.original:  # filter items by what the original model knew, not the evaluated one
+        reference, _ = load_model(args.original, dtype=args.dtype)
+    task = resolve_task(
+        reference,
+        tokenizer,
+        task=args.task,
+        forget=args.forget,
+        retain=args.retain,
+        template=args.template,
+    )
+    result = evaluate(model, tokenizer, task)
+    if args.json:
+        print(json.dumps(result.metrics, indent=2))
+    else:
+        for key, value in result.metrics.items():
+            print(f"{key:<22}{value:>10.3f}")
+    return 0
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="smollm2-135m, a local HF folder, a .gguf file or a hub id",
+    )
+    parser.add_argument("--task", help="built-in task: chem-symbols or fictitious")
+    parser.add_argument(
+        "--forget", help="forget set file (.jsonl/.json/.csv/.parquet, datasets folder or id)"
+    )
+    parser.add_argument("--retain", help="retain set file")
+    parser.add_argument("--template", default="auto", choices=("auto", "raw", "chat"))
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="excise",
+        description="Remove, bound and edit what a language model knows; audit that it holds.",
+    )
+    root.add_argument("-v", "--verbose", action="store_true")
+    commands = root.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser(
+        "demo", help=f"unlearn chem-symbols from the bundled model with {DEMO_METHOD}"
+    )
+    demo.add_argument("--out", default="demo-out")
+    demo.add_argument("--overwrite", action="store_true")
+    demo.add_argument("--method", default=DEMO_METHOD)
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    unlearn = commands.add_parser("unlearn", help="apply a removal method and write model + report")
+    _add_common(unlearn)
+    unlearn.add_argument("--method", required=True, help="see `excise methods`")
+    unlearn.add_argument("--out", required=True)
+    unlearn.add_argument("--overwrite", action="store_true")
+    unlearn.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="method option (repeatable)"
+    )
+    unlearn.add_argument("--steps", type=int)
+    unlearn.add_argument("--lr", type=float)
+    unlearn.add_argument("--batch-size", type=int)
+    unlearn.add_argument("--grad-accum", type=int)
+    unlearn.add_argument("--seed", type=int)
+    unlearn.add_argument(
+        "--checkpoint-every", type=int, help="save a resumable checkpoint every N steps"
+    )
+    unlearn.add_argument("--resume", action="store_true", help="continue from OUT.ckpt")
+    unlearn.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    evaluate = commands.add_parser("evaluate", help="score a model on a task")
+    _add_common(evaluate)
+    evaluate.add_argument("--original", help="filter the task's items by what this model knows")
+    evaluate.add_argument("--json", action="store_true")
+
+    commands.add_parser("methods", help="list methods, their options and defaults")
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
+    )
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        if args.command == "methods":
+            return cmd_methods(args)
+        if args.command == "demo":
+            args.model, args.task, args.forget, args.retain = (
+                "smollm2-135m",
+                "chem-symbols",
+                None,
+                None,
+            )
+            return cmd_unlearn(args, demo=True)
+        if args.command == "unlearn":
+            return cmd_unlearn(args)
+        if args.command == "evaluate":
+            return cmd_evaluate(args)
+    except ExciseError as error:
+        print(f"excise: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "excise: interrupted; with --checkpoint-every, `--resume` continues from the last checkpoint",
+            file=sys.stderr,
+        )
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

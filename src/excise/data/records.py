@@ -1,0 +1,164 @@
+"""Records and loaders: question/answer pairs, plain text, multiple choice.
+
+Files: ``.jsonl``, ``.json`` (a list), ``.csv``, ``.parquet``, a folder saved by
+``datasets.save_to_disk``, or a Hugging Face dataset id. The record kind is read from its fields:
+``prompt``+``completion`` (QA), ``text`` (Text), ``question``+``choices``+``answer`` (MC).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from excise.errors import DataError
+
+
+@dataclass(frozen=True)
+class QA:
+    """A prompt and the completion the model should (or should no longer) produce."""
+
+    prompt: str
+    completion: str
+    paraphrases: tuple[str, ...] = ()  # other prompts with the same completion
+    perturbed: tuple[str, ...] = ()  # wrong completions of the same type (truth ratio)
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class MC:
+    question: str
+    choices: tuple[str, ...]
+    answer: int
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+Record = QA | Text | MC
+
+
+def _strings(value: Any, where: str, name: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        # csv cells hold lists as JSON or as "|"-separated text
+        value = json.loads(value) if value.startswith("[") else [v for v in value.split("|") if v]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise DataError(f"{where}: '{name}' must be a list of strings")
+    return tuple(value)
+
+
+def to_record(row: dict[str, Any], where: str) -> Record:
+    """Validate one raw row and turn it into a record; ``where`` names it in error messages."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected an object with fields, got {type(row).__name__}")
+    known = {
+        "prompt",
+        "completion",
+        "paraphrases",
+        "perturbed",
+        "text",
+        "question",
+        "choices",
+        "answer",
+    }
+    meta = {k: v for k, v in row.items() if k not in known}
+    if "prompt" in row or "completion" in row:
+        prompt, completion = row.get("prompt"), row.get("completion")
+        if not isinstance(prompt, str) or not isinstance(completion, str) or not completion.strip():
+            raise DataError(f"{where}: 'prompt' and 'completion' must both be non-empty strings")
+        return QA(
+            prompt,
+            completion,
+            _strings(row.get("paraphrases"), where, "paraphrases"),
+            _strings(row.get("perturbed"), where, "perturbed"),
+            meta,
+        )
+    if "text" in row:
+        if not isinstance(row["text"], str) or not row["text"].strip():
+            raise DataError(f"{where}: 'text' must be a non-empty string")
+        return Text(row["text"], meta)
+    if "question" in row:
+        choices = _strings(row.get("choices"), where, "choices")
+        answer = row.get("answer")
+        if isinstance(answer, str) and answer.isdigit():
+            answer = int(answer)
+        if len(choices) < 2 or not isinstance(answer, int) or not 0 <= answer < len(choices):
+            raise DataError(f"{where}: needs >= 2 'choices' and an 'answer' index into them")
+        return MC(str(row["question"]), choices, answer, meta)
+    raise DataError(
+        f"{where}: unknown record; expected fields prompt+completion, text, or question+choices+answer"
+    )
+
+
+def _read_rows(source: str) -> list[tuple[str, dict[str, Any]]]:
+    path = Path(source).expanduser()
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".jsonl":
+            rows = []
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append((f"{path}:{number}", json.loads(line)))
+                except json.JSONDecodeError as error:
+                    raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            return rows
+        if suffix == ".json":
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+            if not isinstance(data, list):
+                raise DataError(f"{path}: expected a JSON list of records")
+            return [(f"{path}[{i}]", row) for i, row in enumerate(data)]
+        if suffix == ".csv":
+            with open(path, newline="", encoding="utf-8") as handle:
+                return [
+                    (f"{path}:{i + 2}", dict(row)) for i, row in enumerate(csv.DictReader(handle))
+                ]
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path).to_pylist()
+            return [(f"{path}[{i}]", row) for i, row in enumerate(table)]
+        raise DataError(
+            f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv or .parquet"
+        )
+    if path.is_dir():
+        import datasets
+
+        try:
+            dataset = datasets.load_from_disk(str(path))
+        except FileNotFoundError as error:
+            raise DataError(f"{path}: not a folder written by datasets.save_to_disk") from error
+        if isinstance(dataset, datasets.DatasetDict):
+            dataset = dataset["train"] if "train" in dataset else next(iter(dataset.values()))
+        return [(f"{path}[{i}]", row) for i, row in enumerate(dataset)]
+    if source.count("/") == 1 and not source.startswith((".", "/", "~")):
+        import datasets
+
+        try:
+            dataset = datasets.load_dataset(source, split="train")
+        except Exception as error:  # hub errors have many types
+            raise DataError(
+                f"cannot load dataset {source!r}: {str(error).splitlines()[0]}"
+            ) from error
+        return [(f"{source}[{i}]", row) for i, row in enumerate(dataset)]
+    raise DataError(f"data file not found: {source}")
+
+
+def load_records(source: str, *, name: str = "data") -> list[Record]:
+    """Read every record from ``source``; an empty set is an error."""
+    records = [to_record(row, where) for where, row in _read_rows(source)]
+    if not records:
+        raise DataError(f"the {name} set {source} is empty")
+    return records

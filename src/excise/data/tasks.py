@@ -1,0 +1,241 @@
+"""Tasks: forget, retain and evaluation sets bundled under one name.
+
+Built-in tasks (shipped as package data, no network):
+- ``chem-symbols``: forget the model's real knowledge of chemical elements (symbols and facts);
+  retain geography and other general facts. Items are filtered to those the original model
+  answers correctly (greedy exact match, teacher forced), and the filter is recorded in
+  ``metadata["filter"]``; the retain items that survive are split into a training half and a
+  held-out evaluation half.
+- ``fictitious``: TOFU-style invented people (4 facts each). The model is first taught all of
+  them, and a gold model only the retained people (see :mod:`excise.fictitious`); 10% of the
+  people are forgotten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from excise.data.encode import Template
+from excise.data.records import MC, QA, Record, Text, load_records
+from excise.errors import DataError, ExciseError
+
+BUILTIN = Path(__file__).parent / "builtin"
+BUILTIN_TASKS = ("chem-symbols", "fictitious")
+
+
+@dataclass
+class Task:
+    name: str
+    forget: list[Record]  # trained on by removal methods (QA or Text)
+    retain: list[Record]  # kept by the retain terms of removal methods
+    forget_eval: list[QA]  # what should be gone
+    retain_eval: list[QA]  # what should stay (held out from ``retain`` where possible)
+    utility: list[MC]  # general multiple-choice questions
+    fluency: list[Text]  # generic prose for perplexity
+    template: Template = "raw"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def paraphrases(self) -> list[QA]:
+        """Every paraphrased prompt of the forget evaluation set, with its answer."""
+        return [
+            QA(p, item.completion, meta={**item.meta, "source": i})
+            for i, item in enumerate(self.forget_eval)
+            for p in item.paraphrases
+        ]
+
+    def check(self) -> Task:
+        if not self.forget:
+            raise ExciseError(f"task {self.name}: the forget set is empty")
+        return self
+
+
+def _qa(records: list[Record], name: str) -> list[QA]:
+    return [r for r in records if isinstance(r, QA)]
+
+
+def _with_perturbed(items: list[QA], count: int = 3) -> list[QA]:
+    """Give items without wrong answers some: other items' answers of the same kind."""
+    groups: dict[str, list[str]] = {}
+    for item in items:
+        groups.setdefault(str(item.meta.get("kind", "")), []).append(item.completion)
+    out = []
+    for item in items:
+        if item.perturbed:
+            out.append(item)
+            continue
+        pool = sorted(set(groups[str(item.meta.get("kind", ""))]) - {item.completion})
+        start = int(hashlib.sha256(item.prompt.encode()).hexdigest(), 16) % max(1, len(pool))
+        picks = tuple((pool[start:] + pool[:start])[:count])
+        out.append(replace(item, perturbed=picks))
+    return out
+
+
+def _shared_utility() -> tuple[list[MC], list[Text]]:
+    folder = BUILTIN / "chem_symbols"
+    utility = [
+        r for r in load_records(str(folder / "utility.jsonl"), name="utility") if isinstance(r, MC)
+    ]
+    fluency = [
+        r for r in load_records(str(folder / "text.jsonl"), name="fluency") if isinstance(r, Text)
+    ]
+    return utility, fluency
+
+
+def chem_symbols() -> Task:
+    folder = BUILTIN / "chem_symbols"
+    forget = _with_perturbed(
+        _qa(load_records(str(folder / "forget.jsonl"), name="forget"), "forget")
+    )
+    retain = _with_perturbed(
+        _qa(load_records(str(folder / "retain.jsonl"), name="retain"), "retain")
+    )
+    utility, fluency = _shared_utility()
+    return Task(
+        "chem-symbols",
+        forget=list(forget),
+        retain=retain[0::2],
+        forget_eval=list(forget),
+        retain_eval=retain[1::2],
+        utility=utility,
+        fluency=fluency,
+        metadata={"description": "forget chemical-element symbols and facts; keep general facts"},
+    )
+
+
+def fictitious(forget_every: int = 10) -> Task:
+    """Invented people; every ``forget_every``-th person is forgotten (10% by default)."""
+    path = BUILTIN / "fictitious" / "people.jsonl"
+    forget: list[QA] = []
+    retain: list[QA] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        person = json.loads(line)
+        for fact in person["facts"]:
+            item = QA(
+                fact["prompt"],
+                fact["completion"],
+                tuple(fact.get("paraphrases", ())),
+                tuple(fact.get("perturbed", ())),
+                {"person": person["person"], "kind": fact.get("attribute", "")},
+            )
+            (forget if number % forget_every == 0 else retain).append(item)
+    utility, fluency = _shared_utility()
+    return Task(
+        "fictitious",
+        forget=list(forget),
+        retain=list(retain),
+        forget_eval=list(forget),
+        retain_eval=retain[:: max(1, len(retain) // 120)],
+        utility=utility,
+        fluency=fluency,
+        metadata={
+            "description": "TOFU-style invented people; model taught all facts, gold model the retained",
+            "needs_teaching": True,
+            "forget_people": len(forget) // 4,
+        },
+    )
+
+
+def custom_task(
+    forget: str,
+    retain: str | None = None,
+    *,
+    forget_eval: str | None = None,
+    retain_eval: str | None = None,
+    template: Template = "raw",
+) -> Task:
+    """A task from the user's files; utility and fluency sets are the built-in general ones."""
+    forget_records = load_records(forget, name="forget")
+    retain_records = load_records(retain, name="retain") if retain else []
+    forget_qa = (
+        _qa(load_records(forget_eval, name="forget eval"), "")
+        if forget_eval
+        else _qa(forget_records, "")
+    )
+    retain_qa = (
+        _qa(load_records(retain_eval, name="retain eval"), "")
+        if retain_eval
+        else _qa(retain_records, "")
+    )
+    if not any(isinstance(r, QA | Text) for r in forget_records):
+        raise DataError(f"{forget}: the forget set needs prompt/completion or text records")
+    utility, fluency = _shared_utility()
+    return Task(
+        "custom",
+        forget=[r for r in forget_records if isinstance(r, QA | Text)],
+        retain=[r for r in retain_records if isinstance(r, QA | Text)],
+        forget_eval=forget_qa,
+        retain_eval=retain_qa,
+        utility=utility,
+        fluency=fluency,
+        template=template,
+        metadata={"forget": forget, "retain": retain},
+    ).check()
+
+
+def load_task(name: str) -> Task:
+    if name == "chem-symbols":
+        return chem_symbols()
+    if name == "fictitious":
+        return fictitious()
+    raise ExciseError(f"unknown task {name!r}; built-in tasks: {', '.join(BUILTIN_TASKS)}")
+
+
+def filter_known(task: Task, model, tokenizer) -> Task:
+    """Keep only the items ``model`` answers correctly (greedy, teacher forced), and paraphrases too.
+
+    The counts before and after go into ``metadata["filter"]``.
+    """
+    from excise.scoring import score_pairs
+
+    def known(items: list[QA]) -> list[QA]:
+        if not items:
+            return []
+        main = score_pairs(
+            model, tokenizer, [(q.prompt, q.completion) for q in items], task.template
+        )
+        paras = [(i, p) for i, q in enumerate(items) for p in q.paraphrases]
+        para_ok = (
+            score_pairs(
+                model, tokenizer, [(p, items[i].completion) for i, p in paras], task.template
+            ).correct.tolist()
+            if paras
+            else []
+        )
+        good: dict[int, list[str]] = {}
+        for (i, p), ok in zip(paras, para_ok, strict=True):
+            if ok:
+                good.setdefault(i, []).append(p)
+        return [
+            replace(q, paraphrases=tuple(good.get(i, ())))
+            for i, q in enumerate(items)
+            if main.correct[i]
+        ]
+
+    forget = known(task.forget_eval)
+    retain_eval = known(task.retain_eval)
+    retain_train = known([r for r in task.retain if isinstance(r, QA)])
+    counts = {
+        "rule": "kept items whose answer is the original model's greedy continuation (teacher forced); "
+        "paraphrases likewise",
+        "forget": [len(forget), len(task.forget_eval)],
+        "forget_paraphrases": [sum(len(q.paraphrases) for q in forget), len(task.paraphrases)],
+        "retain_eval": [len(retain_eval), len(task.retain_eval)],
+        "retain_train": [len(retain_train), sum(isinstance(r, QA) for r in task.retain)],
+    }
+    if not forget:
+        raise ExciseError(
+            f"task {task.name}: the model answers none of the forget items; nothing to unlearn"
+        )
+    return replace(
+        task,
+        forget=list(forget),
+        forget_eval=forget,
+        retain=retain_train or task.retain,
+        retain_eval=retain_eval,
+        metadata={**task.metadata, "filter": counts},
+    )

@@ -1,0 +1,160 @@
+"""Representation misdirection for unlearning (``rmu``).
+
+Li et al. 2024, "The WMDP benchmark: measuring and reducing malicious use with unlearning".
+At decoder layer L, forget activations are pushed towards c * u (u a fixed random unit vector)
+and retain activations are held at the frozen model's:
+    loss = mean ||h_L(forget) - c*u||^2 + alpha * mean ||h_L(retain) - h_L^frozen(retain)||^2
+Only the MLP output projections of layers L-k+1..L change.
+
+Efficiency: the forward stops at layer L (a hook ends it), so layers above L never run; the
+frozen activations on the retain set are computed once before training and cached, so no frozen
+copy of the model is held.
+
+Hyper-parameters (defaults tuned on the bundled smollm2-135m, 30 layers):
+- ``layer`` (None: a quarter of the depth, 7 of 30; WMDP used 7 of 32)
+- ``update_layers`` (3): how many layers up to ``layer`` are trained
+- ``steering_coeff`` (None: ``steering_scale`` x mean forget activation norm at ``layer``)
+- ``steering_scale`` (8.0); ``alpha`` (100.0): retain weight; ``seed`` (0): the random direction
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from excise.arch import block_part, decoder_layers, num_layers
+from excise.data.encode import collate
+from excise.errors import ConfigError
+from excise.methods import MethodSpec, register
+
+
+@dataclass
+class RMUConfig:
+    layer: int | None = None
+    update_layers: int = 3
+    steering_coeff: float | None = None
+    steering_scale: float = 8.0
+    alpha: float = 100.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.update_layers < 1 or self.alpha < 0 or self.steering_scale <= 0:
+            raise ConfigError("update_layers must be >= 1, alpha >= 0, steering_scale > 0")
+        if self.steering_coeff is not None and self.steering_coeff <= 0:
+            raise ConfigError("steering_coeff must be > 0")
+
+
+class _Stop(Exception):
+    pass
+
+
+def hidden_at(model: torch.nn.Module, layer: int, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Output of decoder block ``layer`` (batch, seq, hidden); blocks above it never run."""
+    captured: list[torch.Tensor] = []
+
+    def stop(module, inputs, output):
+        captured.append(output[0] if isinstance(output, tuple) else output)
+        raise _Stop
+
+    handle = decoder_layers(model)[layer].register_forward_hook(stop)
+    try:
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def resolve_layer(model, config: RMUConfig) -> int:
+    depth = num_layers(model)
+    layer = config.layer if config.layer is not None else max(0, round(depth / 4) - 1)
+    if not 0 <= layer < depth:
+        raise ConfigError(f"rmu layer {layer} is outside the model's 0..{depth - 1}")
+    return layer
+
+
+def masked_mse(actual: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the non-padding positions (mean over hidden units too)."""
+    weights = mask.unsqueeze(-1).to(actual.dtype)
+    return ((actual - target) ** 2 * weights).sum() / (weights.sum() * actual.shape[-1]).clamp(
+        min=1
+    )
+
+
+@torch.no_grad()
+def _cache(ctx, examples, layer: int) -> dict[int, torch.Tensor]:
+    cached = {}
+    for start in range(0, len(examples), 32):
+        chunk = examples[start : start + 32]
+        batch = ctx.to_device(collate(chunk, ctx.pad_id))
+        hidden = hidden_at(ctx.unwrapped, layer, batch)
+        for row, example in enumerate(chunk):
+            cached[example.index] = hidden[row, : len(example.input_ids)].clone()
+    return cached
+
+
+def prepare(ctx) -> None:
+    model, config = ctx.unwrapped, ctx.config
+    layer = resolve_layer(model, config)
+    trained = range(max(0, layer - config.update_layers + 1), layer + 1)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for index in trained:
+        for param in block_part(model, index, "mlp_out").parameters():
+            param.requires_grad_(True)
+    ctx.state["layer"] = layer
+    ctx.state["retain_frozen"] = _cache(ctx, ctx.retain, layer) if config.alpha > 0 else {}
+    generator = torch.Generator().manual_seed(config.seed)
+    direction = torch.rand(model.config.hidden_size, generator=generator)
+    direction = direction / direction.norm()
+    coeff = config.steering_coeff
+    if coeff is None:
+        forget_hidden = _cache(ctx, ctx.forget[:64], layer)
+        coeff = config.steering_scale * float(
+            torch.cat(list(forget_hidden.values())).norm(dim=-1).mean()
+        )
+    ctx.state["coeff"] = coeff
+    ctx.state["target"] = (coeff * direction).to(ctx.accelerator.device)
+
+
+def padded(cached: dict[int, torch.Tensor], rows: list[int], width: int) -> torch.Tensor:
+    first = cached[rows[0]]
+    out = first.new_zeros(len(rows), width, first.shape[-1])
+    for row, index in enumerate(rows):
+        out[row, : cached[index].shape[0]] = cached[index]
+    return out
+
+
+def loss(ctx, batch):
+    layer, target = ctx.state["layer"], ctx.state["target"]
+    forget = batch["forget"]
+    forget_hidden = hidden_at(ctx.model, layer, forget)
+    forget_loss = masked_mse(
+        forget_hidden, target.expand_as(forget_hidden), forget["attention_mask"]
+    )
+    terms = {"forget_mse": float(forget_loss.detach())}
+    total = forget_loss
+    if ctx.config.alpha > 0:
+        retain = batch["retain"]
+        retain_hidden = hidden_at(ctx.model, layer, retain)
+        frozen = padded(
+            ctx.state["retain_frozen"], retain["index"].tolist(), retain_hidden.shape[1]
+        )
+        retain_loss = masked_mse(retain_hidden, frozen, retain["attention_mask"])
+        total = total + ctx.config.alpha * retain_loss
+        terms["retain_mse"] = float(retain_loss.detach())
+    return total, terms
+
+
+SPEC = register(
+    MethodSpec(
+        "rmu",
+        "steer forget activations at one layer to a random vector; train 3 MLPs; truncated forward",
+        RMUConfig,
+        prepare,
+        loss,
+        train_defaults={"steps": 40, "lr": 5e-5},
+    )
+)

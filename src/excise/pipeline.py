@@ -1,0 +1,181 @@
+"""Compose the stages: load, (teach), evaluate, unlearn, evaluate, save, report.
+
+Each stage is a plain function usable on its own; ``run_unlearn`` is what the CLI's ``unlearn`` and
+``demo`` commands call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from excise.data.encode import encode_records
+from excise.data.tasks import Task, custom_task, filter_known, load_task
+from excise.errors import ConfigError
+from excise.fsutil import atomic_dir, write_manifest
+from excise.methods import get_method, make_config
+from excise.metrics import Evaluation, evaluate
+from excise.models import load_model, save_model
+from excise.train import TrainConfig, train
+
+
+class Timer:
+    """Wall time of each named stage, in order."""
+
+    def __init__(self, echo: Callable[[str], None] | None = None) -> None:
+        self.seconds: dict[str, float] = {}
+        self.echo = echo
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if self.echo:
+            self.echo(f"[{name}] ...")
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 2)
+        if self.echo:
+            self.echo(f"[{name}] done in {self.seconds[name]:.1f} s")
+
+
+def train_config(method: str, options: dict[str, Any] | None) -> TrainConfig:
+    """The method's tuned defaults, overridden by ``options`` (unknown keys rejected)."""
+    merged = {**get_method(method).train_defaults, **(options or {})}
+    return make_config(TrainConfig, merged)
+
+
+def unlearn(
+    model,
+    tokenizer,
+    task: Task,
+    method: str,
+    *,
+    method_options: dict[str, Any] | None = None,
+    train_options: dict[str, Any] | None = None,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> list[dict[str, float]]:
+    """Apply ``method`` to ``model`` in place on ``task``'s forget/retain sets; return the loss log."""
+    spec = get_method(method)
+    config = make_config(spec.config_cls, method_options)
+    settings = train_config(method, train_options)
+    task.check()
+    return train(
+        model,
+        tokenizer,
+        spec,
+        config,
+        forget=encode_records(tokenizer, task.forget, task.template),
+        retain=encode_records(tokenizer, task.retain, task.template),
+        forget_records=task.forget,
+        template=task.template,
+        config=settings,
+        uses_retain=spec.uses_retain,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        on_step=on_step,
+    )
+
+
+def resolve_task(
+    model,
+    tokenizer,
+    *,
+    task: str | None = None,
+    forget: str | None = None,
+    retain: str | None = None,
+    template: str = "auto",
+    filter_items: bool = True,
+) -> Task:
+    """A built-in task (filtered to what ``model`` knows) or one made of the user's files."""
+    if (task is None) == (forget is None):
+        raise ConfigError("give either --task or --forget (with --retain)")
+    if template == "auto":
+        template = (
+            "raw" if task else ("chat" if getattr(tokenizer, "chat_template", None) else "raw")
+        )
+    if template not in ("raw", "chat"):
+        raise ConfigError(f"unknown template {template!r}: auto, raw or chat")
+    if task is not None:
+        chosen = dataclasses.replace(load_task(task), template=template)
+        if chosen.metadata.get("needs_teaching"):
+            return chosen
+    else:
+        chosen = custom_task(forget, retain, template=template)
+    return filter_known(chosen, model, tokenizer) if filter_items else chosen
+
+
+def run_unlearn(
+    *,
+    model_spec: str,
+    method: str,
+    out: Path,
+    task: str | None = None,
+    forget: str | None = None,
+    retain: str | None = None,
+    template: str = "auto",
+    method_options: dict[str, Any] | None = None,
+    train_options: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    dtype: str = "float32",
+    echo: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """The whole job: returns the report (also written, with the model, into ``out``)."""
+    from excise.report import build_report, write_report
+
+    out = Path(out)
+    timer = Timer(echo)
+    get_method(method)  # fail fast on an unknown name, before any loading
+    settings = train_config(method, train_options)
+    with timer.stage("load model"):
+        model, tokenizer = load_model(model_spec, dtype=dtype)
+    with timer.stage("load task"):
+        chosen = resolve_task(
+            model, tokenizer, task=task, forget=forget, retain=retain, template=template
+        )
+    with timer.stage("evaluate before"):
+        before = evaluate(model, tokenizer, chosen)
+    checkpoint_dir = out.with_name(out.name + ".ckpt")
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        with timer.stage(f"unlearn ({method}, {settings.steps} steps)"):
+            log = unlearn(
+                model,
+                tokenizer,
+                chosen,
+                method,
+                method_options=method_options,
+                train_options=train_options,
+                checkpoint_dir=checkpoint_dir if settings.checkpoint_every else None,
+                resume=resume,
+            )
+        with timer.stage("evaluate after"):
+            after = evaluate(model, tokenizer, chosen)
+        with timer.stage("save"):
+            save_model(model, tokenizer, tmp / "model")
+        report = build_report(
+            model_spec=model_spec,
+            task=chosen,
+            method=method,
+            method_options=method_options or {},
+            train=dataclasses.asdict(settings),
+            before=before,
+            after=after,
+            log=log,
+            timings=timer.seconds,
+        )
+        write_report(report, tmp)
+        write_manifest(tmp)
+    if checkpoint_dir.exists():
+        import shutil
+
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return report
+
+
+def evaluation_row(evaluation: Evaluation) -> dict[str, float]:
+    return {k: evaluation.metrics[k] for k in evaluation.metrics}

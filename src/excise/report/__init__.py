@@ -1,0 +1,142 @@
+"""Reports: ``report.json`` (versioned schema), ``report.html`` (self-contained) and a model card.
+
+Schema (``schema_version`` 1): ``kind`` ("unlearn" | "audit"), ``created``, ``excise_version``,
+``model``, ``task`` {name, template, sizes, metadata}, ``method`` {name, options, train},
+``before`` / ``after`` {metric: value}, ``loss_log`` [{step, loss, ...}], ``timings_s``
+{stage: seconds}, and for audits ``audit`` (see :mod:`excise.attacks`). Every metric is explained
+in ``metric_help``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from excise.data.tasks import Task
+from excise.metrics import Evaluation
+from excise.report.html import render_html
+
+SCHEMA_VERSION = 1
+
+METRIC_HELP = {
+    "forget_accuracy": "share of forget answers the model still gives greedily (lower is better)",
+    "paraphrase_accuracy": "the same on rephrased forget questions (lower is better)",
+    "retain_accuracy": "share of held-out retain answers the model gives greedily (keep high)",
+    "forget_prob": "mean per-token probability of the forget answers",
+    "retain_prob": "mean per-token probability of the retain answers",
+    "paraphrase_prob": "mean per-token probability of forget answers under rephrasing",
+    "forget_truth": "how much more likely the true forget answer is than wrong ones (0 = not at all)",
+    "retain_truth": "the same on retain items (keep high)",
+    "forget_rouge": "ROUGE-L recall of generated forget answers",
+    "retain_rouge": "ROUGE-L recall of generated retain answers",
+    "mc_accuracy": "general multiple-choice accuracy (utility)",
+    "perplexity": "perplexity on generic prose (fluency; lower is better)",
+    "model_utility": "harmonic mean of retain prob, retain ROUGE, retain truth and mc accuracy",
+    "forget_quality": "KS-test p-value against a model never trained on the forget set (1 = same)",
+}
+
+
+def _version() -> str:
+    from excise.models import package_version
+
+    return package_version("excise")
+
+
+def task_summary(task: Task) -> dict[str, Any]:
+    return {
+        "name": task.name,
+        "template": task.template,
+        "sizes": {
+            "forget": len(task.forget),
+            "retain": len(task.retain),
+            "forget_eval": len(task.forget_eval),
+            "paraphrases": len(task.paraphrases),
+            "retain_eval": len(task.retain_eval),
+            "utility": len(task.utility),
+            "fluency": len(task.fluency),
+        },
+        "metadata": task.metadata,
+    }
+
+
+def build_report(
+    *,
+    model_spec: str,
+    task: Task,
+    method: str,
+    method_options: dict[str, Any],
+    train: dict[str, Any],
+    before: Evaluation,
+    after: Evaluation,
+    log: list[dict[str, float]],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "unlearn",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "excise_version": _version(),
+        "model": model_spec,
+        "task": task_summary(task),
+        "method": {"name": method, "options": method_options, "train": train},
+        "before": before.metrics,
+        "after": after.metrics,
+        "loss_log": log,
+        "timings_s": timings,
+        "metric_help": METRIC_HELP,
+    }
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN: write null instead."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def model_card(report: dict[str, Any]) -> str:
+    before, after = report.get("before", {}), report.get("after", {})
+    rows = "\n".join(
+        f"| {k} | {before.get(k, float('nan')):.3f} | {after.get(k, float('nan')):.3f} |"
+        for k in METRIC_HELP
+        if k in after
+    )
+    method = report.get("method", {})
+    return f"""---
+library_name: transformers
+tags: [excise, unlearning]
+---
+# Model changed by excise
+
+- base model: `{report.get("model")}`
+- task: `{report.get("task", {}).get("name")}`
+- method: `{method.get("name")}` with options `{json.dumps(method.get("options", {}))}`
+- excise {report.get("excise_version")}, {report.get("created")}
+
+A standard Hugging Face checkpoint: `AutoModelForCausalLM.from_pretrained(this_folder)` loads it
+without custom code. The numbers below are measured on the task's evaluation sets; an audit
+(`excise audit`) says whether the removal survives attacks such as relearning and quantization.
+
+| metric | before | after |
+|---|---|---|
+{rows}
+"""
+
+
+def write_report(report: dict[str, Any], folder: Path) -> None:
+    report = _clean(report)
+    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (folder / "report.html").write_text(render_html(report))
+    recipe = {k: report[k] for k in ("model", "method") if k in report}
+    recipe["task"] = report.get("task", {}).get("name")
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    if (folder / "model").is_dir():
+        (folder / "model" / "README.md").write_text(model_card(report))

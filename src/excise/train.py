@@ -1,0 +1,261 @@
+"""The one training loop. Every gradient-based method plugs in as ``prepare(ctx)`` + ``loss(ctx, batch)``.
+
+Each optimizer step draws ``grad_accum`` micro-batches of forget examples and as many of retain
+examples (when the method uses them) in an order that is a pure function of (seed, step), so a
+resumed run sees exactly the batches an uninterrupted one would. Checkpoints hold only the
+trainable tensors (safetensors), the optimizer state and the step; ``resume=True`` continues from
+the newest one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from excise.data.encode import Example, collate
+from excise.data.records import Record
+from excise.errors import ConfigError, ExciseError
+
+Batch = dict[str, dict[str, torch.Tensor] | None]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every method (each method has tuned defaults)."""
+
+    steps: int = 40
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 0  # 0: no checkpoints
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("steps must be >= 0, batch_size and grad_accum >= 1")
+        if not self.lr > 0 or self.max_grad_norm <= 0 or self.weight_decay < 0:
+            raise ConfigError("lr and max_grad_norm must be > 0, weight_decay >= 0")
+        if self.schedule not in ("constant", "linear", "cosine"):
+            raise ConfigError(f"unknown schedule {self.schedule!r}: constant, linear or cosine")
+        if self.checkpoint_every < 0 or self.warmup_steps < 0:
+            raise ConfigError("checkpoint_every and warmup_steps must be >= 0")
+
+
+@dataclass
+class Context:
+    """What a method sees: the model, its data, its config, and a place for cached tensors."""
+
+    model: torch.nn.Module  # as prepared by accelerate (may be wrapped for DDP)
+    tokenizer: Any
+    config: Any  # the method's own config dataclass
+    forget: list[Example]
+    retain: list[Example]
+    forget_records: list[Record]
+    template: str
+    accelerator: Accelerator
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def unwrapped(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.accelerator.device) for k, v in batch.items()}
+
+
+class Method(Protocol):
+    def prepare(self, ctx: Context) -> None: ...
+
+    def loss(self, ctx: Context, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+def batch_indices(n: int, batch_size: int, draw: int, seed: int) -> list[int]:
+    """Indices of the ``draw``-th batch of a stream of shuffled epochs over ``n`` items."""
+    start = draw * batch_size
+    indices: list[int] = []
+    while len(indices) < batch_size:
+        epoch, offset = divmod(start + len(indices), n)
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=generator).tolist()
+        take = min(batch_size - len(indices), n - offset)
+        indices.extend(order[offset : offset + take])
+    return indices
+
+
+def _schedule(config: TrainConfig) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / (config.warmup_steps + 1)
+        span = max(1, config.steps - config.warmup_steps)
+        done = min(1.0, (step - config.warmup_steps) / span)
+        if config.schedule == "linear":
+            return 1.0 - done
+        if config.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * done))
+        return 1.0
+
+    return factor
+
+
+def _latest_checkpoint(folder: Path) -> Path | None:
+    steps = sorted(folder.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    complete = [p for p in steps if (p / "state.json").is_file()]
+    return complete[-1] if complete else None
+
+
+def _save_checkpoint(
+    folder: Path, step: int, named: dict[str, torch.nn.Parameter], optimizer
+) -> None:
+    target = folder / f"step-{step}"
+    tmp = folder / f".step-{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(
+        {k: v.detach().contiguous().cpu() for k, v in named.items()}, tmp / "trainable.safetensors"
+    )
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    save_file({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
+    (tmp / "state.json").write_text(json.dumps({"step": step}))
+    tmp.rename(target)
+    for old in folder.glob("step-*"):  # keep only the newest
+        if old != target:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(path: Path, named: dict[str, torch.nn.Parameter], optimizer) -> int:
+    tensors = load_file(path / "trainable.safetensors")
+    if set(tensors) != set(named):
+        raise ExciseError(
+            f"checkpoint {path} was written for other trainable weights; cannot resume"
+        )
+    with torch.no_grad():
+        for name, param in named.items():
+            param.copy_(tensors[name].to(param.device, param.dtype))
+    # weights_only: the safe unpickler, which refuses arbitrary objects
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    torch.set_rng_state(load_file(path / "rng.safetensors")["torch"])
+    return int(json.loads((path / "state.json").read_text())["step"])
+
+
+def train(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    method: Method,
+    method_config: Any,
+    *,
+    forget: list[Example],
+    retain: list[Example],
+    forget_records: list[Record],
+    template: str,
+    config: TrainConfig,
+    uses_retain: bool = True,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> list[dict[str, float]]:
+    """Run ``config.steps`` optimizer steps of ``method`` on ``model`` in place; return the log."""
+    if not forget:
+        raise ExciseError("the forget set is empty: nothing to unlearn")
+    if uses_retain and not retain:
+        raise ExciseError("this method needs a retain set, and it is empty")
+    set_seed(config.seed)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    model.train()
+    ctx = Context(
+        model, tokenizer, method_config, forget, retain, forget_records, template, accelerator
+    )
+    method.prepare(ctx)  # may freeze parameters and cache reference statistics
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if not named:
+        raise ExciseError("the method left no trainable parameters")
+    decay = [p for n, p in named.items() if p.ndim >= 2]
+    no_decay = [p for n, p in named.items() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=config.lr,
+    )
+    ctx.model, optimizer = accelerator.prepare(model, optimizer)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
+
+    start = 0
+    if resume and checkpoint_dir is not None and (latest := _latest_checkpoint(checkpoint_dir)):
+        start = _load_checkpoint(latest, named, optimizer)
+        for _ in range(start):
+            scheduler.step()
+    log: list[dict[str, float]] = []
+    bar = tqdm(
+        total=config.steps, initial=start, desc="unlearn", disable=not config.progress, leave=False
+    )
+    for step in range(start, config.steps):
+        totals: dict[str, float] = {}
+        for micro in range(config.grad_accum):
+            draw = step * config.grad_accum + micro
+            forget_rows = batch_indices(len(forget), config.batch_size, draw, config.seed)
+            batch: Batch = {
+                "forget": ctx.to_device(collate([forget[i] for i in forget_rows], ctx.pad_id))
+            }
+            batch["retain"] = None
+            if uses_retain:
+                retain_rows = batch_indices(len(retain), config.batch_size, draw, config.seed + 1)
+                batch["retain"] = ctx.to_device(
+                    collate([retain[i] for i in retain_rows], ctx.pad_id)
+                )
+            last = micro == config.grad_accum - 1
+            sync = contextlib.nullcontext() if last else accelerator.no_sync(ctx.model)
+            with sync:
+                loss, terms = method.loss(ctx, batch)
+                accelerator.backward(loss / config.grad_accum)
+            for key, value in {"loss": float(loss.detach()), **terms}.items():
+                totals[key] = totals.get(key, 0.0) + value / config.grad_accum
+        totals["grad_norm"] = float(
+            accelerator.clip_grad_norm_(list(named.values()), config.max_grad_norm)
+        )
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        totals["lr"] = scheduler.get_last_lr()[0]
+        totals["step"] = step + 1
+        log.append(totals)
+        bar.set_postfix({k: f"{v:.3g}" for k, v in totals.items() if k not in ("step", "lr")})
+        bar.update(1)
+        if on_step is not None:
+            on_step(step + 1, totals)
+        if (
+            checkpoint_dir is not None
+            and config.checkpoint_every
+            and (step + 1) % config.checkpoint_every == 0
+        ):
+            _save_checkpoint(checkpoint_dir, step + 1, named, optimizer)
+    bar.close()
+    for param in model.parameters():
+        param.requires_grad_(True)
+    model.eval()
+    return log
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    return asdict(config)
