@@ -84,6 +84,7 @@ def cmd_unlearn(args: argparse.Namespace, *, demo: bool = False) -> int:
         forget=getattr(args, "forget", None),
         retain=getattr(args, "retain", None),
         template=getattr(args, "template", "auto"),
+        filter_items=True if getattr(args, "filter_known", False) else None,
         method_options=_options(getattr(args, "set", None)),
         train_options=_train_options(args),
         overwrite=args.overwrite,
@@ -139,6 +140,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retain", help="retain set file")
     parser.add_argument("--template", default="auto", choices=("auto", "raw", "chat"))
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument(
+        "--filter-known",
+        action="store_true",
+        help="keep only items the model answers correctly (built-in tasks always do)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:

@@ -126,6 +126,7 @@ def load_model(
     source = resolve(spec)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
         try:
@@ -147,6 +148,7 @@ def load_model(
         raise ModelError(f"cannot load model {spec!r}: {str(error).splitlines()[0]}") from error
     finally:
         hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -160,7 +162,9 @@ def save_model(model: PreTrainedModel, tokenizer: object, out: str | os.PathLike
     """Write a standard HF checkpoint (safetensors) that plain ``from_pretrained`` loads."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    hf_logging.disable_progress_bar()
     model.save_pretrained(out, safe_serialization=True)
+    hf_logging.enable_progress_bar()
     tokenizer.save_pretrained(out)
     return out
 

@@ -89,9 +89,13 @@ def resolve_task(
     forget: str | None = None,
     retain: str | None = None,
     template: str = "auto",
-    filter_items: bool = True,
+    filter_items: bool | None = None,
 ) -> Task:
-    """A built-in task (filtered to what ``model`` knows) or one made of the user's files."""
+    """A built-in task or one made of the user's files.
+
+    Built-in tasks are filtered to the items ``model`` knows; the user's files only when
+    ``filter_items`` is true (their answers may be long, or only partly known, by design).
+    """
     if (task is None) == (forget is None):
         raise ConfigError("give either --task or --forget (with --retain)")
     if template == "auto":
@@ -106,6 +110,8 @@ def resolve_task(
             return chosen
     else:
         chosen = custom_task(forget, retain, template=template)
+    if filter_items is None:
+        filter_items = task is not None
     return filter_known(chosen, model, tokenizer) if filter_items else chosen
 
 
@@ -118,6 +124,7 @@ def run_unlearn(
     forget: str | None = None,
     retain: str | None = None,
     template: str = "auto",
+    filter_items: bool | None = None,
     method_options: dict[str, Any] | None = None,
     train_options: dict[str, Any] | None = None,
     overwrite: bool = False,
@@ -130,16 +137,33 @@ def run_unlearn(
 
     out = Path(out)
     timer = Timer(echo)
-    get_method(method)  # fail fast on an unknown name, before any loading
+    # fail fast on an unknown method or option, before any loading
+    make_config(get_method(method).config_cls, method_options)
     settings = train_config(method, train_options)
     with timer.stage("load model"):
         model, tokenizer = load_model(model_spec, dtype=dtype)
     with timer.stage("load task"):
         chosen = resolve_task(
-            model, tokenizer, task=task, forget=forget, retain=retain, template=template
+            model,
+            tokenizer,
+            task=task,
+            forget=forget,
+            retain=retain,
+            template=template,
+            filter_items=filter_items,
         )
+    gold_ratios = None
+    if chosen.metadata.get("needs_teaching"):
+        from excise.fictitious import taught_models
+
+        with timer.stage("teach (cached)"):
+            taught, gold_dir = taught_models(model_spec, chosen, dtype=dtype, echo=echo)
+            model, tokenizer = load_model(str(taught), dtype=dtype)
+            gold, _ = load_model(str(gold_dir), dtype=dtype)
+            gold_ratios = evaluate(gold, tokenizer, chosen).details.get("forget_truth_ratio")
+            del gold
     with timer.stage("evaluate before"):
-        before = evaluate(model, tokenizer, chosen)
+        before = evaluate(model, tokenizer, chosen, gold_truth_ratios=gold_ratios)
     checkpoint_dir = out.with_name(out.name + ".ckpt")
     with atomic_dir(out, overwrite=overwrite) as tmp:
         with timer.stage(f"unlearn ({method}, {settings.steps} steps)"):
@@ -154,7 +178,7 @@ def run_unlearn(
                 resume=resume,
             )
         with timer.stage("evaluate after"):
-            after = evaluate(model, tokenizer, chosen)
+            after = evaluate(model, tokenizer, chosen, gold_truth_ratios=gold_ratios)
         with timer.stage("save"):
             save_model(model, tokenizer, tmp / "model")
         report = build_report(

@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import shutil
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -204,8 +205,10 @@ def train(
     start = 0
     if resume and checkpoint_dir is not None and (latest := _latest_checkpoint(checkpoint_dir)):
         start = _load_checkpoint(latest, named, optimizer)
-        for _ in range(start):
-            scheduler.step()
+        with warnings.catch_warnings():  # replaying the schedule, not skipping a step
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(start):
+                scheduler.step()
     log: list[dict[str, float]] = []
     bar = tqdm(
         total=config.steps, initial=start, desc="unlearn", disable=not config.progress, leave=False

@@ -1,0 +1,90 @@
+import pytest
+import torch
+from tests.conftest import make_tiny_model, tiny_task
+
+from excise.data.encode import encode_records
+from excise.methods import get_method
+from excise.models import fingerprint
+from excise.train import TrainConfig, batch_indices, train
+
+
+def test_batches_are_a_function_of_seed_and_draw():
+    assert batch_indices(10, 4, 3, seed=1) == batch_indices(10, 4, 3, seed=1)
+    first_epoch = [i for d in range(5) for i in batch_indices(10, 2, d, seed=0)]
+    assert sorted(first_epoch) == list(range(10))  # every item once per epoch
+    assert batch_indices(3, 5, 0, seed=0)[:3] != [] and len(batch_indices(3, 5, 0, seed=0)) == 5
+
+
+def run(tokenizer, steps, checkpoint_dir=None, resume=False, every=0, model=None, stop_after=None):
+    task = tiny_task()
+    model = model or make_tiny_model(tokenizer)
+    spec = get_method("npo")
+    log = train(
+        model,
+        tokenizer,
+        spec,
+        spec.config_cls(),
+        forget=encode_records(tokenizer, task.forget, "raw"),
+        retain=encode_records(tokenizer, task.retain, "raw"),
+        forget_records=task.forget,
+        template="raw",
+        config=TrainConfig(
+            steps=steps,
+            lr=1e-3,
+            batch_size=2,
+            checkpoint_every=every,
+            progress=False,
+            schedule="cosine",
+            warmup_steps=1,
+        ),
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        on_step=interrupt_after(stop_after),
+    )
+    return model, log
+
+
+def interrupt_after(step_count):
+    def on_step(step, terms):
+        if step_count is not None and step >= step_count:
+            raise KeyboardInterrupt
+
+    return on_step
+
+
+def test_resume_gives_the_same_losses_and_weights(tmp_path, tiny_tokenizer):
+    straight, straight_log = run(tiny_tokenizer, 6)
+    ckpt = tmp_path / "ckpt"
+    # an interrupted run: checkpoints every 3 steps, stopped after 3
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_tokenizer, 6, checkpoint_dir=ckpt, every=3, stop_after=4)
+    assert not (ckpt / "step-6").exists()
+    assert (ckpt / "step-3" / "trainable.safetensors").is_file()
+    # NPO's reference must be the model before unlearning, so resume starts from a fresh copy
+    resumed, resumed_log = run(tiny_tokenizer, 6, checkpoint_dir=ckpt, resume=True, every=3)
+    assert [r["step"] for r in resumed_log] == [4, 5, 6]
+    for a, b in zip(straight_log[3:], resumed_log, strict=True):
+        assert abs(a["loss"] - b["loss"]) < 1e-5
+        assert abs(a["lr"] - b["lr"]) < 1e-12
+    assert fingerprint(straight) == fingerprint(resumed)
+
+
+def test_all_parameters_trainable_again_after_rmu(tiny_tokenizer):
+    task = tiny_task()
+    model = make_tiny_model(tiny_tokenizer)
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    spec = get_method("rmu")
+    train(
+        model,
+        tiny_tokenizer,
+        spec,
+        spec.config_cls(layer=2, update_layers=2),
+        forget=encode_records(tiny_tokenizer, task.forget, "raw"),
+        retain=encode_records(tiny_tokenizer, task.retain, "raw"),
+        forget_records=task.forget,
+        template="raw",
+        config=TrainConfig(steps=2, lr=1e-3, batch_size=2, progress=False),
+    )
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {"model.layers.1.mlp.down_proj.weight", "model.layers.2.mlp.down_proj.weight"}
+    assert all(p.requires_grad for p in model.parameters())
