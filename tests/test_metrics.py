@@ -6,6 +6,7 @@ import torch
 from tests.conftest import make_tiny_model, teach, tiny_task
 
 from excise.data.encode import IGNORE
+from excise.data.records import Text
 from excise.metrics import evaluate, mc_accuracy, perplexity
 from excise.metrics.quality import forget_quality, harmonic_mean, truth_ratios, truth_score
 from excise.metrics.rouge import lcs_length, rouge_l_recall
@@ -59,7 +60,6 @@ def test_metrics_see_taught_knowledge(tiny_tokenizer):
     assert taught_eval["retain_prob"] > 0.5 > fresh_eval["retain_prob"]
     assert taught_eval["retain_rouge"] == 1.0
     assert taught_eval["forget_truth"] > fresh_eval["forget_truth"]
-    assert taught_eval["perplexity"] < fresh_eval["perplexity"]
     for key in ("paraphrase_accuracy", "mc_accuracy", "model_utility"):
         assert 0.0 <= taught_eval[key] <= 1.0
 
@@ -74,9 +74,8 @@ def test_batched_scoring_equals_one_by_one(tiny_tokenizer, tiny_model):
 
 def test_mc_and_perplexity(tiny_tokenizer):
     task = tiny_task()
-    taught = teach(
-        make_tiny_model(tiny_tokenizer), tiny_tokenizer, task.retain + task.fluency, steps=60
-    )
+    as_mc = [Text(f"Question: {q.question}\nAnswer: {q.choices[q.answer]}") for q in task.utility]
+    taught = teach(make_tiny_model(tiny_tokenizer), tiny_tokenizer, as_mc + task.fluency, steps=60)
     assert mc_accuracy(taught, tiny_tokenizer, task.utility) == 1.0
     fresh = make_tiny_model(tiny_tokenizer)
     text = [t.text for t in task.fluency]

@@ -13,7 +13,7 @@ copy of the model is held.
 Hyper-parameters (defaults tuned on the bundled smollm2-135m, 30 layers):
 - ``layer`` (None: a quarter of the depth, 7 of 30; WMDP used 7 of 32)
 - ``update_layers`` (3): how many layers up to ``layer`` are trained
-- ``steering_coeff`` (None: ``steering_scale`` x mean forget activation norm at ``layer``)
+- ``steering_coeff`` (None: ``steering_scale`` x median forget token norm at ``layer``)
 - ``steering_scale`` (8.0); ``alpha`` (100.0): retain weight; ``seed`` (0): the random direction
 """
 
@@ -111,10 +111,10 @@ def prepare(ctx) -> None:
     direction = direction / direction.norm()
     coeff = config.steering_coeff
     if coeff is None:
+        # the median token norm, skipping position 0 (attention sinks carry outsized norms)
         forget_hidden = _cache(ctx, ctx.forget[:64], layer)
-        coeff = config.steering_scale * float(
-            torch.cat(list(forget_hidden.values())).norm(dim=-1).mean()
-        )
+        norms = torch.cat([h[1:].norm(dim=-1) for h in forget_hidden.values()])
+        coeff = config.steering_scale * float(norms.median())
     ctx.state["coeff"] = coeff
     ctx.state["target"] = (coeff * direction).to(ctx.accelerator.device)
 
