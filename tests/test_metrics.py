@@ -80,3 +80,19 @@ def test_mc_and_perplexity(tiny_tokenizer):
     fresh = make_tiny_model(tiny_tokenizer)
     text = [t.text for t in task.fluency]
     assert perplexity(taught, tiny_tokenizer, text) < perplexity(fresh, tiny_tokenizer, text) / 5
+
+
+def test_head_on_targets_only_equals_full_logits(tiny_tokenizer, tiny_model):
+    from excise.data.encode import collate, encode_pair
+    from excise.scoring import forward_stats
+
+    examples = [
+        encode_pair(tiny_tokenizer, "The capital of France is", " Paris", "raw", 0),
+        encode_pair(tiny_tokenizer, "Iron", " has the symbol Fe", "raw", 1),
+    ]
+    batch = collate(examples, tiny_tokenizer.pad_token_id)
+    fast = forward_stats(tiny_model, batch)
+    logits = tiny_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    full = sequence_stats(logits, batch["labels"])
+    assert torch.allclose(fast.logprob, full.logprob, atol=1e-5)
+    assert torch.equal(fast.tokens, full.tokens) and torch.equal(fast.correct, full.correct)

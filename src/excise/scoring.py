@@ -16,33 +16,71 @@ class SequenceStats:
     correct: torch.Tensor  # (batch,) bool: every target token is the argmax (greedy exact match)
 
 
+def _target_mask(labels: torch.Tensor) -> torch.Tensor:
+    """Positions whose next token is a target: (batch, seq) bool, last column always False."""
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[:, :-1] = labels[:, 1:] != IGNORE
+    return mask
+
+
+def _stats_from_target_logits(
+    picked: torch.Tensor, wanted: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor
+) -> SequenceStats:
+    """Reduce the logits at target positions, (targets, vocab), to per-sequence statistics."""
+    picked = picked.float()
+    token_logprob = torch.log_softmax(picked, dim=-1).gather(-1, wanted.unsqueeze(-1)).squeeze(-1)
+    token_correct = picked.argmax(-1) == wanted
+    batch = labels.shape[0]
+    logprob = picked.new_zeros(batch).index_add(0, rows, token_logprob)
+    tokens = (labels != IGNORE).sum(-1)
+    wrong = torch.zeros(batch, dtype=torch.long, device=labels.device).index_add(
+        0, rows, (~token_correct).long()
+    )
+    return SequenceStats(logprob, tokens, (wrong == 0) & (tokens > 0))
+
+
 def sequence_stats(logits: torch.Tensor, labels: torch.Tensor) -> SequenceStats:
     """Statistics of the target tokens of each sequence, from one forward pass.
 
     ``logits`` (batch, seq, vocab) at position t predict the token at t+1. Only target positions
     go through the softmax, which keeps memory at (targets, vocab) instead of (batch, seq, vocab).
     """
-    targets = labels[:, 1:]  # (batch, seq-1)
-    mask = targets != IGNORE
+    mask = _target_mask(labels)
     rows = mask.nonzero(as_tuple=True)[0]  # sequence of each target token
-    picked = logits[:, :-1][mask].float()  # (targets, vocab)
-    wanted = targets[mask]
-    token_logprob = torch.log_softmax(picked, dim=-1).gather(-1, wanted.unsqueeze(-1)).squeeze(-1)
-    token_correct = picked.argmax(-1) == wanted
-    batch = labels.shape[0]
-    logprob = torch.zeros(batch, dtype=token_logprob.dtype, device=logits.device).index_add(
-        0, rows, token_logprob
+    return _stats_from_target_logits(logits[mask], labels[:, 1:][mask[:, :-1]], rows, labels)
+
+
+def _plain_unembedding(model) -> bool:
+    """True when logits are just lm_head(final hidden state), so heads can run on a subset."""
+    config = getattr(model, "config", None)
+    special = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale")
+    return (
+        config is not None
+        and hasattr(model, "get_output_embeddings")
+        and model.get_output_embeddings() is not None
+        and getattr(model, "base_model", None) is not None
+        and model.base_model is not model
+        and not any(getattr(config, name, None) for name in special)
     )
-    tokens = mask.sum(-1)
-    wrong = torch.zeros(batch, dtype=torch.long, device=logits.device).index_add(
-        0, rows, (~token_correct).long()
-    )
-    return SequenceStats(logprob, tokens, (wrong == 0) & (tokens > 0))
 
 
 def forward_stats(model, batch: dict[str, torch.Tensor]) -> SequenceStats:
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return sequence_stats(logits, batch["labels"])
+    """One forward pass; the unembedding runs only at target positions when that is exact.
+
+    On the bundled model the vocabulary projection is ~20% of the compute per token, and prompt
+    positions are most of the tokens, so this saves time and (batch, seq, vocab) memory.
+    """
+    labels = batch["labels"]
+    if not _plain_unembedding(model):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return sequence_stats(logits, labels)
+    hidden = model.base_model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).last_hidden_state  # (batch, seq, hidden)
+    mask = _target_mask(labels)
+    rows = mask.nonzero(as_tuple=True)[0]
+    picked = model.get_output_embeddings()(hidden[mask])  # (targets, vocab)
+    return _stats_from_target_logits(picked, labels[:, 1:][mask[:, :-1]], rows, labels)
 
 
 def nll(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -190,11 +191,33 @@ def filter_known(task: Task, model, tokenizer) -> Task:
 
     The counts before and after go into ``metadata["filter"]``.
     """
+    from excise.models import excise_home, fingerprint
     from excise.scoring import score_pairs
+
+    cache_dir = excise_home() / "filters"
+    weights = fingerprint(model)
 
     def known(items: list[QA]) -> list[QA]:
         if not items:
             return []
+        # what a model knows depends only on its weights and the items: cache it
+        key = hashlib.sha256(
+            json.dumps(
+                [weights, task.template, [(q.prompt, q.completion, q.paraphrases) for q in items]]
+            ).encode()
+        ).hexdigest()[:20]
+        cached = cache_dir / f"{key}.json"
+        if cached.is_file():
+            kept = json.loads(cached.read_text())
+            return [replace(items[int(i)], paraphrases=tuple(p)) for i, p in kept]
+        result = _known(items)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps([[i, list(q.paraphrases)] for i, q in result]))
+        os.replace(tmp, cached)
+        return [q for _, q in result]
+
+    def _known(items: list[QA]) -> list[tuple[int, QA]]:
         main = score_pairs(
             model, tokenizer, [(q.prompt, q.completion) for q in items], task.template
         )
@@ -211,7 +234,7 @@ def filter_known(task: Task, model, tokenizer) -> Task:
             if ok:
                 good.setdefault(i, []).append(p)
         return [
-            replace(q, paraphrases=tuple(good.get(i, ())))
+            (i, replace(q, paraphrases=tuple(good.get(i, ()))))
             for i, q in enumerate(items)
             if main.correct[i]
         ]
