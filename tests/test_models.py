@@ -44,3 +44,12 @@ def test_clone_is_independent(tiny_model):
     with torch.no_grad():
         next(copy.parameters()).add_(1.0)
     assert fingerprint(copy) != fingerprint(tiny_model)
+
+
+def test_not_a_causal_lm(tmp_path):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    config = T5Config(vocab_size=32, d_model=8, d_ff=16, num_layers=1, num_heads=2, d_kv=4)
+    T5ForConditionalGeneration(config).save_pretrained(tmp_path / "t5")
+    with pytest.raises(ModelError, match="not a causal language model"):
+        load_model(str(tmp_path / "t5"))

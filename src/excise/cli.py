@@ -72,6 +72,18 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_attacks(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from excise.attacks import all_attacks
+
+    for name, spec in all_attacks().items():
+        fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(spec.budget_cls))
+        print(f"{name:<14} {spec.summary}")
+        print(f"{'':<14} budget: {fields or '-'}")
+    return 0
+
+
 def cmd_unlearn(args: argparse.Namespace, *, demo: bool = False) -> int:
     from excise.pipeline import run_unlearn
 
@@ -90,14 +102,58 @@ def cmd_unlearn(args: argparse.Namespace, *, demo: bool = False) -> int:
         overwrite=args.overwrite,
         resume=getattr(args, "resume", False),
         dtype=getattr(args, "dtype", "float32"),
+        audit_attacks=_attacks(args.audit) if getattr(args, "audit", None) else None,
         echo=_echo,
     )
     print_table(report["before"], report["after"])
+    if report.get("audit"):
+        print_scorecard(report["audit"])
     print(f"wrote {args.out}/model, {args.out}/report.json, {args.out}/report.html")
     print(
         f"total {time.perf_counter() - started:.0f} s; stages: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in report["timings_s"].items())
     )
+    return 0
+
+
+def _attacks(value: str) -> str | list[str]:
+    return "all" if value == "all" else [a.strip() for a in value.split(",") if a.strip()]
+
+
+def print_scorecard(audit: dict[str, Any]) -> None:
+    card = audit["scorecard"]["forget_accuracy"]
+    recovery = audit.get("recovery") or {}
+    print(f"{'attack':<16}{'forget acc':>12}{'recovery':>10}")
+    print(f"{'(clean)':<16}{card['clean']:>12.3f}")
+    for name, value in card["attacked"].items():
+        rec = recovery.get(name)
+        print(f"{name:<16}{value:>12.3f}{'' if rec is None else f'{rec:>10.2f}'}")
+    print(f"worst case: {card['worst']:.3f} ({card['worst_attack']})")
+    relearn = audit.get("relearn") or {}
+    if relearn.get("relearn_ratio") is not None:
+        print(
+            f"relearn ratio vs gold: {relearn['relearn_ratio']:.2f} (1.0 = as hard as never learned)"
+        )
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from excise.pipeline import run_audit
+
+    report = run_audit(
+        model_spec=args.model,
+        original_spec=args.original,
+        out=Path(args.out),
+        task=args.task,
+        forget=args.forget,
+        retain=args.retain,
+        template=args.template,
+        attacks=_attacks(args.attacks),
+        overwrite=args.overwrite,
+        dtype=args.dtype,
+        echo=_echo,
+    )
+    print_scorecard(report["audit"])
+    print(f"wrote {args.out}/report.json, {args.out}/report.html")
     return 0
 
 
@@ -181,6 +237,24 @@ def parser() -> argparse.ArgumentParser:
     )
     unlearn.add_argument("--resume", action="store_true", help="continue from OUT.ckpt")
     unlearn.add_argument("--quiet", action="store_true", help="no progress bar")
+    unlearn.add_argument(
+        "--audit",
+        nargs="?",
+        const="all",
+        metavar="ATTACKS",
+        help="audit after unlearning (all, or a comma list)",
+    )
+
+    audit = commands.add_parser(
+        "audit", help="attack a changed model and write a worst-case scorecard"
+    )
+    _add_common(audit)
+    audit.add_argument("--original", required=True, help="the model before the change")
+    audit.add_argument(
+        "--attacks", default="all", help="all, or a comma list (see `excise attacks`)"
+    )
+    audit.add_argument("--out", required=True)
+    audit.add_argument("--overwrite", action="store_true")
 
     evaluate = commands.add_parser("evaluate", help="score a model on a task")
     _add_common(evaluate)
@@ -188,6 +262,7 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true")
 
     commands.add_parser("methods", help="list methods, their options and defaults")
+    commands.add_parser("attacks", help="list audit attacks and their default budgets")
     return root
 
 
@@ -200,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "methods":
             return cmd_methods(args)
+        if args.command == "attacks":
+            return cmd_attacks(args)
         if args.command == "demo":
             args.model, args.task, args.forget, args.retain = (
                 "smollm2-135m",
@@ -212,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_unlearn(args)
         if args.command == "evaluate":
             return cmd_evaluate(args)
+        if args.command == "audit":
+            return cmd_audit(args)
     except ExciseError as error:
         print(f"excise: error: {error}", file=sys.stderr)
         return 2

@@ -130,9 +130,13 @@ def run_unlearn(
     overwrite: bool = False,
     resume: bool = False,
     dtype: str = "float32",
+    audit_attacks: str | list[str] | None = None,
     echo: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """The whole job: returns the report (also written, with the model, into ``out``)."""
+    """The whole job: returns the report (also written, with the model, into ``out``).
+
+    With ``audit_attacks`` the unlearned model is audited against the original before saving.
+    """
     from excise.report import build_report, write_report
 
     out = Path(out)
@@ -179,6 +183,22 @@ def run_unlearn(
             )
         with timer.stage("evaluate after"):
             after = evaluate(model, tokenizer, chosen, gold_truth_ratios=gold_ratios)
+        audit_result = None
+        if audit_attacks:
+            from excise.attacks.scorecard import audit
+
+            with timer.stage("audit"):
+                original, gold = references_for(model_spec, chosen, dtype=dtype, echo=echo)
+                audit_result = audit(
+                    model,
+                    tokenizer,
+                    chosen,
+                    original=original,
+                    gold=gold,
+                    attacks=audit_attacks,
+                    echo=echo,
+                )
+                del original, gold
         with timer.stage("save"):
             save_model(model, tokenizer, tmp / "model")
         report = build_report(
@@ -192,6 +212,8 @@ def run_unlearn(
             log=log,
             timings=timer.seconds,
         )
+        if audit_result is not None:
+            report["audit"] = audit_result
         write_report(report, tmp)
         write_manifest(tmp)
     if checkpoint_dir.exists():
@@ -203,3 +225,76 @@ def run_unlearn(
 
 def evaluation_row(evaluation: Evaluation) -> dict[str, float]:
     return {k: evaluation.metrics[k] for k in evaluation.metrics}
+
+
+def references_for(
+    original_spec: str,
+    task: Task,
+    *,
+    dtype: str = "float32",
+    echo: Callable[[str], None] | None = None,
+):
+    """(original, gold) models for an audit: for taught tasks the taught and the gold models."""
+    if task.metadata.get("needs_teaching"):
+        from excise.fictitious import taught_models
+
+        taught, gold_dir = taught_models(original_spec, task, dtype=dtype, echo=echo)
+        return load_model(str(taught), dtype=dtype)[0], load_model(str(gold_dir), dtype=dtype)[0]
+    return load_model(original_spec, dtype=dtype)[0], None
+
+
+def run_audit(
+    *,
+    model_spec: str,
+    original_spec: str,
+    out: Path,
+    task: str | None = None,
+    forget: str | None = None,
+    retain: str | None = None,
+    template: str = "auto",
+    attacks: str | list[str] = "all",
+    budgets: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    dtype: str = "float32",
+    echo: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Attack ``model_spec`` and write report.json / report.html into ``out``."""
+    from excise.attacks.scorecard import audit
+    from excise.report import audit_report, write_report
+
+    out = Path(out)
+    if out.exists() and not overwrite:  # fail before the long work, not after it
+        raise ConfigError(f"output folder {out} exists; pass --overwrite to replace it")
+    timer = Timer(echo)
+    with timer.stage("load models"):
+        model, tokenizer = load_model(model_spec, dtype=dtype)
+        base, _ = load_model(original_spec, dtype=dtype)
+    with timer.stage("load task"):
+        # items are filtered by what the original model knew, not by what is left
+        chosen = resolve_task(
+            base, tokenizer, task=task, forget=forget, retain=retain, template=template
+        )
+        original, gold = references_for(original_spec, chosen, dtype=dtype, echo=echo)
+        del base
+    with timer.stage("audit"):
+        result = audit(
+            model,
+            tokenizer,
+            chosen,
+            original=original,
+            gold=gold,
+            attacks=attacks,
+            budgets=budgets,
+            echo=echo,
+        )
+    report = audit_report(
+        model_spec=model_spec,
+        original_spec=original_spec,
+        task=chosen,
+        audit=result,
+        timings=timer.seconds,
+    )
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        write_report(report, tmp)
+        write_manifest(tmp)
+    return report

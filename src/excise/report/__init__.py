@@ -91,6 +91,28 @@ def build_report(
     }
 
 
+def audit_report(
+    *,
+    model_spec: str,
+    original_spec: str,
+    task: Task,
+    audit: dict[str, Any],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "audit",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "excise_version": _version(),
+        "model": model_spec,
+        "original": original_spec,
+        "task": task_summary(task),
+        "audit": audit,
+        "timings_s": timings,
+        "metric_help": METRIC_HELP,
+    }
+
+
 def _clean(value: Any) -> Any:
     """JSON has no NaN: write null instead."""
     if isinstance(value, float) and value != value:
@@ -134,7 +156,12 @@ without custom code. The numbers below are measured on the task's evaluation set
 def write_report(report: dict[str, Any], folder: Path) -> None:
     report = _clean(report)
     (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (folder / "report.html").write_text(render_html(report))
+    sections = []
+    if report.get("audit"):
+        from excise.report.audit_html import audit_sections
+
+        sections = audit_sections(report)
+    (folder / "report.html").write_text(render_html(report, sections))
     recipe = {k: report[k] for k in ("model", "method") if k in report}
     recipe["task"] = report.get("task", {}).get("name")
     (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))

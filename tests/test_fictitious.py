@@ -1,0 +1,47 @@
+"""The TOFU-style path end to end on a tiny model: teach (cached), gold model, forget quality."""
+
+import json
+
+import pytest
+
+from excise.cli import main
+from excise.models import save_model
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXCISE_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def test_fictitious_teaches_once_and_reports_forget_quality(
+    tmp_path, home, tiny_model, tiny_tokenizer, capsys
+):
+    folder = save_model(tiny_model, tiny_tokenizer, tmp_path / "tiny")
+    out = tmp_path / "out"
+    argv = [
+        "unlearn",
+        "--model",
+        str(folder),
+        "--task",
+        "fictitious",
+        "--method",
+        "npo",
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    assert main(argv) == 0, capsys.readouterr().err
+    taught = list((home / "taught").glob("fictitious-*"))
+    assert len(taught) == 1 and (taught[0] / "full" / "model.safetensors").is_file()
+    assert (taught[0] / "gold" / "model.safetensors").is_file()
+    report = json.loads((out / "report.json").read_text())
+    assert 0.0 <= report["before"]["forget_quality"] <= 1.0
+    assert "teach (cached)" in report["timings_s"]
+    # taught on the forget facts, the model is far from the gold one that never saw them
+    assert report["before"]["forget_prob"] > 0.1
+    stamp = (taught[0] / "full" / "model.safetensors").stat().st_mtime_ns
+    assert main(argv + ["--overwrite"]) == 0
+    assert (taught[0] / "full" / "model.safetensors").stat().st_mtime_ns == stamp  # cached
