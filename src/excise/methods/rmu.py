@@ -14,7 +14,9 @@ Hyper-parameters (defaults tuned on the bundled smollm2-135m, 30 layers):
 - ``layer`` (None: a quarter of the depth, 7 of 30; WMDP used 7 of 32)
 - ``update_layers`` (3): how many layers up to ``layer`` are trained
 - ``steering_coeff`` (None: ``steering_scale`` x median forget token norm at ``layer``)
-- ``steering_scale`` (8.0); ``alpha`` (100.0): retain weight; ``seed`` (0): the random direction
+- ``steering_scale`` (8.0); ``alpha`` (1000.0): retain weight; ``seed`` (0): the random direction
+- training: 150 steps, lr 5e-4, batch 8 forget + 8 retain (chem-symbols, measured: forget accuracy
+  100% -> 0.6%, paraphrases 100% -> 0.5%, held-out retain 100% -> 98%, perplexity +2%; ~30 s)
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class RMUConfig:
     update_layers: int = 3
     steering_coeff: float | None = None
     steering_scale: float = 8.0
-    alpha: float = 100.0
+    alpha: float = 1000.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -155,6 +157,6 @@ SPEC = register(
         RMUConfig,
         prepare,
         loss,
-        train_defaults={"steps": 40, "lr": 5e-5},
+        train_defaults={"steps": 150, "lr": 5e-4},
     )
 )
