@@ -11,7 +11,7 @@ from excise.report.svg import bar_chart, line_chart
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}
-th:first-child,td:first-child{text-align:left}.good{color:#2a7}.bad{color:#c33}small{color:#666}
+th:first-child,td:first-child,td:last-child{text-align:left}.good{color:#2a7}.bad{color:#c33}small{color:#666}
 section{margin:2em 0}
 """
 
