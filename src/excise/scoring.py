@@ -52,10 +52,15 @@ def sequence_stats(logits: torch.Tensor, labels: torch.Tensor) -> SequenceStats:
 
 def _plain_unembedding(model) -> bool:
     """True when logits are just lm_head(final hidden state), so heads can run on a subset."""
+    from transformers import PreTrainedModel
+
     config = getattr(model, "config", None)
     special = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale")
+    # wrappers (a peft PeftModel, say) take the full path: their base_model is not a plain body
     return (
         config is not None
+        and isinstance(model, PreTrainedModel)
+        and isinstance(getattr(model, "base_model", None), PreTrainedModel)
         and hasattr(model, "get_output_embeddings")
         and model.get_output_embeddings() is not None
         and getattr(model, "base_model", None) is not None

@@ -1,0 +1,92 @@
+"""Relearning measured against reference models: the original (before unlearning) and gold
+(never trained on the forget set), under the same attack and budget.
+
+The threshold is half the original's clean accuracy on half B unless given (0.5 without an
+original). The relearn ratio compares how many steps the unlearned and the gold model need to
+reach it (Deeb & Roger 2024 compare against a model that never learned the facts in the same way).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from excise.attacks.base import AttackResult, accuracy, halves
+from excise.attacks.relearn import (
+    RelearnBudget,
+    relearn_curve,
+    steps_to_threshold,
+    training_records,
+)
+from excise.data.tasks import Task
+
+
+def relearn_ratio(unlearned: int | None, gold: int | None, last_step: int) -> dict[str, Any]:
+    """Steps the unlearned model needs to reach the threshold / steps the gold model needs.
+
+    Above 1: harder to relearn than for a model that never knew (good); below 1: the knowledge was
+    still there. A model that misses the threshold within the budget reached it after ``last_step``:
+    the ratio is then a bound ("lower" if only the unlearned model missed, "upper" if only gold
+    did); None when neither reached it or the gold model starts above it ("gold_at_start": raise
+    the threshold). Never infinite, so the report stays valid JSON.
+    """
+    if gold == 0:
+        return {"ratio": None, "bound": "gold_at_start"}
+    if unlearned is None and gold is None:
+        return {"ratio": None, "bound": "neither_reached"}
+    if unlearned is None:
+        return {"ratio": last_step / gold, "bound": "lower"}
+    if gold is None:
+        return {"ratio": unlearned / max(last_step, 1), "bound": "upper"}
+    return {"ratio": unlearned / gold, "bound": "exact"}
+
+
+def relearn_references(
+    tokenizer,
+    task: Task,
+    references: dict[str, Any],
+    result: AttackResult,
+    budget: RelearnBudget,
+    threshold: float | None,
+) -> dict[str, Any]:
+    """Relearning curves of the reference models beside the unlearned one; threshold; ratios."""
+    reference_budget = dataclasses.replace(budget, variants=budget.reference_variants)
+    curves = {"unlearned": result.curve}
+    for role, ref in references.items():
+        curves[role] = []
+        for variant in budget.reference_variants:
+            if records := training_records(task, variant):
+                curves[role] += relearn_curve(
+                    ref, tokenizer, task, records, variant, reference_budget
+                )
+    original_clean = next(
+        (r["forget_accuracy"] for r in curves.get("original", []) if r["step"] == 0), None
+    )
+    if "original" in references and original_clean is None:  # the schedule skips step 0
+        held_out = halves(task.forget_eval)[1][: budget.eval_items or None]
+        original_clean = accuracy(references["original"], tokenizer, held_out, task.template)
+    rule = "given"
+    if threshold is None and original_clean is not None:
+        threshold, rule = 0.5 * original_clean, "half the original's clean accuracy on half B"
+    elif threshold is None:
+        threshold, rule = 0.5, "0.5 (no original model given)"
+    variants = {role: sorted({r["variant"] for r in rows}) for role, rows in curves.items()}
+    reached = {
+        role: {v: steps_to_threshold(rows, threshold, variant=v) for v in variants[role]}
+        for role, rows in curves.items()
+    }
+    section: dict[str, Any] = {
+        "threshold": threshold,
+        "threshold_rule": rule,
+        "original_clean_half_b": original_clean,
+        "curves": curves,
+        "steps_to_threshold": reached,
+    }
+    if "gold" in reached:
+        last = max(budget.steps)
+        section["ratio"] = {
+            v: relearn_ratio(reached["unlearned"].get(v), reached["gold"][v], last)
+            for v in variants["gold"]
+            if v in reached["unlearned"]
+        }
+    return section

@@ -1,0 +1,151 @@
+"""The audit: run attacks on an unlearned model and set each beside the clean model and references.
+
+:func:`audit` returns JSON-ready data (no NaN or infinity: None instead), schema
+``AUDIT_SCHEMA_VERSION`` 1:
+- ``schema_version``; ``attacks``: names run, in order; ``budgets``: {attack: budget fields}
+- ``clean``: {"unlearned" | "original" | "gold": {forget_accuracy, retain_accuracy, mc_accuracy}}
+- ``results``: {attack: {name, budget, metrics, curve, details}} (see :class:`AttackResult`)
+- ``scorecard``: {"forget_accuracy": {clean, attacked: {attack: value}, worst, worst_attack},
+  "retain_accuracy": {clean, attacked: {attack: value}}}; worst is the highest forget accuracy,
+  the clean model included (worst_attack "none" when no attack beats it)
+- ``recovery``: {attack: (attacked - unlearned) / (original - unlearned)}, with an original model;
+  None where the attack has no forget accuracy or the original knows no more than the unlearned
+  model. Relearning measures half B of forget_eval, so both clean values are taken on half B.
+- ``relearn`` (when relearn ran): threshold (default half the original's clean accuracy on half B;
+  0.5 without an original), curves {unlearned, original, gold}, steps_to_threshold
+  {model: {variant: steps | None}}, and with a gold model ``ratio`` {variant: {ratio, bound}}: see
+  :mod:`excise.attacks.references`. Reference models run ``reference_variants`` of the budget.
+- ``timings_s``: {attack: seconds}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from excise.attacks import ATTACKS, get_attack, make_budget
+from excise.attacks.base import utility_metrics
+from excise.attacks.references import relearn_references
+from excise.data.tasks import Task
+from excise.errors import ExciseError
+
+AUDIT_SCHEMA_VERSION = 1
+
+
+def recovery(attacked: float, unlearned: float, original: float) -> float | None:
+    """Share of the removed accuracy an attack brings back; None when nothing was removed."""
+    if any(v is None or not math.isfinite(v) for v in (attacked, unlearned, original)):
+        return None
+    gap = original - unlearned
+    return (attacked - unlearned) / gap if gap > 1e-9 else None
+
+
+def _names(attacks: str | Sequence[str]) -> list[str]:
+    if isinstance(attacks, str):  # "all", or names separated by commas
+        attacks = (
+            ATTACKS if attacks == "all" else [a.strip() for a in attacks.split(",") if a.strip()]
+        )
+    names = list(dict.fromkeys(attacks))
+    for name in names:
+        get_attack(name)  # ExciseError for unknown names
+    if not names:
+        raise ExciseError("no attacks to run")
+    return names
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json(v) for v in value]
+    return value
+
+
+def audit(
+    model,
+    tokenizer,
+    task: Task,
+    *,
+    original=None,
+    gold=None,
+    attacks: str | Sequence[str] = "all",
+    budgets: dict[str, Any] | None = None,
+    echo: Callable[[str], None] | None = None,
+    threshold: float | None = None,
+) -> dict[str, Any]:
+    """Run ``attacks`` on ``model`` (never changed); ``budgets`` maps attack -> overrides."""
+    names = _names(attacks)
+    unknown = sorted(set(budgets or {}) - set(names))
+    if unknown:
+        raise ExciseError(f"budgets given for attacks not run: {', '.join(unknown)}")
+    chosen = {name: make_budget(name, (budgets or {}).get(name)) for name in names}
+    references = {k: v for k, v in (("original", original), ("gold", gold)) if v is not None}
+    clean = {"unlearned": utility_metrics(model, tokenizer, task)}
+    clean |= {role: utility_metrics(ref, tokenizer, task) for role, ref in references.items()}
+    results, timings = {}, {}
+    for name in names:
+        if echo:
+            echo(f"[audit] {name} ...")
+        start = time.perf_counter()
+        results[name] = get_attack(name).run(
+            model, tokenizer, task, budget=chosen[name], original=original, gold=gold
+        )
+        timings[name] = round(time.perf_counter() - start, 2)
+    relearn = None
+    if "relearn" in results:
+        if echo and references:
+            echo(f"[audit] relearn on the reference models ({', '.join(references)}) ...")
+        start = time.perf_counter()
+        relearn = relearn_references(
+            tokenizer, task, references, results["relearn"], chosen["relearn"], threshold
+        )
+        timings["relearn (references)"] = round(time.perf_counter() - start, 2)
+    attacked = {
+        n: r.metrics["forget_accuracy"]
+        for n, r in results.items()
+        if "forget_accuracy" in r.metrics
+    }
+    clean_forget = clean["unlearned"]["forget_accuracy"]
+    worst_attack = max(attacked, key=lambda n: attacked[n], default="none")
+    if worst_attack == "none" or not attacked[worst_attack] > clean_forget:
+        worst_attack = "none"
+    scores: dict[str, Any] = {}
+    if original is not None:
+        for name, value in attacked.items():
+            if name == "relearn" and relearn is not None:
+                before = results[name].details["clean_forget_accuracy"]
+                scores[name] = recovery(value, before, relearn["original_clean_half_b"])
+            else:
+                scores[name] = recovery(value, clean_forget, clean["original"]["forget_accuracy"])
+    report = {
+        "schema_version": AUDIT_SCHEMA_VERSION,
+        "attacks": names,
+        "budgets": {n: dataclasses.asdict(b) for n, b in chosen.items()},
+        "clean": clean,
+        "results": {n: r.to_dict() for n, r in results.items()},
+        "scorecard": {
+            "forget_accuracy": {
+                "clean": clean_forget,
+                "attacked": attacked,
+                "worst": max([clean_forget, *attacked.values()]),
+                "worst_attack": worst_attack,
+            },
+            "retain_accuracy": {
+                "clean": clean["unlearned"]["retain_accuracy"],
+                "attacked": {
+                    n: r.metrics["retain_accuracy"]
+                    for n, r in results.items()
+                    if "retain_accuracy" in r.metrics
+                },
+            },
+        },
+        "recovery": scores,
+        "relearn": relearn,
+        "timings_s": timings,
+    }
+    return _json(report)

@@ -1,0 +1,182 @@
+"""HTML sections of an audit (see :mod:`excise.attacks.scorecard` for the data they draw).
+
+``audit_sections(report)`` takes the report (its ``audit`` entry) or the audit dict itself and
+returns sections for :func:`excise.report.html.render_html`'s ``extra_sections``: the scorecard
+table, forget accuracy clean vs attacked, relearning curves (original / unlearned / gold per
+variant), per-layer probe and logit-lens lines, quantization settings with utility, and MIA AUCs.
+Every chart is an inline ``<svg class="chart">``.
+"""
+
+from __future__ import annotations
+
+import json
+from html import escape
+from typing import Any
+
+from excise.report.svg import bar_chart, line_chart
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.3f}" if isinstance(value, float) else escape(str(value))
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _budget(budget: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in budget.items())
+
+
+def _other(result: dict[str, Any]) -> str:
+    """The headline of attacks that measure something other than answers."""
+    metrics, details = result.get("metrics", {}), result.get("details", {})
+    if details.get("skipped"):
+        return f"skipped: {details['skipped']}"
+    if result.get("name") == "probe":
+        return (
+            f"{details.get('mode')} probe {metrics['probe_accuracy']:.3f} at layer "
+            f"{int(metrics['best_layer'])} (chance {metrics['chance']:.3f}, p={metrics['p_value']:.2g})"
+        )
+    if result.get("name") == "mia" and "auc_max" in metrics:
+        return f"AUC {metrics['auc_min']:.3f}–{metrics['auc_max']:.3f} ({details.get('mode')})"
+    return ""
+
+
+def scorecard_table(audit: dict[str, Any]) -> str:
+    card = audit.get("scorecard", {})
+    forget, retain = card.get("forget_accuracy", {}), card.get("retain_accuracy", {})
+    rows = [
+        [f"clean ({role})", m.get("forget_accuracy"), m.get("retain_accuracy"), None, "", None, ""]
+        for role, m in audit.get("clean", {}).items()
+    ]
+    for name in audit.get("attacks", []):
+        seconds = audit.get("timings_s", {}).get(name)
+        rows.append(
+            [
+                name,
+                forget.get("attacked", {}).get(name),
+                retain.get("attacked", {}).get(name),
+                audit.get("recovery", {}).get(name),
+                _other(audit.get("results", {}).get(name, {})),
+                None if seconds is None else f"{seconds:.1f}",
+                _budget(audit.get("budgets", {}).get(name, {})),
+            ]
+        )
+    worst = (
+        f"<p>worst-case forget accuracy <b>{_fmt(forget.get('worst'))}</b> "
+        f"({escape(str(forget.get('worst_attack')))}; clean {_fmt(forget.get('clean'))})</p>"
+    )
+    headers = ["attack", "forget acc.", "retain acc.", "recovery", "other", "seconds", "budget"]
+    return (
+        "<section><h2>Audit scorecard</h2>"
+        + worst
+        + _table(headers, rows)
+        + "<p><small>forget/retain acc.: greedy exact match under attack (logit lens: first answer "
+        "token). recovery = (attacked − unlearned) / (original − unlearned). A robustness claim "
+        "holds only at the budget shown.</small></p></section>"
+    )
+
+
+def relearn_charts(audit: dict[str, Any]) -> list[str]:
+    relearn = audit.get("relearn") or {}
+    curves = relearn.get("curves") or {}
+    variants = list(dict.fromkeys(r["variant"] for rows in curves.values() for r in rows or []))
+    charts = []
+    for variant in variants:
+        series = {
+            role: [(r["step"], r["forget_accuracy"]) for r in rows if r["variant"] == variant]
+            for role, rows in curves.items()
+        }
+        series = {k: v for k, v in series.items() if v}
+        if relearn.get("threshold") is not None:
+            steps = [x for pts in series.values() for x, _ in pts]
+            series["threshold"] = [
+                (min(steps), relearn["threshold"]),
+                (max(steps), relearn["threshold"]),
+            ]
+        charts.append(
+            line_chart(
+                f"relearning ({variant}): forget accuracy on held-out half B",
+                series,
+                xlabel="step",
+                ymax=1.0,
+            )
+        )
+    ratios = relearn.get("ratio") or {}
+    rows = [[v, r.get("ratio"), r.get("bound")] for v, r in ratios.items()]
+    table = (
+        _table(["variant", "relearn ratio (unlearned / gold steps)", "bound"], rows) if rows else ""
+    )
+    return (
+        ["<section><h2>Relearning</h2>" + "".join(charts) + table + "</section>"] if charts else []
+    )
+
+
+def layer_charts(audit: dict[str, Any]) -> list[str]:
+    results, out = audit.get("results", {}), []
+    probe = results.get("probe", {}).get("details", {})
+    if probe.get("layer_accuracy"):
+        chance = results["probe"]["metrics"].get("chance", 0.0)
+        series = {
+            f"probe ({probe.get('mode')})": list(
+                zip(probe["layers"], probe["layer_accuracy"], strict=True)
+            ),
+            "chance": [(layer, chance) for layer in probe["layers"]],
+        }
+        out.append(
+            line_chart(
+                "linear probe: held-out accuracy per layer", series, xlabel="layer", ymax=1.0
+            )
+        )
+    lens = results.get("logit_lens", {}).get("details", {})
+    if lens.get("top1"):
+        series = {
+            "top-1 of first answer token": list(zip(lens["layers"], lens["top1"], strict=True))
+        }
+        out.append(
+            line_chart("logit lens: answer top-1 rate per layer", series, xlabel="layer", ymax=1.0)
+        )
+    return ["<section><h2>Per layer</h2>" + "".join(out) + "</section>"] if out else []
+
+
+def detail_tables(audit: dict[str, Any]) -> list[str]:
+    results, out = audit.get("results", {}), []
+    settings = results.get("quantize", {}).get("details", {}).get("settings") or []
+    if settings:
+        keys = ["forget_accuracy", "retain_accuracy", "mc_accuracy"]
+        rows = [[s["setting"], *(s.get(k) for k in keys)] for s in settings]
+        out.append(
+            "<h3>Quantization (utility beside recovery)</h3>" + _table(["setting", *keys], rows)
+        )
+    mia = results.get("mia", {})
+    if mia.get("metrics"):
+        rows = [[k, v] for k, v in mia["metrics"].items()]
+        out.append(
+            f"<h3>Membership inference ({escape(str(mia['details'].get('mode')))})</h3>"
+            + _table(["score", "AUC"], rows)
+        )
+    return ["<section><h2>Attack details</h2>" + "".join(out) + "</section>"] if out else []
+
+
+def audit_sections(report: dict[str, Any]) -> list[str]:
+    audit = report.get("audit", report)
+    card = audit.get("scorecard", {}).get("forget_accuracy", {})
+    attacked = card.get("attacked", {})
+    sections = [scorecard_table(audit)]
+    if attacked:
+        bars = bar_chart(
+            "forget accuracy: clean vs under attack",
+            list(attacked),
+            {
+                "clean": [card.get("clean") or 0.0] * len(attacked),
+                "attacked": [v or 0.0 for v in attacked.values()],
+            },
+            ymax=1.0,
+        )
+        sections.append(f"<section>{bars}</section>")
+    return sections + relearn_charts(audit) + layer_charts(audit) + detail_tables(audit)
