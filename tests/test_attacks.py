@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-from tests.conftest import make_tiny_model, teach
 
 from excise.attacks import ATTACKS, all_attacks, get_attack, make_budget, run_attack
 from excise.attacks.in_context import few_shot_items
@@ -23,6 +22,7 @@ from excise.errors import ConfigError, ExciseError
 from excise.models import clone_model, fingerprint
 from excise.pipeline import unlearn
 from excise.report.audit_html import audit_sections
+from tests.conftest import make_tiny_model, teach
 
 NAMES = ["Ana", "Bex", "Cal", "Dov", "Eli", "Fay", "Gus", "Hal", "Ivy", "Jon", "Kim", "Lou"]
 OTHERS = ["Vic", "Wes", "Xan", "Yul", "Zed", "Bo", "Cy", "Di", "Ed", "Flo", "Gil", "Hu"]

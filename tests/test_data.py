@@ -111,14 +111,18 @@ def test_custom_task(tmp_path):
         custom_task(only_mc, retain)
 
 
-def test_filter_known_keeps_what_the_model_knows_and_caches_it(tmp_path, monkeypatch, tiny_tokenizer):
+def test_filter_known_keeps_what_the_model_knows_and_caches_it(
+    tmp_path, monkeypatch, tiny_tokenizer
+):
     import excise.scoring
     from excise.data.tasks import filter_known
     from tests.conftest import make_tiny_model, teach, tiny_task
 
     monkeypatch.setenv("EXCISE_HOME", str(tmp_path))
     task = tiny_task()
-    model = teach(make_tiny_model(tiny_tokenizer), tiny_tokenizer, task.forget[:2] + task.retain, steps=60)
+    model = teach(
+        make_tiny_model(tiny_tokenizer), tiny_tokenizer, task.forget[:2] + task.retain, steps=60
+    )
     kept = filter_known(task, model, tiny_tokenizer)
     assert [q.completion for q in kept.forget] == [" Fe", " Au"]
     assert kept.metadata["filter"]["forget"] == [2, 4]

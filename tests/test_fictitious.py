@@ -42,7 +42,9 @@ def test_fictitious_teaches_once_and_reports_forget_quality(
     assert "teach (cached)" in report["timings_s"]
     from excise.models import fingerprint, load_model
 
-    weights = {fingerprint(load_model(str(p))[0]) for p in (folder, taught[0] / "full", taught[0] / "gold")}
+    weights = {
+        fingerprint(load_model(str(p))[0]) for p in (folder, taught[0] / "full", taught[0] / "gold")
+    }
     assert len(weights) == 3  # the taught and gold models were trained, and differently
     stamp = (taught[0] / "full" / "model.safetensors").stat().st_mtime_ns
     assert main(argv + ["--overwrite"]) == 0

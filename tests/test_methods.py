@@ -3,7 +3,6 @@
 import pytest
 import torch
 from accelerate import Accelerator
-from tests.conftest import make_tiny_model, teach, tiny_task
 
 from excise.data.encode import collate, encode_records
 from excise.errors import ConfigError, ExciseError
@@ -12,6 +11,7 @@ from excise.methods.npo import npo_loss
 from excise.methods.rmu import hidden_at
 from excise.scoring import forward_stats
 from excise.train import Context, TrainConfig, train
+from tests.conftest import make_tiny_model, teach, tiny_task
 
 OPTIONS = {"rmu": {"layer": 2, "update_layers": 2}}
 ALL = sorted(all_methods())

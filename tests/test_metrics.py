@@ -3,7 +3,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from tests.conftest import make_tiny_model, teach, tiny_task
 
 from excise.data.encode import IGNORE
 from excise.data.records import Text
@@ -11,6 +10,7 @@ from excise.metrics import evaluate, mc_accuracy, perplexity
 from excise.metrics.quality import forget_quality, harmonic_mean, truth_ratios, truth_score
 from excise.metrics.rouge import lcs_length, rouge_l_recall
 from excise.scoring import score_pairs, sequence_stats
+from tests.conftest import make_tiny_model, teach, tiny_task
 
 
 def test_sequence_stats_by_hand():

@@ -1,11 +1,11 @@
 import pytest
 import torch
-from tests.conftest import make_tiny_model, tiny_task
 
 from excise.data.encode import encode_records
 from excise.methods import get_method
 from excise.models import fingerprint
 from excise.train import TrainConfig, batch_indices, train
+from tests.conftest import make_tiny_model, tiny_task
 
 
 def test_batches_are_a_function_of_seed_and_draw():
