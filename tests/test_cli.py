@@ -150,3 +150,46 @@ def test_methods_lists_every_method(capsys):
     out = capsys.readouterr().out
     for name in ("ga", "graddiff", "npo", "simnpo", "idk", "rmu"):
         assert f"\n{name} " in "\n" + out
+
+
+def test_audit_command_writes_a_scorecard(tmp_path, tiny_dir, capsys):
+    forget = data(
+        tmp_path,
+        "f.jsonl",
+        [
+            {
+                "prompt": "The element iron has the symbol",
+                "completion": " Fe",
+                "paraphrases": ["Iron has the symbol"],
+            }
+        ],
+    )
+    retain = data(
+        tmp_path, "r.jsonl", [{"prompt": "The capital of France is", "completion": " Paris"}]
+    )
+    out = tmp_path / "audit"
+    argv = [
+        "audit",
+        "--model",
+        tiny_dir,
+        "--original",
+        tiny_dir,
+        "--forget",
+        forget,
+        "--retain",
+        retain,
+        "--template",
+        "raw",
+        "--attacks",
+        "paraphrase,quantize",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["kind"] == "audit" and report["audit"]["attacks"] == ["paraphrase", "quantize"]
+    assert "worst" in report["audit"]["scorecard"]["forget_accuracy"]
+    assert "<svg" in (out / "report.html").read_text()
+    assert "worst case" in capsys.readouterr().out
+    assert main(argv[:-2] + ["--attacks", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert "nope" in error_line(capsys)
