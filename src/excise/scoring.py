@@ -94,6 +94,15 @@ def nll(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return -stats.logprob.sum() / stats.tokens.sum().clamp(min=1)
 
 
+def with_retain_nll(ctx, batch, loss: torch.Tensor, terms: dict[str, float], weight: float):
+    """``loss + weight * NLL(retain batch)``, the retain term most removal methods share."""
+    if weight > 0:
+        retain_nll = nll(ctx.model, batch["retain"])
+        loss = loss + weight * retain_nll
+        terms["retain_nll"] = float(retain_nll.detach())
+    return loss, terms
+
+
 @torch.no_grad()
 def stats_for_examples(
     model, examples: list[Example], pad_id: int, *, batch_size: int = 32

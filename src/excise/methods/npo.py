@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from excise.errors import ConfigError
 from excise.methods import MethodSpec, register
-from excise.scoring import forward_stats, nll, stats_for_examples
+from excise.scoring import forward_stats, stats_for_examples, with_retain_nll
 
 
 @dataclass
@@ -52,12 +52,7 @@ def loss(ctx, batch):
     reference = ctx.state["reference_logprob"][forget["index"]]
     forget_loss = npo_loss(stats.logprob, reference, ctx.config.beta)
     terms = {"npo": float(forget_loss.detach())}
-    total = forget_loss
-    if ctx.config.retain_weight > 0:
-        retain_nll = nll(ctx.model, batch["retain"])
-        total = total + ctx.config.retain_weight * retain_nll
-        terms["retain_nll"] = float(retain_nll.detach())
-    return total, terms
+    return with_retain_nll(ctx, batch, forget_loss, terms, ctx.config.retain_weight)
 
 
 SPEC = register(

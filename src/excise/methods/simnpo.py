@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from excise.errors import ConfigError
 from excise.methods import MethodSpec, register
-from excise.scoring import forward_stats, nll
+from excise.scoring import forward_stats, with_retain_nll
 
 
 @dataclass
@@ -41,12 +41,7 @@ def loss(ctx, batch):
     stats = forward_stats(ctx.model, batch["forget"])
     forget_loss = simnpo_loss(stats.logprob, stats.tokens, ctx.config.beta, ctx.config.gamma)
     terms = {"simnpo": float(forget_loss.detach())}
-    total = forget_loss
-    if ctx.config.retain_weight > 0:
-        retain_nll = nll(ctx.model, batch["retain"])
-        total = total + ctx.config.retain_weight * retain_nll
-        terms["retain_nll"] = float(retain_nll.detach())
-    return total, terms
+    return with_retain_nll(ctx, batch, forget_loss, terms, ctx.config.retain_weight)
 
 
 SPEC = register(
