@@ -66,16 +66,33 @@ def sample_report():
     )
 
 
-def test_report_renders_in_headless_chromium(tmp_path):
+@pytest.mark.parametrize("with_audit", [False, True])
+def test_report_renders_in_headless_chromium(tmp_path, with_audit, tiny_tokenizer):
     browser = chromium()
-    write_report(sample_report(), tmp_path)
+    report = sample_report()
+    if with_audit:
+        from excise.attacks.scorecard import audit
+        from tests.conftest import make_tiny_model, teach
+
+        task = tiny_task()
+        original = teach(
+            make_tiny_model(tiny_tokenizer), tiny_tokenizer, task.forget + task.retain, steps=40
+        )
+        report["audit"] = audit(
+            make_tiny_model(tiny_tokenizer), tiny_tokenizer, task, original=original,
+            attacks=["relearn", "probe", "quantize"],
+            budgets={"relearn": {"steps": (0, 2), "variants": ("forget_full",)}},
+        )  # fmt: skip
+    write_report(report, tmp_path)
     page = (tmp_path / "report.html").resolve().as_uri()
     profile = ["--user-data-dir=" + str(tmp_path / "profile")]
     dom = subprocess.run(
         [browser, *FLAGS, *profile, "--dump-dom", page], capture_output=True, text=True, timeout=120
     )
     assert dom.returncode == 0, dom.stderr[-2000:]
-    assert dom.stdout.count("<svg") >= 2  # the before/after bars and the loss curve
+    # the before/after bars and the loss curve; with an audit also relearning and attack bars
+    assert dom.stdout.count("<svg") >= (4 if with_audit else 2)
+    assert ("Relearning" in dom.stdout) == with_audit
     assert "<polyline" in dom.stdout and "<rect" in dom.stdout
     console_errors = [
         line for line in dom.stderr.splitlines() if "CONSOLE" in line and "ERROR" in line.upper()

@@ -130,9 +130,10 @@ def print_scorecard(audit: dict[str, Any]) -> None:
         print(f"{name:<16}{value:>12.3f}{'' if rec is None else f'{rec:>10.2f}'}")
     print(f"worst case: {card['worst']:.3f} ({card['worst_attack']})")
     relearn = audit.get("relearn") or {}
-    if relearn.get("relearn_ratio") is not None:
+    for variant, ratio in (relearn.get("ratio") or {}).items():
+        value = "n/a" if ratio.get("ratio") is None else f"{ratio['ratio']:.2f}"
         print(
-            f"relearn ratio vs gold: {relearn['relearn_ratio']:.2f} (1.0 = as hard as never learned)"
+            f"relearn ratio vs gold ({variant}): {value} [{ratio.get('bound')}] (1.0 = never learned)"
         )
 
 
