@@ -49,3 +49,28 @@ def test_fictitious_teaches_once_and_reports_forget_quality(
     stamp = (taught[0] / "full" / "model.safetensors").stat().st_mtime_ns
     assert main(argv + ["--overwrite"]) == 0
     assert (taught[0] / "full" / "model.safetensors").stat().st_mtime_ns == stamp  # cached
+
+
+def test_fictitious_audit_reports_a_relearn_ratio_against_gold(
+    tmp_path, home, tiny_model, tiny_tokenizer, capsys
+):
+    folder = save_model(tiny_model, tiny_tokenizer, tmp_path / "tiny")
+    out = tmp_path / "audit"
+    argv = [
+        "audit",
+        "--model",
+        str(folder),
+        "--original",
+        str(folder),
+        "--task",
+        "fictitious",
+        "--attacks",
+        "relearn",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0, capsys.readouterr().err
+    relearn = json.loads((out / "report.json").read_text())["audit"]["relearn"]
+    assert set(relearn["curves"]) == {"unlearned", "original", "gold"}
+    assert "forget_full" in relearn["ratio"] and "bound" in relearn["ratio"]["forget_full"]
+    assert "relearn ratio vs gold" in capsys.readouterr().out
