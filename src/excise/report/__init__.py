@@ -63,6 +63,18 @@ def task_summary(task: Task) -> dict[str, Any]:
     }
 
 
+def _header(kind: str, model_spec: str, task: Task) -> dict[str, Any]:
+    """The fields every report starts with."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "excise_version": _version(),
+        "model": model_spec,
+        "task": task_summary(task),
+    }
+
+
 def build_report(
     *,
     model_spec: str,
@@ -76,12 +88,7 @@ def build_report(
     timings: dict[str, float],
 ) -> dict[str, Any]:
     return {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "unlearn",
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "excise_version": _version(),
-        "model": model_spec,
-        "task": task_summary(task),
+        **_header("unlearn", model_spec, task),
         "method": {"name": method, "options": method_options, "train": train},
         "before": before.metrics,
         "after": after.metrics,
@@ -100,13 +107,8 @@ def audit_report(
     timings: dict[str, float],
 ) -> dict[str, Any]:
     return {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "audit",
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "excise_version": _version(),
-        "model": model_spec,
+        **_header("audit", model_spec, task),
         "original": original_spec,
-        "task": task_summary(task),
         "audit": audit,
         "timings_s": timings,
         "metric_help": METRIC_HELP,
