@@ -74,3 +74,35 @@ def test_fictitious_audit_reports_a_relearn_ratio_against_gold(
     assert set(relearn["curves"]) == {"unlearned", "original", "gold"}
     assert "forget_full" in relearn["ratio"] and "bound" in relearn["ratio"]["forget_full"]
     assert "relearn ratio vs gold" in capsys.readouterr().out
+
+
+def test_fictitious_unlearn_with_audit_uses_taught_original_and_gold(
+    tmp_path, home, tiny_model, tiny_tokenizer, capsys
+):
+    folder = save_model(tiny_model, tiny_tokenizer, tmp_path / "tiny")
+    out = tmp_path / "out"
+    argv = [
+        "unlearn",
+        "--model",
+        str(folder),
+        "--task",
+        "fictitious",
+        "--method",
+        "ga",
+        "--steps",
+        "1",
+        "--audit",
+        "paraphrase,relearn",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    assert main(argv) == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["audit"]["clean"]) == {"unlearned", "original", "gold"}
+    assert set(report["audit"]["relearn"]["curves"]) == {"unlearned", "original", "gold"}
+    # the audit's original is the taught model as it was before unlearning
+    assert (
+        report["audit"]["clean"]["original"]["forget_accuracy"]
+        == report["before"]["forget_accuracy"]
+    )

@@ -14,6 +14,12 @@ from pathlib import Path
 from excise.errors import ExciseError
 
 
+def check_output(out: Path, *, overwrite: bool) -> None:
+    """Refuse an existing output folder unless ``overwrite``; call it before long work too."""
+    if out.exists() and not overwrite:
+        raise ExciseError(f"output folder {out} exists; pass --overwrite to replace it")
+
+
 @contextlib.contextmanager
 def atomic_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder next to ``out``; on success it replaces ``out`` in one rename.
@@ -21,8 +27,7 @@ def atomic_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[P
     On any error the temporary folder is removed and ``out`` is left as it was.
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise ExciseError(f"output folder {out} exists; pass --overwrite to replace it")
+    check_output(out, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:

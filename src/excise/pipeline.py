@@ -16,9 +16,9 @@ from typing import Any
 from excise.data.encode import encode_records
 from excise.data.tasks import Task, custom_task, filter_known, load_task
 from excise.errors import ConfigError
-from excise.fsutil import atomic_dir, write_manifest
+from excise.fsutil import atomic_dir, check_output, write_manifest
 from excise.methods import get_method, make_config
-from excise.metrics import Evaluation, evaluate
+from excise.metrics import evaluate
 from excise.models import load_model, save_model
 from excise.train import TrainConfig, train
 
@@ -144,6 +144,7 @@ def run_unlearn(
     # fail fast on an unknown method or option, before any loading
     make_config(get_method(method).config_cls, method_options)
     settings = train_config(method, train_options)
+    check_output(out, overwrite=overwrite)
     with timer.stage("load model"):
         model, tokenizer = load_model(model_spec, dtype=dtype)
     with timer.stage("load task"):
@@ -156,16 +157,18 @@ def run_unlearn(
             template=template,
             filter_items=filter_items,
         )
-    gold_ratios = None
+    original_source, gold, gold_ratios = model_spec, None, None
     if chosen.metadata.get("needs_teaching"):
-        from excise.fictitious import taught_models
-
         with timer.stage("teach (cached)"):
-            taught, gold_dir = taught_models(model_spec, chosen, dtype=dtype, echo=echo)
-            model, tokenizer = load_model(str(taught), dtype=dtype)
-            gold, _ = load_model(str(gold_dir), dtype=dtype)
+            # the model to unlearn is the one taught every fact; gold saw only the retained
+            original_source, gold_source = reference_sources(
+                model_spec, chosen, dtype=dtype, echo=echo
+            )
+            model = load_model(original_source, dtype=dtype)[0]
+            gold = load_model(gold_source, dtype=dtype)[0]
             gold_ratios = evaluate(gold, tokenizer, chosen).details.get("forget_truth_ratio")
-            del gold
+            if not audit_attacks:
+                gold = None  # no second model held through training unless the audit needs it
     with timer.stage("evaluate before"):
         before = evaluate(model, tokenizer, chosen, gold_truth_ratios=gold_ratios)
     checkpoint_dir = out.with_name(out.name + ".ckpt")
@@ -188,7 +191,8 @@ def run_unlearn(
             from excise.attacks.scorecard import audit
 
             with timer.stage("audit"):
-                original, gold = references_for(model_spec, chosen, dtype=dtype, echo=echo)
+                # the original comes back from disk (``model`` changed in place); gold is reused
+                original = load_model(original_source, dtype=dtype)[0]
                 audit_result = audit(
                     model,
                     tokenizer,
@@ -223,8 +227,21 @@ def run_unlearn(
     return report
 
 
-def evaluation_row(evaluation: Evaluation) -> dict[str, float]:
-    return {k: evaluation.metrics[k] for k in evaluation.metrics}
+def reference_sources(
+    original_spec: str,
+    task: Task,
+    *,
+    dtype: str = "float32",
+    echo: Callable[[str], None] | None = None,
+) -> tuple[str, str | None]:
+    """Where the original and the gold model load from: for taught tasks the taught and gold
+    checkpoints (taught once, cached), otherwise ``original_spec`` and no gold."""
+    if task.metadata.get("needs_teaching"):
+        from excise.fictitious import taught_models
+
+        taught, gold = taught_models(original_spec, task, dtype=dtype, echo=echo)
+        return str(taught), str(gold)
+    return original_spec, None
 
 
 def references_for(
@@ -234,13 +251,9 @@ def references_for(
     dtype: str = "float32",
     echo: Callable[[str], None] | None = None,
 ):
-    """(original, gold) models for an audit: for taught tasks the taught and the gold models."""
-    if task.metadata.get("needs_teaching"):
-        from excise.fictitious import taught_models
-
-        taught, gold_dir = taught_models(original_spec, task, dtype=dtype, echo=echo)
-        return load_model(str(taught), dtype=dtype)[0], load_model(str(gold_dir), dtype=dtype)[0]
-    return load_model(original_spec, dtype=dtype)[0], None
+    """(original, gold) models for an audit; gold is None where the task has none."""
+    original, gold = reference_sources(original_spec, task, dtype=dtype, echo=echo)
+    return load_model(original, dtype=dtype)[0], gold and load_model(gold, dtype=dtype)[0]
 
 
 def run_audit(
@@ -263,8 +276,7 @@ def run_audit(
     from excise.report import audit_report, write_report
 
     out = Path(out)
-    if out.exists() and not overwrite:  # fail before the long work, not after it
-        raise ConfigError(f"output folder {out} exists; pass --overwrite to replace it")
+    check_output(out, overwrite=overwrite)  # fail before the long work, not after it
     timer = Timer(echo)
     with timer.stage("load models"):
         model, tokenizer = load_model(model_spec, dtype=dtype)
