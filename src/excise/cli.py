@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -16,6 +17,9 @@ import yaml
 from excise.errors import ConfigError, ExciseError
 
 DEMO_METHOD = "rmu"
+# command modules that bring their own sub-command: each has ``add_parser(commands, add_common)``,
+# which registers a parser with ``set_defaults(handler=...)``; imports stay light (no torch)
+EXTENSIONS: tuple[str, ...] = ()
 TABLE = (
     "forget_accuracy",
     "paraphrase_accuracy",
@@ -262,6 +266,9 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--original", help="filter the task's items by what this model knows")
     evaluate.add_argument("--json", action="store_true")
 
+    for module in EXTENSIONS:
+        importlib.import_module(module).add_parser(commands, _add_common)
+
     commands.add_parser("methods", help="list methods, their options and defaults")
     commands.add_parser("attacks", help="list audit attacks and their default budgets")
     return root
@@ -292,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_evaluate(args)
         if args.command == "audit":
             return cmd_audit(args)
+        if getattr(args, "handler", None) is not None:
+            return args.handler(args)
     except ExciseError as error:
         print(f"excise: error: {error}", file=sys.stderr)
         return 2
