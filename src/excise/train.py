@@ -4,7 +4,8 @@ Each optimizer step draws ``grad_accum`` micro-batches of forget examples and as
 examples (when the method uses them) in an order that is a pure function of (seed, step), so a
 resumed run sees exactly the batches an uninterrupted one would. Checkpoints hold only the
 trainable tensors (safetensors), the optimizer state and the step; ``resume=True`` continues from
-the newest one.
+the newest one. Ctrl-C (SIGINT) during the loop finishes the current step, saves a checkpoint (when
+there is a checkpoint folder) and raises :class:`TrainingInterrupted`; a second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import contextlib
 import json
 import math
 import shutil
+import signal
+import threading
 import warnings
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -49,10 +52,14 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ConfigError("steps must be >= 0, batch_size and grad_accum >= 1")
-        if not self.lr > 0 or self.max_grad_norm <= 0 or self.weight_decay < 0:
-            raise ConfigError("lr and max_grad_norm must be > 0, weight_decay >= 0")
+        for name, low in (("steps", 0), ("batch_size", 1), ("grad_accum", 1)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        for name in ("lr", "max_grad_norm"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.schedule not in ("constant", "linear", "cosine"):
             raise ConfigError(f"unknown schedule {self.schedule!r}: constant, linear or cosine")
         if self.checkpoint_every < 0 or self.warmup_steps < 0:
@@ -83,6 +90,36 @@ class Context:
 
     def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.accelerator.device) for k, v in batch.items()}
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training at a step boundary; ``checkpoint`` is where it was saved (or None)."""
+
+    def __init__(self, step: int, checkpoint: Path | None) -> None:
+        super().__init__(step, checkpoint)
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+@contextlib.contextmanager
+def _sigint_flag() -> Iterator[threading.Event]:
+    """While active, the first SIGINT only sets the flag (the loop stops at the next step
+    boundary); the previous handler comes back at once, so a second SIGINT interrupts as usual."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag  # signal handlers can only be set from the main thread
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame) -> None:
+        flag.set()
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class Method(Protocol):
@@ -125,8 +162,19 @@ def _latest_checkpoint(folder: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+def _settings(config: TrainConfig, method_config: Any) -> dict[str, Any]:
+    """What a checkpoint must have been trained with to be resumed (JSON-comparable)."""
+    train = {k: v for k, v in asdict(config).items() if k not in ("progress", "checkpoint_every")}
+    method = asdict(method_config) if is_dataclass(method_config) else {}
+    return json.loads(json.dumps({"train": train, "method": method}, default=str))
+
+
 def _save_checkpoint(
-    folder: Path, step: int, named: dict[str, torch.nn.Parameter], optimizer
+    folder: Path,
+    step: int,
+    named: dict[str, torch.nn.Parameter],
+    optimizer,
+    settings: dict[str, Any] | None = None,
 ) -> None:
     target = folder / f"step-{step}"
     tmp = folder / f".step-{step}.tmp"
@@ -137,14 +185,32 @@ def _save_checkpoint(
     )
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     save_file({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
-    (tmp / "state.json").write_text(json.dumps({"step": step}))
+    (tmp / "state.json").write_text(json.dumps({"step": step, "settings": settings}))
     tmp.rename(target)
     for old in folder.glob("step-*"):  # keep only the newest
         if old != target:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_checkpoint(path: Path, named: dict[str, torch.nn.Parameter], optimizer) -> int:
+def _load_checkpoint(
+    path: Path,
+    named: dict[str, torch.nn.Parameter],
+    optimizer,
+    settings: dict[str, Any] | None = None,
+) -> int:
+    state = json.loads((path / "state.json").read_text())
+    saved = state.get("settings")
+    if settings is not None and saved is not None and saved != settings:
+        changed = sorted(
+            f"{part}.{key}"
+            for part in ("train", "method")
+            for key in set(saved.get(part, {})) | set(settings.get(part, {}))
+            if saved.get(part, {}).get(key) != settings.get(part, {}).get(key)
+        )
+        raise ConfigError(
+            f"checkpoint {path} was written with other settings ({', '.join(changed)}); "
+            "resume with the same settings, or delete the checkpoint folder to start again"
+        )
     tensors = load_file(path / "trainable.safetensors")
     if set(tensors) != set(named):
         raise ExciseError(
@@ -156,7 +222,7 @@ def _load_checkpoint(path: Path, named: dict[str, torch.nn.Parameter], optimizer
     # weights_only: the safe unpickler, which refuses arbitrary objects
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     torch.set_rng_state(load_file(path / "rng.safetensors")["torch"])
-    return int(json.loads((path / "state.json").read_text())["step"])
+    return int(state["step"])
 
 
 def train(
@@ -203,8 +269,9 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
 
     start = 0
+    settings = _settings(config, method_config)
     if resume and checkpoint_dir is not None and (latest := _latest_checkpoint(checkpoint_dir)):
-        start = _load_checkpoint(latest, named, optimizer)
+        start = _load_checkpoint(latest, named, optimizer, settings)
         with warnings.catch_warnings():  # replaying the schedule, not skipping a step
             warnings.simplefilter("ignore", UserWarning)
             for _ in range(start):
@@ -213,51 +280,66 @@ def train(
     bar = tqdm(
         total=config.steps, initial=start, desc="unlearn", disable=not config.progress, leave=False
     )
-    for step in range(start, config.steps):
-        totals: dict[str, float] = {}
-        for micro in range(config.grad_accum):
-            draw = step * config.grad_accum + micro
-            forget_rows = batch_indices(len(forget), config.batch_size, draw, config.seed)
-            batch: Batch = {
-                "forget": ctx.to_device(collate([forget[i] for i in forget_rows], ctx.pad_id))
-            }
-            batch["retain"] = None
-            if uses_retain:
-                retain_rows = batch_indices(len(retain), config.batch_size, draw, config.seed + 1)
-                batch["retain"] = ctx.to_device(
-                    collate([retain[i] for i in retain_rows], ctx.pad_id)
-                )
-            last = micro == config.grad_accum - 1
-            sync = contextlib.nullcontext() if last else accelerator.no_sync(ctx.model)
-            with sync:
-                loss, terms = method.loss(ctx, batch)
-                accelerator.backward(loss / config.grad_accum)
-            for key, value in {"loss": float(loss.detach()), **terms}.items():
-                totals[key] = totals.get(key, 0.0) + value / config.grad_accum
-        totals["grad_norm"] = float(
-            accelerator.clip_grad_norm_(list(named.values()), config.max_grad_norm)
-        )
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        totals["lr"] = scheduler.get_last_lr()[0]
-        totals["step"] = step + 1
-        log.append(totals)
-        bar.set_postfix({k: f"{v:.3g}" for k, v in totals.items() if k not in ("step", "lr")})
-        bar.update(1)
-        if on_step is not None:
-            on_step(step + 1, totals)
-        if (
-            checkpoint_dir is not None
-            and config.checkpoint_every
-            and (step + 1) % config.checkpoint_every == 0
-        ):
-            _save_checkpoint(checkpoint_dir, step + 1, named, optimizer)
+    with _sigint_flag() as interrupted:
+        for step in range(start, config.steps):
+            totals = _step(ctx, method, config, named, optimizer, scheduler, step, uses_retain)
+            log.append(totals)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in totals.items() if k not in ("step", "lr")})
+            bar.update(1)
+            if on_step is not None:
+                on_step(step + 1, totals)
+            periodic = config.checkpoint_every and (step + 1) % config.checkpoint_every == 0
+            if checkpoint_dir is not None and (periodic or interrupted.is_set()):
+                _save_checkpoint(checkpoint_dir, step + 1, named, optimizer, settings)
+            if interrupted.is_set():
+                bar.close()
+                raise TrainingInterrupted(step + 1, checkpoint_dir)
     bar.close()
     for param in model.parameters():
         param.requires_grad_(True)
     model.eval()
     return log
+
+
+def _step(
+    ctx: Context,
+    method: Method,
+    config: TrainConfig,
+    named: dict[str, torch.nn.Parameter],
+    optimizer,
+    scheduler,
+    step: int,
+    uses_retain: bool,
+) -> dict[str, float]:
+    """One optimizer step of ``grad_accum`` micro-batches; returns the averaged loss terms."""
+    accelerator, forget, retain = ctx.accelerator, ctx.forget, ctx.retain
+    totals: dict[str, float] = {}
+    for micro in range(config.grad_accum):
+        draw = step * config.grad_accum + micro
+        forget_rows = batch_indices(len(forget), config.batch_size, draw, config.seed)
+        batch: Batch = {
+            "forget": ctx.to_device(collate([forget[i] for i in forget_rows], ctx.pad_id))
+        }
+        batch["retain"] = None
+        if uses_retain:
+            retain_rows = batch_indices(len(retain), config.batch_size, draw, config.seed + 1)
+            batch["retain"] = ctx.to_device(collate([retain[i] for i in retain_rows], ctx.pad_id))
+        last = micro == config.grad_accum - 1
+        sync = contextlib.nullcontext() if last else accelerator.no_sync(ctx.model)
+        with sync:
+            loss, terms = method.loss(ctx, batch)
+            accelerator.backward(loss / config.grad_accum)
+        for key, value in {"loss": float(loss.detach()), **terms}.items():
+            totals[key] = totals.get(key, 0.0) + value / config.grad_accum
+    totals["grad_norm"] = float(
+        accelerator.clip_grad_norm_(list(named.values()), config.max_grad_norm)
+    )
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    totals["lr"] = scheduler.get_last_lr()[0]
+    totals["step"] = step + 1
+    return totals
 
 
 def config_dict(config: Any) -> dict[str, Any]:

@@ -8,6 +8,7 @@ Files: ``.jsonl``, ``.json`` (a list), ``.csv``, ``.parquet``, a folder saved by
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,13 @@ def _strings(value: Any, where: str, name: str) -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         # csv cells hold lists as JSON or as "|"-separated text
-        value = json.loads(value) if value.startswith("[") else [v for v in value.split("|") if v]
+        if value.startswith("["):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise DataError(f"{where}: '{name}' is not a valid JSON list") from None
+        else:
+            value = [v for v in value.split("|") if v]
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
         raise DataError(f"{where}: '{name}' must be a list of strings")
     return tuple(value)
@@ -88,14 +95,29 @@ def to_record(row: dict[str, Any], where: str) -> Record:
     if "question" in row:
         choices = _strings(row.get("choices"), where, "choices")
         answer = row.get("answer")
-        if isinstance(answer, str) and answer.isdigit():
+        if isinstance(answer, str) and answer.isdecimal():
             answer = int(answer)
         if len(choices) < 2 or not isinstance(answer, int) or not 0 <= answer < len(choices):
             raise DataError(f"{where}: needs >= 2 'choices' and an 'answer' index into them")
         return MC(str(row["question"]), choices, answer, meta)
+    fields = ", ".join(sorted(map(str, row))) or "none"
     raise DataError(
-        f"{where}: unknown record; expected fields prompt+completion, text, or question+choices+answer"
+        f"{where}: unknown record with fields {fields}; "
+        "give fields prompt+completion, text, or question+choices+answer"
     )
+
+
+def _text(path: Path) -> str:
+    """The file as UTF-8 text, or a DataError naming the line of the first bad byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x}); "
+            "re-save the file as UTF-8"
+        ) from None
 
 
 def _read_rows(source: str) -> list[tuple[str, dict[str, Any]]]:
@@ -104,31 +126,43 @@ def _read_rows(source: str) -> list[tuple[str, dict[str, Any]]]:
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
             rows = []
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for number, line in enumerate(_text(path).split("\n"), 1):
                 if not line.strip():
                     continue
                 try:
                     rows.append((f"{path}:{number}", json.loads(line)))
                 except json.JSONDecodeError as error:
-                    raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+                    raise DataError(
+                        f"{path}:{number}: not valid JSON ({error.msg}); "
+                        "each line must be one JSON object"
+                    ) from None
             return rows
         if suffix == ".json":
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
+                data = json.loads(_text(path))
             except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+                raise DataError(
+                    f"{path}:{error.lineno}: not valid JSON ({error.msg}); fix the file"
+                ) from None
             if not isinstance(data, list):
-                raise DataError(f"{path}: expected a JSON list of records")
+                raise DataError(f"{path}: expected a JSON list of records, [{{...}}, ...]")
             return [(f"{path}[{i}]", row) for i, row in enumerate(data)]
         if suffix == ".csv":
-            with open(path, newline="", encoding="utf-8") as handle:
-                return [
-                    (f"{path}:{i + 2}", dict(row)) for i, row in enumerate(csv.DictReader(handle))
-                ]
+            try:
+                reader = csv.DictReader(io.StringIO(_text(path), newline=""))
+                return [(f"{path}:{i + 2}", dict(row)) for i, row in enumerate(reader)]
+            except csv.Error as error:
+                raise DataError(
+                    f"{path}: not a readable CSV file ({error}); fix the file"
+                ) from None
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            table = pq.read_table(path).to_pylist()
+            try:
+                table = pq.read_table(path).to_pylist()
+            except Exception as error:  # pyarrow raises several error types for a bad file
+                first = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
+                raise DataError(f"{path}: not a readable parquet file ({first})") from None
             return [(f"{path}[{i}]", row) for i, row in enumerate(table)]
         raise DataError(
             f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv or .parquet"
@@ -153,12 +187,14 @@ def _read_rows(source: str) -> list[tuple[str, dict[str, Any]]]:
                 f"cannot load dataset {source!r}: {str(error).splitlines()[0]}"
             ) from error
         return [(f"{source}[{i}]", row) for i, row in enumerate(dataset)]
-    raise DataError(f"data file not found: {source}")
+    raise DataError(
+        f"data file not found: {source}; give an existing .jsonl, .json, .csv or .parquet file"
+    )
 
 
 def load_records(source: str, *, name: str = "data") -> list[Record]:
     """Read every record from ``source``; an empty set is an error."""
     records = [to_record(row, where) for where, row in _read_rows(source)]
     if not records:
-        raise DataError(f"the {name} set {source} is empty")
+        raise DataError(f"the {name} set {source} is empty; add at least one record")
     return records

@@ -1,0 +1,274 @@
+"""YAML recipes: one file names the model, the data, the method, the training and the audit.
+
+```yaml
+model: smollm2-135m            # bundled name, local folder, .gguf file or hub id
+task: chem-symbols             # a built-in task, or instead:
+# data: {forget: forget.jsonl, retain: retain.jsonl}
+template: auto                 # auto | raw | chat
+method:
+  name: rmu                    # see `excise methods`
+  options: {alpha: 1000}       # the method's options (checked against its config)
+train: {steps: 150, lr: 5.0e-4}  # overrides of the method's tuned training defaults
+audit: {attacks: [relearn, quantize]}  # optional; "all" runs every attack
+out: runs/chem-symbols-rmu     # a folder that must not exist (or overwrite: true)
+```
+
+Relative paths are read from the current directory, as on the command line. Every key is
+checked: an unknown key, a wrong type or an out-of-range value is a :class:`ConfigError` with one
+line naming the key and what it accepts. :func:`parse_recipe` checks a mapping without touching
+files; :func:`load_recipe` reads the YAML and also reads the data files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Strict, ValidationError
+
+from excise.errors import ConfigError, ExciseError
+
+
+def _no_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not true/false")
+    return value
+
+
+def _none_is_empty(value: Any) -> Any:
+    return {} if value is None else value
+
+
+Integer = Annotated[int, Strict()]
+Number = Annotated[
+    float, BeforeValidator(_no_bool)
+]  # also reads "5e-4", which YAML leaves a string
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSection(Section):
+    forget: str
+    retain: str | None = None
+
+
+class MethodSection(Section):
+    name: str
+    options: Annotated[dict[str, Any], BeforeValidator(_none_is_empty)] = {}
+
+
+class TrainSection(Section):
+    """Overrides of :class:`excise.train.TrainConfig`; unset keys keep the method's defaults."""
+
+    steps: Integer | None = None
+    batch_size: Integer | None = None
+    grad_accum: Integer | None = None
+    lr: Number | None = None
+    weight_decay: Number | None = None
+    warmup_steps: Integer | None = None
+    schedule: Literal["constant", "linear", "cosine"] | None = None
+    max_grad_norm: Number | None = None
+    seed: Integer | None = None
+    checkpoint_every: Integer | None = None
+    progress: bool | None = None
+
+
+class AuditSection(Section):
+    attacks: Literal["all"] | list[str] = "all"
+
+
+class Recipe(Section):
+    model: str = "smollm2-135m"
+    task: str | None = None
+    data: DataSection | None = None
+    template: Literal["auto", "raw", "chat"] = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    filter_known: bool | None = None
+    method: MethodSection
+    train: Annotated[TrainSection, BeforeValidator(_none_is_empty)] = TrainSection()
+    audit: AuditSection | None = None
+    out: str
+    overwrite: bool = False
+
+    def train_options(self) -> dict[str, Any]:
+        return self.train.model_dump(exclude_none=True)
+
+    def pipeline_arguments(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`excise.pipeline.run_unlearn`."""
+        return {
+            "model_spec": self.model,
+            "method": self.method.name,
+            "out": Path(self.out),
+            "task": self.task,
+            "forget": self.data.forget if self.data else None,
+            "retain": self.data.retain if self.data else None,
+            "template": self.template,
+            "filter_items": self.filter_known,
+            "method_options": dict(self.method.options),
+            "train_options": self.train_options(),
+            "overwrite": self.overwrite,
+            "dtype": self.dtype,
+            "audit_attacks": self.audit.attacks if self.audit else None,
+        }
+
+    def plan(self) -> str:
+        """What running the recipe does, with the training settings as resolved."""
+        from excise.pipeline import train_config
+
+        settings = dataclasses.asdict(train_config(self.method.name, self.train_options()))
+        data = (
+            f"task {self.task}"
+            if self.task
+            else f"forget {self.data.forget}, retain {self.data.retain or '-'}"
+        )
+        options = ", ".join(f"{k}={v!r}" for k, v in self.method.options.items()) or "defaults"
+        attacks = self.audit.attacks if self.audit else None
+        audit = (
+            "none"
+            if attacks is None
+            else attacks
+            if isinstance(attacks, str)
+            else ", ".join(attacks)
+        )
+        return "\n".join(
+            [
+                "plan:",
+                f"  model   {self.model} ({self.dtype})",
+                f"  data    {data} (template {self.template})",
+                f"  method  {self.method.name} ({options})",
+                "  train   " + ", ".join(f"{k}={v}" for k, v in settings.items()),
+                f"  audit   {audit}",
+                f"  out     {self.out}{' (overwrite)' if self.overwrite else ''}",
+            ]
+        )
+
+
+def _section(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The schema class that holds the key at ``loc`` (for listing its allowed keys)."""
+    model: type[BaseModel] | None = Recipe
+    for part in loc[:-1]:
+        if model is None or part not in model.model_fields:
+            return None
+        model = _model_in(model.model_fields[part].annotation)
+    return model
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType, typing.Annotated):
+        for arg in typing.get_args(annotation):
+            if found := _model_in(arg):
+                return found
+    return None
+
+
+def _message(error: ValidationError, source: str) -> str:
+    """The first problem on one line, naming the key and what it accepts."""
+    problems = error.errors()
+    first = problems[0]
+    loc = tuple(part for part in first["loc"] if not isinstance(part, int) or part >= 0)
+    key = ".".join(str(part) for part in loc) or "(top level)"
+    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+    if first["type"] in ("extra_forbidden", "invalid_key"):
+        section = _section(loc)
+        allowed = ", ".join(section.model_fields) if section else "?"
+        where = f" in {'.'.join(map(str, loc[:-1]))}" if len(loc) > 1 else ""
+        return f"{source}: unknown key {str(loc[-1])!r}{where}; allowed keys: {allowed}{more}"
+    if first["type"] == "missing":
+        return f"{source}: {key} is required{more}"
+    value = first.get("input")
+    shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
+    return f"{source}: {key}: {first['msg']}, got {shown[:60]}{more}"
+
+
+def _method_options(name: str, options: dict[str, Any], source: str) -> dict[str, Any]:
+    """The method's options, type-checked against its config dataclass (and its own checks)."""
+    from pydantic import TypeAdapter
+
+    from excise.methods import get_method, make_config
+
+    config_cls = get_method(name).config_cls
+    make_config(config_cls, {})  # the defaults themselves must be valid
+    unknown = sorted(map(str, set(options) - {f.name for f in dataclasses.fields(config_cls)}))
+    if unknown:
+        make_config(config_cls, options)  # raises, listing the known options
+    try:
+        checked = TypeAdapter(config_cls).validate_python(options)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(
+            f"{source}: method.options.{field}: {first['msg']}, got {first.get('input')!r}"
+        ) from None
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{source}: method.options: {error}") from None
+    # values as the config read them ("5" -> 5), so the pipeline sees the checked types
+    return {key: getattr(checked, key) for key in options}
+
+
+def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
+    """Check a recipe given as a mapping; every problem is a one-line :class:`ConfigError`."""
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: a recipe is a mapping of keys (model, task, method, out, ...), "
+            f"got {type(data).__name__}"
+        )
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_message(error, source)) from None
+    from excise.data.tasks import BUILTIN_TASKS
+    from excise.pipeline import check_attacks, train_config
+
+    if (recipe.task is None) == (recipe.data is None):
+        raise ConfigError(f"{source}: give either task (built-in) or data (forget/retain files)")
+    if recipe.task is not None and recipe.task not in BUILTIN_TASKS:
+        raise ConfigError(
+            f"{source}: unknown task {recipe.task!r}; built-in tasks: {', '.join(BUILTIN_TASKS)}"
+        )
+    try:
+        recipe.method.options = _method_options(recipe.method.name, recipe.method.options, source)
+        steps = train_config(recipe.method.name, recipe.train_options()).steps
+        if steps < 1:
+            raise ConfigError(f"train.steps must be >= 1 to unlearn anything, got {steps}")
+        if recipe.audit is not None:
+            if not recipe.audit.attacks:
+                raise ConfigError("audit.attacks is empty; list attacks or write all")
+            check_attacks(recipe.audit.attacks)
+    except ExciseError as error:
+        message = str(error)
+        raise ConfigError(
+            message if message.startswith(source) else f"{source}: {message}"
+        ) from None
+    return recipe
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read, check and return the recipe at ``path``; its data files are read too."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe not found: {path}; give the path of a .yaml recipe")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; re-save the recipe as UTF-8") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(error, "problem", None) or "cannot parse"
+        raise ConfigError(f"{where}: not valid YAML ({problem}); fix the syntax") from None
+    recipe = parse_recipe(data, str(path))
+    if recipe.data is not None:
+        from excise.data.records import load_records
+
+        load_records(recipe.data.forget, name="forget")
+        if recipe.data.retain:
+            load_records(recipe.data.retain, name="retain")
+    return recipe

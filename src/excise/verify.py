@@ -1,0 +1,111 @@
+"""``excise verify OUT``: recompute the sha256 of every file an output folder's manifest lists.
+
+Every output of ``unlearn``, ``run`` and ``audit`` ends with ``manifest.json`` (see
+:func:`excise.fsutil.write_manifest`). Verification passes (exit 0) when each listed file exists
+with the same hash and no file was added; otherwise it lists the changed, missing and extra files
+(exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from excise.errors import ExciseError
+from excise.fsutil import sha256_file
+
+SHOWN = 10  # files named per kind in the one-line error; all are printed above it
+
+
+@dataclass
+class Verification:
+    checked: int = 0
+    changed: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.changed or self.missing or self.extra)
+
+
+def verify(folder: str | Path) -> Verification:
+    """Compare ``folder`` with its ``manifest.json``; a folder without one is an error."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ExciseError(f"{folder} is not a folder; give an output folder of excise")
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise ExciseError(
+            f"{folder} has no manifest.json, so it is not a complete excise output; verify "
+            "folders written by excise unlearn, run or audit"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ExciseError(f"{manifest_path} is not valid JSON ({error}); it was damaged") from None
+    if not isinstance(manifest, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in manifest.items()
+    ):
+        raise ExciseError(f"{manifest_path} is not a mapping of file -> sha256; it was damaged")
+    result = Verification()
+    root = folder.resolve()
+    for name, expected in sorted(manifest.items()):
+        path = folder / name
+        if not path.resolve().is_relative_to(root):  # a damaged manifest must not read elsewhere
+            raise ExciseError(f"{manifest_path} names {name!r}, outside {folder}; it was damaged")
+        if not path.is_file():
+            result.missing.append(name)
+            continue
+        result.checked += 1
+        if sha256_file(path) != expected:
+            result.changed.append(name)
+    present = {
+        str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink()
+    }
+    result.extra = sorted(present - set(manifest) - {"manifest.json"})
+    return result
+
+
+def _names(kind: str, names: list[str]) -> str:
+    shown = ", ".join(names[:SHOWN]) + (
+        f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
+    )
+    return f"{len(names)} {kind} ({shown})"
+
+
+def run(args: argparse.Namespace) -> int:
+    result = verify(args.out)
+    for kind, names in (
+        ("changed", result.changed),
+        ("missing", result.missing),
+        ("extra", result.extra),
+    ):
+        for name in names:
+            print(f"{kind:<8} {name}")
+    if not result.ok:
+        parts = [
+            _names(kind, names)
+            for kind, names in (
+                ("changed", result.changed),
+                ("missing", result.missing),
+                ("extra", result.extra),
+            )
+            if names
+        ]
+        raise ExciseError(
+            f"{args.out} does not match its manifest: {'; '.join(parts)}; "
+            "do not trust this output: write it again or restore it from a copy"
+        )
+    print(f"ok: {result.checked} files match {Path(args.out) / 'manifest.json'}")
+    return 0
+
+
+def add_parser(commands, add_common) -> None:
+    parser = commands.add_parser(
+        "verify", help="recompute an output folder's sha256 hashes against its manifest.json"
+    )
+    parser.add_argument("out", help="an output folder of unlearn, run or audit")
+    parser.set_defaults(handler=run)
