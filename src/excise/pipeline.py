@@ -150,6 +150,9 @@ def run_unlearn(
     ``resume`` continues from the newest. ``out`` is written only at the end, into a temporary
     folder renamed when complete.
     """
+    import yaml
+
+    from excise.recipe import resolved_recipe
     from excise.report import build_report, write_report
 
     out = Path(out)
@@ -262,6 +265,22 @@ def run_unlearn(
         with timer.stage("save"):
             save_model(model, tokenizer, tmp / "model")
         write_report(report, tmp)
+        recipe = resolved_recipe(
+            model_spec=model_spec,
+            method=method,
+            out=out,
+            task=task,
+            forget=forget,
+            retain=retain,
+            template=chosen.template,
+            dtype=dtype,
+            filter_items=filter_items,
+            method_options=method_options or {},
+            train=dataclasses.asdict(settings),
+            audit_attacks=audit_attacks,
+        )
+        # ``excise run OUT/recipe.yaml --out NEW`` repeats this run
+        (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
         write_manifest(tmp)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return report

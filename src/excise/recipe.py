@@ -22,6 +22,7 @@ files; :func:`load_recipe` reads the YAML and also reads the data files.
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from pathlib import Path
@@ -147,6 +148,45 @@ class Recipe(Section):
                 f"  out     {self.out}{' (overwrite)' if self.overwrite else ''}",
             ]
         )
+
+
+def resolved_recipe(
+    *,
+    model_spec: str,
+    method: str,
+    out: Path,
+    task: str | None,
+    forget: str | None,
+    retain: str | None,
+    template: str,
+    dtype: str,
+    filter_items: bool | None,
+    method_options: dict[str, Any],
+    train: dict[str, Any],
+    audit_attacks: str | list[str] | None,
+) -> dict[str, Any]:
+    """The recipe that repeats a run (``OUT/recipe.yaml``): every training setting spelled out,
+    data paths made absolute."""
+
+    def absolute(path: str | None) -> str | None:
+        return str(Path(path).resolve()) if path and Path(path).exists() else path
+
+    recipe: dict[str, Any] = {"model": absolute(model_spec)}
+    if task is not None:
+        recipe["task"] = task
+    else:
+        recipe["data"] = {"forget": absolute(forget), "retain": absolute(retain)}
+    recipe.update(
+        template=template,
+        dtype=dtype,
+        filter_known=filter_items,
+        method={"name": method, "options": dict(method_options)},
+        train={k: v for k, v in train.items() if k in TrainSection.model_fields},
+    )
+    if audit_attacks:
+        recipe["audit"] = {"attacks": audit_attacks}
+    recipe["out"] = str(out)
+    return json.loads(json.dumps(recipe))  # tuples -> lists: plain YAML
 
 
 def _section(loc: tuple[Any, ...]) -> type[BaseModel] | None:

@@ -97,10 +97,13 @@ def to_record(row: dict[str, Any], where: str) -> Record:
         answer = row.get("answer")
         if isinstance(answer, str) and answer.isdecimal():
             answer = int(answer)
-        if len(choices) < 2 or not isinstance(answer, int) or not 0 <= answer < len(choices):
+        if not isinstance(row["question"], str):
+            raise DataError(f"{where}: 'question' must be a string")
+        index = isinstance(answer, int) and not isinstance(answer, bool)
+        if len(choices) < 2 or not index or not 0 <= answer < len(choices):
             raise DataError(f"{where}: needs >= 2 'choices' and an 'answer' index into them")
-        return MC(str(row["question"]), choices, answer, meta)
-    fields = ", ".join(sorted(map(str, row))) or "none"
+        return MC(row["question"], choices, answer, meta)
+    fields = ", ".join(sorted(repr(str(key))[1:-1] for key in row)) or "none"  # one line
     raise DataError(
         f"{where}: unknown record with fields {fields}; "
         "give fields prompt+completion, text, or question+choices+answer"
