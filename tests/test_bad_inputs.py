@@ -481,3 +481,31 @@ def test_audit_accepts_the_expected_hash(env, capsys):
     report = json.loads((Path(env.out) / "report.json").read_text())
     assert report["model_sha256"] == weights_sha256(model)
     assert report["original_sha256"] == weights_sha256(model)
+
+
+def test_long_items_error_beyond_the_context_and_warn_beyond_the_encoder_cut(
+    tiny_tokenizer, caplog
+):
+    """Explicit policy: longer than the model's context is an error (cutting a forget item changes
+    what is forgotten); between the encoder's cut (256 tokens) and the context, a warning."""
+    from excise.data.records import QA
+    from excise.errors import DataError
+    from excise.pipeline import MAX_TOKENS, check_lengths
+    from tests.conftest import tiny_task
+
+    task = tiny_task()
+    long_item = QA(" ".join(["the capital of France is Paris and"] * 60), " Fe")
+    task.retain = [*task.retain, long_item]
+    size = len(tiny_tokenizer(long_item.prompt + long_item.completion).input_ids)
+    assert MAX_TOKENS < size < 1000
+    with caplog.at_level(logging.WARNING, logger="excise"):
+        check_lengths(task, tiny_tokenizer, context=1000)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"excise: warning: 1 forget/retain items are longer than {MAX_TOKENS} tokens and are cut "
+        f"to {MAX_TOKENS}"
+    ]
+    with pytest.raises(DataError, match=r"retain item 5 .* longer than the model's context of 128"):
+        check_lengths(task, tiny_tokenizer, context=128)
+    caplog.clear()
+    check_lengths(tiny_task(), tiny_tokenizer, context=128)  # short items: silent
+    assert not caplog.records

@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import excise.pipeline
 import excise.report
 from excise.cli import main
 from excise.errors import ExciseError, ModelError
@@ -242,12 +243,18 @@ def test_sigint_in_process_stops_at_a_step_boundary(tmp_path, tiny_tokenizer):
         train_run(tiny_tokenizer, 7, checkpoint_dir=ckpt, resume=True)
 
 
-def test_a_crash_while_writing_leaves_nothing(setup, monkeypatch, tmp_path):
-    def crash(report, folder):
-        (folder / "report.json").write_text('{"half": ')
+@pytest.mark.parametrize("stage", ["save_model", "write_report"])
+def test_a_crash_while_writing_leaves_nothing(setup, monkeypatch, tmp_path, stage):
+    def crash(payload, folder, *more):
+        target = Path(more[0]) if more else Path(folder)  # save_model(model, tokenizer, out)
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "half-written").write_text('{"half": ')
         raise RuntimeError("power cut")
 
-    monkeypatch.setattr(excise.report, "write_report", crash)
+    if stage == "save_model":
+        monkeypatch.setattr(excise.pipeline, "save_model", crash)
+    else:
+        monkeypatch.setattr(excise.report, "write_report", crash)
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="power cut"):
         run_unlearn(
