@@ -19,7 +19,7 @@ from excise.errors import ConfigError, ExciseError
 DEMO_METHOD = "rmu"
 # command modules that bring their own sub-command: each has ``add_parser(commands, add_common)``,
 # which registers a parser with ``set_defaults(handler=...)``; imports stay light (no torch)
-EXTENSIONS: tuple[str, ...] = ("excise.verify",)
+EXTENSIONS: tuple[str, ...] = ("excise.verify", "excise.editing.command")
 TABLE = (
     "forget_accuracy",
     "paraphrase_accuracy",

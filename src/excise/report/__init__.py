@@ -63,15 +63,15 @@ def task_summary(task: Task) -> dict[str, Any]:
     }
 
 
-def _header(kind: str, model_spec: str, task: Task) -> dict[str, Any]:
-    """The fields every report starts with."""
+def _header(kind: str, model_spec: str, task: Task | dict[str, Any]) -> dict[str, Any]:
+    """The fields every report starts with (``task``: a Task, or a summary of other inputs)."""
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": kind,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "excise_version": _version(),
         "model": model_spec,
-        "task": task_summary(task),
+        "task": task if isinstance(task, dict) else task_summary(task),
     }
 
 

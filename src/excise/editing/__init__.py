@@ -1,0 +1,203 @@
+"""Knowledge editing: change specific facts in place (ROME, MEMIT, AlphaEdit, constrained FT).
+
+``edit(model, tokenizer, requests, method="memit")`` applies the requests, all at once or in
+sequential batches, and returns an :class:`EditResult` holding the model, the exact weight deltas
+(float64, reversible: :mod:`excise.editing.delta`), per-batch diagnostics, refused edits and, when
+a monitor is given, the retain/utility trace that can stop a collapsing sequence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from excise.arch import block_part
+from excise.errors import ConfigError, ExciseError
+
+EDITORS: dict[str, tuple[str, str, str]] = {
+    # name: (module, config class, summary)
+    "rome": (
+        "rome",
+        "RomeConfig",
+        "rank-one edit of one MLP, one fact at a time (Meng et al. 2022)",
+    ),
+    "memit": ("memit", "MemitConfig", "batched edits spread over several MLPs (Meng et al. 2023)"),
+    "alphaedit": (
+        "alphaedit",
+        "AlphaEditConfig",
+        "MEMIT projected onto the null space of preserved keys (Fang et al. 2025)",
+    ),
+    "ft": ("ft", "FTConfig", "fine-tune one MLP within an L-inf ball (Zhu et al. 2020)"),
+}
+NEEDS_STATS = ("rome", "memit", "alphaedit")
+
+
+@dataclass
+class EditContext:
+    model: Any
+    tokenizer: Any
+    config: Any
+    template: str
+    stats: Any  # KeyStats or None
+    prefixes: list[str]
+    state: dict[str, Any] = field(default_factory=dict)  # kept across sequential batches
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+
+@dataclass
+class EditResult:
+    """What ``edit`` did. ``model`` is the caller's model when ``in_place`` else a copy."""
+
+    model: Any
+    method: str
+    config: dict[str, Any]
+    in_place: bool
+    deltas: dict[str, Any]  # parameter name -> float64 change (exact, reversible)
+    batches: list[dict[str, Any]]
+    refused: list[dict[str, Any]]
+    stopped: str | None = None  # why a sequential run stopped early, if it did
+
+    @property
+    def applied(self) -> int:
+        return sum(b["size"] for b in self.batches) - len(self.refused)
+
+
+def editor(name: str):
+    """(module, config class) of an editor, or a clear error listing the known ones."""
+    import importlib
+
+    if name not in EDITORS:
+        raise ExciseError(f"unknown edit method {name!r}; available: {', '.join(EDITORS)}")
+    module_name, config_name, _ = EDITORS[name]
+    module = importlib.import_module(f"excise.editing.{module_name}")
+    return module, getattr(module, config_name)
+
+
+def make_config(name: str, options: dict[str, Any] | None) -> Any:
+    from excise.methods import make_config as build
+
+    _, cls = editor(name)
+    return build(cls, options)
+
+
+def edit(
+    model,
+    tokenizer,
+    requests: Sequence[Any],
+    method: str = "memit",
+    *,
+    in_place: bool = False,
+    template: str = "raw",
+    batch_size: int | None = None,
+    stats: Any = None,
+    stats_corpus: str | None = None,
+    monitor: Callable[[Any], dict[str, float]] | None = None,
+    monitor_key: str | None = None,
+    min_monitor: float | None = None,
+    on_drop: str = "stop",
+    progress: bool = True,
+    echo: Callable[[str], None] | None = None,
+    **options: Any,
+) -> EditResult:
+    """Apply ``requests`` with ``method``; ``batch_size`` splits them into sequential batches.
+
+    ``in_place=False`` (default) edits a copy and leaves ``model`` untouched; ``True`` changes
+    ``model`` itself. After each batch ``monitor(model)`` (if given) is recorded; when
+    ``monitor[monitor_key]`` falls below ``min_monitor`` the run stops (``on_drop="stop"``) or
+    warns and continues (``"warn"``).
+    """
+    from excise.editing.delta import difference, merge, snapshot
+    from excise.editing.stats import key_stats
+    from excise.editing.targets import context_prefixes
+    from excise.models import clone_model
+
+    if not requests:
+        raise ExciseError("no edit requests given")
+    if on_drop not in ("stop", "warn"):
+        raise ConfigError("on_drop must be 'stop' or 'warn'")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError("batch_size (--sequential) must be >= 1")
+    module, _ = editor(method)
+    config = make_config(method, options)
+    target = model if in_place else clone_model(model)
+    layers = config.layers_for(target)
+    if stats is None and method in NEEDS_STATS:
+        stats = key_stats(
+            target,
+            tokenizer,
+            layers,
+            tokens=config.stats_tokens,
+            corpus=stats_corpus,
+            progress=progress,
+        )
+    prefixes = context_prefixes(target, tokenizer, getattr(config, "prefixes", 0))
+    ctx = EditContext(target, tokenizer, config, template, stats, prefixes)
+    names = [
+        f"{name}.weight"
+        for name, module_ in target.named_modules()
+        for layer in layers
+        if module_ is block_part(target, layer, "mlp_out")
+    ]
+    size = batch_size or len(requests)
+    chunks = [list(requests[i : i + size]) for i in range(0, len(requests), size)]
+    deltas: dict[str, Any] = {}
+    batches: list[dict[str, Any]] = []
+    refused: list[dict[str, Any]] = []
+    stopped = None
+    for index, chunk in enumerate(
+        tqdm(chunks, desc=f"edit ({method})", disable=not progress or len(chunks) == 1)
+    ):
+        started = time.perf_counter()
+        before = snapshot(target, names)
+        outcome = module.apply(ctx, chunk)
+        merge(deltas, difference(target, before))
+        refused.extend(outcome.get("refused", []))
+        nll = outcome.get("target_nll") or [float("nan")]
+        record = {
+            "batch": index,
+            "size": len(chunk),
+            "target_nll": sum(nll) / len(nll),
+            "seconds": time.perf_counter() - started,
+        }
+        if "nullspace_dims" in outcome:
+            record["nullspace_dims"] = outcome["nullspace_dims"]
+        if monitor is not None:
+            record["monitor"] = monitor(target)
+        batches.append(record)
+        if monitor is not None and monitor_key and min_monitor is not None:
+            value = record["monitor"].get(monitor_key)
+            if value is not None and value < min_monitor:
+                message = (
+                    f"after batch {index + 1}/{len(chunks)}: {monitor_key} {value:.3f} "
+                    f"< {min_monitor:.3f}"
+                )
+                if on_drop == "stop":
+                    stopped = message + "; stopped (later batches not applied)"
+                    if echo:
+                        echo(stopped)
+                    break
+                warnings.warn(message, stacklevel=2)
+                if echo:
+                    echo("warning: " + message)
+    for item in refused:
+        if echo:
+            echo(f"refused edit {item['case_id']}: {item['reason']}")
+    return EditResult(
+        target,
+        method,
+        dataclasses.asdict(config),
+        in_place,
+        deltas,
+        batches,
+        refused,
+        stopped,
+    )

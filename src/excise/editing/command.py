@@ -1,0 +1,187 @@
+"""CLI: ``excise edit``, ``excise apply-delta``, ``excise revert-delta``, ``excise stats``.
+
+Imports stay light here; torch and transformers load inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from excise.errors import ConfigError
+
+
+def _echo(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def add_parser(commands, add_common) -> None:
+    edit = commands.add_parser(
+        "edit", help="change facts in place (rome, memit, alphaedit, ft) and write model + deltas"
+    )
+    edit.add_argument("--model", default="smollm2-135m")
+    source = edit.add_mutually_exclusive_group(required=True)
+    source.add_argument("--requests", help="edit requests: excise jsonl, CounterFact or zsRE json")
+    source.add_argument("--task", help="built-in requests: counterfact-mini")
+    edit.add_argument("--method", default="memit", help="rome, memit, alphaedit or ft")
+    edit.add_argument("--limit", type=int, help="use the first N requests")
+    edit.add_argument(
+        "--sequential", type=int, metavar="N", help="apply in sequential batches of N requests"
+    )
+    edit.add_argument("--set", action="append", metavar="KEY=VALUE", help="method option")
+    edit.add_argument(
+        "--stats", help="key statistics file from `excise stats` (else cached/computed)"
+    )
+    edit.add_argument("--stats-corpus", help="text for key statistics (.jsonl with 'text' or .txt)")
+    edit.add_argument(
+        "--min-retain",
+        type=float,
+        help="sequential: stop (or warn) when retain accuracy falls below this",
+    )
+    edit.add_argument("--on-drop", default="stop", choices=("stop", "warn"))
+    edit.add_argument("--no-generation", action="store_true", help="teacher-forced metrics only")
+    edit.add_argument("--template", default="auto", choices=("auto", "raw", "chat"))
+    edit.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    edit.add_argument("--out", required=True)
+    edit.add_argument("--overwrite", action="store_true")
+    edit.add_argument("--quiet", action="store_true")
+    edit.set_defaults(handler=run_edit)
+
+    for name, sign, verb in (("apply-delta", 1.0, "apply"), ("revert-delta", -1.0, "undo")):
+        sub = commands.add_parser(name, help=f"{verb} an edit's weight deltas on a model, exactly")
+        sub.add_argument("--model", required=True, help="the model to change")
+        sub.add_argument(
+            "--delta", required=True, help="delta.safetensors written by `excise edit`"
+        )
+        sub.add_argument("--out", required=True)
+        sub.add_argument("--overwrite", action="store_true")
+        sub.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+        sub.set_defaults(handler=run_delta, sign=sign)
+
+    stats = commands.add_parser(
+        "stats", help="compute (or take from cache) and export key statistics"
+    )
+    stats.add_argument("--model", default="smollm2-135m")
+    stats.add_argument("--method", default="memit", help="whose default layers to use")
+    stats.add_argument("--layers", help="comma list of layers (default: the method's)")
+    stats.add_argument("--tokens", type=int, help="tokens of text to read")
+    stats.add_argument("--corpus", help="text file (.jsonl with 'text' or .txt)")
+    stats.add_argument("--out", required=True, help="a .safetensors file")
+    stats.add_argument("--overwrite", action="store_true")
+    stats.set_defaults(handler=run_stats)
+
+
+def _options(pairs: list[str] | None) -> dict[str, Any]:
+    from excise.cli import _options as parse
+
+    return parse(pairs)
+
+
+def load_request_set(args) -> list:
+    from excise.editing.requests import builtin_requests, load_requests
+
+    requests = builtin_requests(args.task) if args.task else load_requests(args.requests)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ConfigError("--limit must be >= 1")
+        requests = requests[: args.limit]
+    return requests
+
+
+def run_edit(args: argparse.Namespace) -> int:
+    from excise.editing.pipeline import run_edit as run
+
+    started = time.perf_counter()
+    report = run(
+        model_spec=args.model,
+        requests=load_request_set(args),
+        method=args.method,
+        options=_options(args.set),
+        out=Path(args.out),
+        overwrite=args.overwrite,
+        sequential=args.sequential,
+        stats_file=args.stats,
+        stats_corpus=args.stats_corpus,
+        min_retain=args.min_retain,
+        on_drop=args.on_drop,
+        generation=not args.no_generation,
+        template=args.template,
+        dtype=args.dtype,
+        progress=not args.quiet,
+        echo=_echo,
+    )
+    print_edit_table(report)
+    print(f"wrote {args.out}/model, {args.out}/delta.safetensors, {args.out}/report.json")
+    print(f"total {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def print_edit_table(report: dict[str, Any]) -> None:
+    before, after = report["before"]["edit"], report["after"]["edit"]
+    context = report.get("in_context", {})
+    print(f"{'metric':<30}{'before':>9}{'edited':>9}{'in-ctx':>9}")
+    for key in sorted(after):
+        print(
+            f"{key:<30}{before.get(key, float('nan')):>9.3f}{after[key]:>9.3f}"
+            f"{context.get(key, float('nan')):>9.3f}"
+        )
+    for key, value in report["after"].get("utility", {}).items():
+        print(f"{key:<30}{report['before']['utility'].get(key, float('nan')):>9.3f}{value:>9.3f}")
+    if report.get("stopped"):
+        print(f"stopped early: {report['stopped']}")
+    if report.get("refused"):
+        print(f"refused edits: {len(report['refused'])} (see report.json)")
+
+
+def run_delta(args: argparse.Namespace) -> int:
+    from excise.editing.delta import apply_delta, load_delta
+    from excise.fsutil import atomic_dir, check_output, write_manifest
+    from excise.models import load_model, save_model
+
+    check_output(Path(args.out), overwrite=args.overwrite)
+    deltas, meta = load_delta(args.delta)
+    model, tokenizer = load_model(args.model, dtype=args.dtype)
+    apply_delta(model, deltas, sign=args.sign)
+    with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
+        save_model(model, tokenizer, tmp)
+        write_manifest(tmp)
+    verb = "applied" if args.sign > 0 else "reverted"
+    print(f"{verb} {len(deltas)} tensor deltas ({meta.get('method', '?')}); wrote {args.out}")
+    return 0
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    from excise.editing import make_config
+    from excise.editing.stats import DEFAULT_TOKENS, export_stats, key_stats
+    from excise.models import load_model
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ConfigError(f"{out} exists; pass --overwrite to replace it")
+    model, tokenizer = load_model(args.model)
+    if args.layers:
+        try:
+            layers = [int(x) for x in args.layers.split(",") if x.strip()]
+        except ValueError as error:
+            raise ConfigError(
+                f"--layers takes a comma list of integers, got {args.layers!r}"
+            ) from error
+        from excise.editing.layers import check_layers
+
+        layers = check_layers(model, layers)
+    else:
+        layers = make_config(args.method, {}).layers_for(model)
+    stats = key_stats(
+        model, tokenizer, layers, tokens=args.tokens or DEFAULT_TOKENS, corpus=args.corpus
+    )
+    export_stats(stats, out)
+    print(
+        json.dumps(
+            {"layers": layers, "tokens": stats.tokens, "model": stats.model, "out": str(out)}
+        )
+    )
+    return 0

@@ -1,0 +1,85 @@
+"""MEMIT (Meng et al. 2023): many edits at once, spread over several MLP layers.
+
+Targets ``z_i`` are found at the last edited layer (residual shift at the subject). Then for each
+edited layer ``l`` in order, with the current keys ``K`` (requests x d_ff) and the remaining
+residual ``R = (z - h_L) / (layers left)``, the least-squares update that keeps the keys of
+ordinary text (second moment ``C``, weight ``lambda``) is
+
+    dW = R^T K (lambda C + K^T K)^-1.
+
+AlphaEdit (:mod:`excise.editing.alphaedit`) shares this driver and swaps the solve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from excise.arch import block_part
+from excise.editing.layers import check_layers, default_layers
+from excise.editing.locate import mean_by_owner, out_in, read_at
+from excise.editing.stats import DEFAULT_TOKENS
+from excise.editing.targets import TargetConfig, optimise_deltas, request_rows
+
+Solver = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class MemitConfig(TargetConfig):
+    layers: list[int] | None = None  # default: per architecture (excise.editing.layers)
+    mom2_weight: float = 15000.0  # lambda: how strongly ordinary text's keys are preserved
+    stats_tokens: int = DEFAULT_TOKENS
+
+    def layers_for(self, model) -> list[int]:
+        return check_layers(model, list(self.layers) if self.layers else default_layers(model))
+
+
+def spread(ctx, requests, solve: Solver) -> dict:
+    """Compute targets at the last layer, then update each layer with ``solve(layer, K, R)``."""
+    layers = ctx.config.layers_for(ctx.model)
+    top = layers[-1]
+    deltas, base, nll = optimise_deltas(
+        ctx.model,
+        ctx.tokenizer,
+        requests,
+        top,
+        ctx.config,
+        template=ctx.template,
+        prefixes=ctx.prefixes,
+    )
+    z = (base + deltas).double()
+    key_rows = request_rows(ctx.tokenizer, requests, ctx.prefixes, ctx.template, target=False)
+    plain = request_rows(ctx.tokenizer, requests, [""], ctx.template, target=False)
+    keys_used: dict[int, torch.Tensor] = {}
+    for i, layer in enumerate(layers):
+        raw = read_at(ctx.model, key_rows, [layer], ctx.pad_id, what="key")[layer]
+        keys = mean_by_owner(raw, key_rows, len(requests)).double()
+        current = read_at(ctx.model, plain, [top], ctx.pad_id, what="residual")[top].double()
+        residual = (z - current) / (len(layers) - i)
+        update = solve(layer, keys, residual)  # (hidden, d_ff)
+        weight = out_in(block_part(ctx.model, layer, "mlp_out"))
+        with torch.no_grad():
+            weight.add_(update.to(weight.dtype))
+        keys_used[layer] = keys
+    return {"target_nll": nll, "refused": [], "keys": keys_used}
+
+
+def memit_update(
+    moment: torch.Tensor, keys: torch.Tensor, residual: torch.Tensor, weight: float
+) -> torch.Tensor:
+    """dW (hidden, d_ff) = R^T K (weight C + K^T K)^-1 for keys (n, d_ff), residuals (n, hidden)."""
+    system = weight * moment + keys.T @ keys
+    return residual.T @ torch.linalg.solve(system, keys.T).T
+
+
+def apply(ctx, requests) -> dict:
+    weight = ctx.config.mom2_weight
+
+    def solve(layer: int, keys: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return memit_update(ctx.stats.covariance(layer), keys, residual, weight)
+
+    result = spread(ctx, requests, solve)
+    result.pop("keys")
+    return result

@@ -1,0 +1,234 @@
+"""Key statistics: the second moment E[k k^T] of an MLP output projection's input over text.
+
+ROME, MEMIT and AlphaEdit weigh an edit against what the layer must keep doing on ordinary text,
+summarised by this matrix. It is computed once per (model, layer, corpus, size) in a single pass
+over a text sample shipped with the package (or the user's corpus), cached on disk under
+``$EXCISE_HOME/stats``, and can be exported to and imported from one safetensors file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from excise.arch import block_part
+from excise.errors import DataError, ExciseError
+
+SAMPLE = Path(__file__).parents[1] / "data" / "builtin" / "text_sample" / "sample.jsonl"
+DEFAULT_TOKENS = 100_000  # see bench/editing_stats.py for how edit quality depends on it
+
+
+@dataclass
+class KeyStats:
+    """Per layer: the uncentred second moment of keys (float64) and how many tokens made it."""
+
+    moments: dict[int, torch.Tensor]
+    tokens: int
+    model: str  # fingerprint of the model the keys were read from
+    corpus: str  # hash of the text used
+
+    def covariance(self, layer: int) -> torch.Tensor:
+        if layer not in self.moments:
+            raise ExciseError(
+                f"key statistics have no layer {layer} (have {sorted(self.moments)}); "
+                "recompute them for the layers you edit"
+            )
+        return self.moments[layer]
+
+
+def read_corpus(path: str | Path | None) -> list[str]:
+    """Texts from a .jsonl (``text`` field) or .txt (one passage per blank-line block) file."""
+    path = Path(path) if path else SAMPLE
+    if not path.is_file():
+        raise DataError(f"statistics corpus not found: {path}")
+    raw = path.read_text(encoding="utf-8", errors="replace")
+    if path.suffix == ".jsonl":
+        texts = []
+        for number, line in enumerate(raw.splitlines(), 1):
+            if line.strip():
+                try:
+                    texts.append(json.loads(line)["text"])
+                except (json.JSONDecodeError, KeyError, TypeError) as error:
+                    raise DataError(
+                        f"{path}:{number}: expected a JSON object with 'text'"
+                    ) from error
+    else:
+        texts = [block.strip() for block in raw.split("\n\n") if block.strip()]
+    if not texts:
+        raise DataError(f"statistics corpus {path} holds no text")
+    return texts
+
+
+def corpus_hash(texts: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:12]
+
+
+@torch.no_grad()
+def compute(
+    model,
+    tokenizer,
+    layers: Sequence[int],
+    *,
+    texts: Sequence[str],
+    tokens: int,
+    seq_len: int = 128,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> tuple[dict[int, torch.Tensor], int]:
+    """One pass over ``texts`` (cut into ``seq_len`` windows) until ``tokens`` keys are read."""
+    windows: list[list[int]] = []
+    budget = tokens
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        for start in range(0, len(ids), seq_len):
+            piece = ids[start : start + seq_len][:budget]
+            if len(piece) > 1:
+                windows.append(piece)
+                budget -= len(piece)
+            if budget <= 0:
+                break
+        if budget <= 0:
+            break
+    device = next(model.parameters()).device
+    sums: dict[int, torch.Tensor] = {}
+    mask_holder: dict[str, torch.Tensor] = {}
+
+    def hook_for(layer: int):
+        def pre(_module, args):
+            keys = args[0][mask_holder["m"]].double()
+            update = keys.T @ keys
+            sums[layer] = update if layer not in sums else sums[layer] + update
+
+        return pre
+
+    handles = [
+        block_part(model, layer, "mlp_out").register_forward_pre_hook(hook_for(layer))
+        for layer in layers
+    ]
+    was_training = model.training
+    model.eval()
+    count = 0
+    try:
+        bar = tqdm(
+            total=sum(len(w) for w in windows),
+            desc="key statistics",
+            disable=not progress,
+            leave=False,
+        )
+        for start in range(0, len(windows), batch_size):
+            chunk = windows[start : start + batch_size]
+            width = max(len(w) for w in chunk)
+            input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(input_ids, dtype=torch.bool)
+            for row, window in enumerate(chunk):
+                input_ids[row, : len(window)] = torch.tensor(window)
+                mask[row, : len(window)] = True
+            mask_holder["m"] = mask.to(device)
+            model(
+                input_ids=input_ids.to(device),
+                attention_mask=mask.long().to(device),
+                use_cache=False,
+            )
+            count += int(mask.sum())
+            bar.update(int(mask.sum()))
+        bar.close()
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    if count == 0:
+        raise DataError("the statistics corpus produced no tokens")
+    return {layer: (sums[layer] / count).cpu() for layer in layers}, count
+
+
+def _cache_dir(model_hash: str, corpus: str, tokens: int) -> Path:
+    from excise.models import excise_home
+
+    return excise_home() / "stats" / model_hash / f"{corpus}-{tokens}"
+
+
+def key_stats(
+    model,
+    tokenizer,
+    layers: Sequence[int],
+    *,
+    tokens: int = DEFAULT_TOKENS,
+    corpus: str | Path | None = None,
+    model_hash: str | None = None,
+    cache: bool = True,
+    progress: bool = True,
+) -> KeyStats:
+    """Statistics for ``layers``, from the disk cache where present; missing layers are computed."""
+    from excise.models import fingerprint
+
+    if tokens < 1:
+        raise ExciseError("statistics need at least one token (stats_tokens >= 1)")
+    texts = read_corpus(corpus)
+    digest = corpus_hash(texts)
+    model_hash = model_hash or fingerprint(model)
+    folder = _cache_dir(model_hash, digest, tokens)
+    moments: dict[int, torch.Tensor] = {}
+    counted = 0
+    for layer in layers:
+        path = folder / f"layer{layer}.safetensors"
+        if cache and path.is_file():
+            with safe_open(str(path), "pt") as handle:
+                moments[layer] = handle.get_tensor("moment")
+                counted = int(handle.metadata()["tokens"])
+    missing = [layer for layer in layers if layer not in moments]
+    if missing:
+        computed, counted = compute(
+            model, tokenizer, missing, texts=texts, tokens=tokens, progress=progress
+        )
+        moments.update(computed)
+        if cache:
+            folder.mkdir(parents=True, exist_ok=True)
+            for layer, moment in computed.items():
+                tmp = folder / f".layer{layer}.tmp"
+                save_file(
+                    {"moment": moment.contiguous()}, str(tmp), metadata={"tokens": str(counted)}
+                )
+                tmp.replace(folder / f"layer{layer}.safetensors")
+    return KeyStats(moments, counted, model_hash, digest)
+
+
+def export_stats(stats: KeyStats, path: str | Path) -> None:
+    tensors = {f"layer{layer}": m.contiguous() for layer, m in stats.moments.items()}
+    meta = {"tokens": str(stats.tokens), "model": stats.model, "corpus": stats.corpus}
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def import_stats(path: str | Path, *, model_hash: str | None = None) -> KeyStats:
+    """Read exported statistics; refuse them when they were made from a different model."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"statistics file not found: {path}")
+    try:
+        with safe_open(str(path), "pt") as handle:
+            meta = handle.metadata() or {}
+            moments = {int(k.removeprefix("layer")): handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    except Exception as error:  # safetensors raises several types for a corrupt header
+        raise DataError(f"{path} is not a statistics file written by `excise stats`") from error
+    if model_hash and meta.get("model") not in (None, model_hash):
+        raise DataError(
+            f"{path} was computed for model {meta.get('model')}, not this one ({model_hash}); "
+            "recompute with `excise stats`"
+        )
+    return KeyStats(
+        moments, int(meta.get("tokens", 0)), meta.get("model", ""), meta.get("corpus", "")
+    )

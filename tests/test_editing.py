@@ -1,0 +1,302 @@
+"""Editing: the closed forms do what they claim, edits land on a tiny model, deltas revert exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from excise.editing.alphaedit import alphaedit_update, projector
+from excise.editing.memit import memit_update
+from excise.editing.requests import EditRequest, Probe
+from excise.editing.rome import rank_one_update
+from tests.conftest import make_tiny_model, teach
+
+torch.set_default_dtype(torch.float32)
+
+
+def _moment(
+    n: int, d: int, rank: int | None = None, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    basis = torch.randn(rank or d, d, generator=gen, dtype=torch.float64)
+    keys = torch.randn(n, rank or d, generator=gen, dtype=torch.float64) @ basis
+    return keys.T @ keys / n, keys
+
+
+def test_rank_one_update_moves_the_key_exactly_and_spares_c_orthogonal_keys():
+    moment, _ = _moment(400, 16)
+    key = torch.randn(16, dtype=torch.float64)
+    delta = torch.randn(8, dtype=torch.float64)
+    update, denominator = rank_one_update(moment, key, delta)
+    assert denominator > 0
+    torch.testing.assert_close(update @ key, delta)
+    # keys k' with k'^T C^-1 k = 0 (C-orthogonal to the edited key) are untouched
+    other = torch.randn(16, dtype=torch.float64)
+    left = torch.linalg.solve(moment, key)
+    other = other - (other @ left) / (key @ left) * key
+    assert float((update @ other).norm()) < 1e-9
+
+
+def test_memit_update_writes_edited_keys_and_preserves_ordinary_ones():
+    moment, preserved = _moment(2000, 32)
+    keys = torch.randn(5, 32, dtype=torch.float64) * 3
+    residual = torch.randn(5, 12, dtype=torch.float64)
+    # small lambda: the edited keys map (almost) exactly to their residuals
+    update = memit_update(moment, keys, residual, weight=1e-6)
+    torch.testing.assert_close(update @ keys.T, residual.T, rtol=1e-4, atol=1e-4)
+    # any lambda: dW minimises lambda tr(dW C dW^T) + |dW K^T - R^T|^2 (zero gradient there)
+    for weight in (1.0, 1e4):
+        update = memit_update(moment, keys, residual, weight=weight)
+        gradient = weight * update @ moment + (update @ keys.T - residual.T) @ keys
+        assert float(gradient.abs().max()) < 1e-8 * float(residual.abs().max() * keys.abs().max())
+    # and a larger lambda moves ordinary keys less
+    moved = [
+        float((memit_update(moment, keys, residual, weight=w) @ preserved[:100].T).norm())
+        for w in (1.0, 1e2, 1e4)
+    ]
+    assert moved[0] > moved[1] > moved[2]
+
+
+def test_alphaedit_update_is_zero_on_preserved_keys():
+    moment, preserved = _moment(500, 24, rank=12)  # keys live in a 12-dim subspace
+    p = projector(moment, 1e-6)
+    assert round(float(torch.trace(p))) == 12
+    keys = torch.randn(4, 24, dtype=torch.float64)
+    residual = torch.randn(4, 10, dtype=torch.float64)
+    update = alphaedit_update(p, keys, residual, torch.zeros(24, 24, dtype=torch.float64), l2=1e-6)
+    assert float((update @ preserved.T).abs().max()) < 1e-6 * float(update.abs().max() + 1)
+    # and the edited keys still get their residual through the free directions
+    torch.testing.assert_close(update @ (p @ keys.T), residual.T, rtol=1e-3, atol=1e-3)
+
+
+def _requests() -> list[EditRequest]:
+    # the subject ends at the last prompt token: a 4-layer random model moves information
+    # between positions too weakly for a mid-prompt subject to be a fair test of the algebra
+    return [
+        EditRequest(
+            "0",
+            "The capital of {}",
+            "France",
+            "Rome",
+            "Paris",
+            ("The capital of France",),
+            (Probe("The capital of Spain is", "Madrid", "neighborhood"),),
+            (Probe("The capital of France", "Rome", "portability"),),
+        ),
+        EditRequest(
+            "1",
+            "The capital of {}",
+            "Germany",
+            "Madrid",
+            "Berlin",
+            (),
+            (Probe("The capital of Italy is", "Rome", "neighborhood"),),
+        ),
+    ]
+
+
+@pytest.fixture
+def taught(tiny_tokenizer):
+    from excise.data.records import QA
+
+    facts = [
+        QA("The capital of France is", " Paris"),
+        QA("The capital of Spain is", " Madrid"),
+        QA("The capital of Italy is", " Rome"),
+        QA("The capital of Germany is", " Berlin"),
+    ]
+    return teach(make_tiny_model(tiny_tokenizer), tiny_tokenizer, facts, steps=80)
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    from tests.conftest import corpus
+
+    path = tmp_path / "corpus.jsonl"
+    # ordinary text that does not state the edited facts (their keys should be free to move)
+    texts = [t for t in corpus() if "capital" not in t]
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts * 30))
+    return path
+
+
+@pytest.mark.parametrize("method", ["rome", "memit", "alphaedit", "ft"])
+def test_edit_raises_the_new_target_and_reverts_exactly(
+    method, taught, tiny_tokenizer, corpus_file, tmp_path, monkeypatch
+):
+    from excise.editing import edit
+    from excise.editing.delta import apply_delta
+    from excise.scoring import score_pairs
+
+    monkeypatch.setenv("EXCISE_HOME", str(tmp_path / "home"))
+    requests = _requests()
+    pairs = [(r.text(), " " + r.target_new) for r in requests]
+    before = score_pairs(taught, tiny_tokenizer, pairs, "raw").logprob
+    original = {k: v.clone() for k, v in taught.state_dict().items()}
+    options = {"layer": 0} if method in ("rome", "ft") else {"layers": [0, 1]}
+    if method == "rome":  # a random tiny model's weights are small next to the edit
+        options["max_update"] = 100.0
+    if method != "ft":
+        options.update(stats_tokens=4000, prefixes=0, v_steps=25)
+    else:
+        options.update(norm_constraint=0.05, lr=1e-2, steps=20)
+    if method == "alphaedit":  # keys of a 64-wide model are short: scale the ridge to them
+        options["l2"] = 1e-2
+    result = edit(
+        taught,
+        tiny_tokenizer,
+        requests,
+        method,
+        stats_corpus=str(corpus_file),
+        progress=False,
+        **options,
+    )
+    assert not result.in_place and result.model is not taught
+    for name, tensor in taught.state_dict().items():  # the caller's model is untouched
+        assert torch.equal(tensor, original[name])
+    after = score_pairs(result.model, tiny_tokenizer, pairs, "raw").logprob
+    assert bool((after > before + 1.0).all()), (before, after, result.refused, result.batches)
+    changed = {n for n, d in result.deltas.items() if d.abs().max() > 0}
+    assert changed and all("mlp.down_proj" in n for n in changed)
+    apply_delta(result.model, result.deltas, sign=-1.0)
+    for name, tensor in result.model.state_dict().items():
+        assert torch.equal(tensor, original[name]), name  # bit for bit
+    apply_delta(result.model, result.deltas)
+    after_again = score_pairs(result.model, tiny_tokenizer, pairs, "raw").logprob
+    assert torch.equal(after_again, after)
+
+
+def test_sequential_alphaedit_keeps_earlier_keys_and_monitor_stops(
+    taught, tiny_tokenizer, corpus_file, tmp_path, monkeypatch
+):
+    from excise.editing import edit
+
+    monkeypatch.setenv("EXCISE_HOME", str(tmp_path / "home"))
+    calls = []
+
+    def monitor(model):
+        calls.append(1)
+        return {"retain_accuracy": 1.0 if len(calls) < 2 else 0.0}
+
+    result = edit(
+        taught,
+        tiny_tokenizer,
+        _requests(),
+        "alphaedit",
+        batch_size=1,
+        stats_corpus=str(corpus_file),
+        monitor=monitor,
+        monitor_key="retain_accuracy",
+        min_monitor=0.5,
+        progress=False,
+        layers=[1, 2],
+        stats_tokens=4000,
+        prefixes=1,
+        v_steps=10,
+    )
+    assert len(result.batches) == 2 and result.stopped and "stopped" in result.stopped
+    assert all(b["monitor"] for b in result.batches)
+
+
+def test_edit_cli_writes_model_delta_and_report_and_revert_restores(
+    taught, tiny_tokenizer, corpus_file, tmp_path, monkeypatch
+):
+    from transformers import AutoModelForCausalLM
+
+    from excise.cli import main
+    from excise.models import save_model
+
+    monkeypatch.setenv("EXCISE_HOME", str(tmp_path / "home"))
+    base = tmp_path / "base"
+    save_model(taught, tiny_tokenizer, base)
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text(
+        json.dumps(
+            {
+                "case_id": "a",
+                "prompt": "The capital of {}",
+                "subject": "France",
+                "target_new": "Rome",
+                "target_true": "Paris",
+                "paraphrases": ["The capital of France"],
+                "neighborhood": [{"prompt": "The capital of Spain is", "target": "Madrid"}],
+            }
+        )
+        + "\n"
+    )
+    out = tmp_path / "edited"
+    code = main([
+        "edit", "--model", str(base), "--requests", str(requests), "--method", "memit",
+        "--stats-corpus", str(corpus_file), "--set", "layers=[1,2]", "--set", "stats_tokens=4000",
+        "--set", "prefixes=0", "--set", "mom2_weight=1", "--out", str(out), "--quiet",
+    ])  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["after"]["edit"]["efficacy_score"] == 1.0
+    assert {"efficacy_tf", "efficacy_gen"} <= set(report["after"]["edit"])
+    assert "efficacy_tf" in report["in_context"]
+    assert (out / "manifest.json").is_file() and (out / "report.html").is_file()
+    edited = AutoModelForCausalLM.from_pretrained(out / "model")
+    assert (
+        main(
+            [
+                "revert-delta",
+                "--model",
+                str(out / "model"),
+                "--delta",
+                str(out / "delta.safetensors"),
+                "--out",
+                str(tmp_path / "back"),
+            ]
+        )
+        == 0
+    )
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "back")
+    for name, tensor in taught.state_dict().items():
+        assert torch.equal(back.state_dict()[name], tensor), name
+    assert not all(torch.equal(edited.state_dict()[n], t) for n, t in taught.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--method", "nope"], "unknown edit method"),
+        (["--set", "layers=[99]"], "out of range"),
+        (["--set", "bogus=1"], "unknown option"),
+        (["--limit", "0"], "--limit"),
+    ],
+)
+def test_edit_cli_errors(argv, words, taught, tiny_tokenizer, tmp_path, capsys):
+    from excise.cli import main
+    from excise.models import save_model
+
+    base = tmp_path / "base"
+    save_model(taught, tiny_tokenizer, base)
+    requests = tmp_path / "r.jsonl"
+    requests.write_text(
+        json.dumps(
+            {
+                "prompt": "The capital of {} is",
+                "subject": "France",
+                "target_new": "Rome",
+                "case_id": "x",
+            }
+        )
+        + "\n"
+    )
+    code = main(
+        [
+            "edit",
+            "--model",
+            str(base),
+            "--requests",
+            str(requests),
+            "--out",
+            str(tmp_path / "o"),
+            *argv,
+        ]
+    )
+    assert code == 2
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
