@@ -257,10 +257,12 @@ class Scorer:
     def __init__(self, model, tokenizer) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.cache: dict[tuple[str, str], bool] = {}
+        self.asked: set[tuple[str, str]] = set()  # pairs this run needed
 
     def run(self, pairs: list[tuple[str, str]]) -> None:
         from excise.scoring import score_pairs
 
+        self.asked.update(pairs)
         todo = sorted({p for p in pairs if p not in self.cache})
         if not todo:
             return
@@ -741,7 +743,7 @@ def main() -> None:
             "probe_categories": dict(sorted(categories.items())),
             "probe_checks": {c: dict(v) for c, v in sorted(probe_stats.items())},
             "anchors": anchors,
-            "pairs_scored": len(score.cache),
+            "pairs_scored": len(score.asked),
             "generated_by": "generate.py",
         }
     }
