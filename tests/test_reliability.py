@@ -220,21 +220,22 @@ def test_sigint_saves_a_checkpoint_and_exits_130(setup, straight):
     same_weights(out, straight)
 
 
-def test_sigint_in_process_stops_at_a_step_boundary(tmp_path, tiny_tokenizer):
-    """The loop's own contract: the first SIGINT finishes the step, saves, raises."""
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_in_process_stops_at_a_step_boundary(tmp_path, tiny_tokenizer, number):
+    """The loop's own contract: the first SIGINT/SIGTERM finishes the step, saves, raises."""
     straight, straight_log = train_run(tiny_tokenizer, 5)
     ckpt = tmp_path / "ckpt"
 
     def interrupt(step, terms):
         if step == 2:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), number)
 
-    handler = signal.getsignal(signal.SIGINT)
+    handler = signal.getsignal(number)
     with pytest.raises(TrainingInterrupted) as stop:
         train_run(tiny_tokenizer, 5, checkpoint_dir=ckpt, on_step=interrupt)
     assert stop.value.step == 2 and stop.value.checkpoint == ckpt
     assert (ckpt / "step-2" / "trainable.safetensors").is_file()
-    assert signal.getsignal(signal.SIGINT) is handler  # the previous handler is back
+    assert signal.getsignal(number) is handler  # the previous handler is back
     resumed, log = train_run(tiny_tokenizer, 5, checkpoint_dir=ckpt, resume=True)
     assert [r["step"] for r in log] == [3, 4, 5]
     assert weights_sha256(resumed) == weights_sha256(straight)

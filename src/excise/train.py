@@ -4,8 +4,9 @@ Each optimizer step draws ``grad_accum`` micro-batches of forget examples and as
 examples (when the method uses them) in an order that is a pure function of (seed, step), so a
 resumed run sees exactly the batches an uninterrupted one would. Checkpoints hold only the
 trainable tensors (safetensors), the optimizer state and the step; ``resume=True`` continues from
-the newest one. Ctrl-C (SIGINT) during the loop finishes the current step, saves a checkpoint (when
-there is a checkpoint folder) and raises :class:`TrainingInterrupted`; a second Ctrl-C stops at once.
+the newest one. Ctrl-C (SIGINT) or SIGTERM during the loop finishes the current step, saves a
+checkpoint (when there is a checkpoint folder) and raises :class:`TrainingInterrupted`; a second
+signal stops at once.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ class Context:
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped training at a step boundary; ``checkpoint`` is where it was saved (or None)."""
+    """SIGINT/SIGTERM stopped training at a step boundary; ``checkpoint`` is where it was saved
+    (or None)."""
 
     def __init__(self, step: int, checkpoint: Path | None) -> None:
         super().__init__(step, checkpoint)
@@ -101,25 +103,31 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.checkpoint = checkpoint
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; schedulers and `timeout` send SIGTERM
+
+
 @contextlib.contextmanager
-def _sigint_flag() -> Iterator[threading.Event]:
-    """While active, the first SIGINT only sets the flag (the loop stops at the next step
-    boundary); the previous handler comes back at once, so a second SIGINT interrupts as usual."""
+def _stop_flag() -> Iterator[threading.Event]:
+    """While active, the first SIGINT or SIGTERM only sets the flag (the loop stops at the next
+    step boundary); the previous handlers come back at once, so a second signal acts as usual."""
     flag = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield flag  # signal handlers can only be set from the main thread
         return
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
 
     def handler(signum, frame) -> None:
         flag.set()
-        signal.signal(signal.SIGINT, previous)
+        for number, old in previous.items():
+            signal.signal(number, old)
 
-    signal.signal(signal.SIGINT, handler)
+    for number in STOP_SIGNALS:
+        signal.signal(number, handler)
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, old in previous.items():
+            signal.signal(number, old)
 
 
 class Method(Protocol):
@@ -280,7 +288,7 @@ def train(
     bar = tqdm(
         total=config.steps, initial=start, desc="unlearn", disable=not config.progress, leave=False
     )
-    with _sigint_flag() as interrupted:
+    with _stop_flag() as interrupted:
         for step in range(start, config.steps):
             totals = _step(ctx, method, config, named, optimizer, scheduler, step, uses_retain)
             log.append(totals)
