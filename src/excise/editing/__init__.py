@@ -139,7 +139,7 @@ def edit(
             corpus=stats_corpus,
             progress=progress,
         )
-    prefixes = context_prefixes(target, tokenizer, getattr(config, "prefixes", 0))
+    prefixes = context_prefixes(getattr(config, "prefixes", 0))
     ctx = EditContext(target, tokenizer, config, template, stats, prefixes)
     names = [
         f"{name}.weight"

@@ -23,8 +23,6 @@ from excise.editing.requests import EditRequest, answer
 from excise.errors import ConfigError
 from excise.scoring import forward_stats
 
-PREFIX_STARTS = ("The", "Therefore", "Because", "I", "You")
-
 
 @dataclass
 class TargetConfig:
@@ -46,24 +44,21 @@ class TargetConfig:
             raise ConfigError("v_weight_decay, kl_factor and prefixes must be >= 0")
 
 
-@torch.no_grad()
-def context_prefixes(model, tokenizer, count: int, length: int = 10) -> list[str]:
-    """``""`` plus ``count`` short greedy continuations, so edits hold in varied contexts."""
+def context_prefixes(count: int, words: int = 8) -> list[str]:
+    """``""`` plus ``count`` short openings of ordinary text (from the shipped text sample),
+    so an edit holds when the fact is asked mid-text, not only at the start."""
+    from excise.editing.stats import read_corpus
+
     if count == 0:
         return [""]
-    device = next(model.parameters()).device
+    texts = read_corpus(None)
     prefixes = [""]
-    for start in PREFIX_STARTS[:count]:
-        ids = tokenizer(start, return_tensors="pt", add_special_tokens=False).input_ids.to(device)
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=length,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        text = tokenizer.decode(out[0], skip_special_tokens=True)
-        prefixes.append(" ".join(text.replace("{", " ").replace("}", " ").split()) + ". ")
+    for text in texts:
+        opening = text.replace("{", " ").replace("}", " ").split()[:words]
+        if len(opening) == words and all(w.isascii() and len(w) < 15 for w in opening):
+            prefixes.append(" ".join(opening).rstrip(".,;:") + ". ")
+        if len(prefixes) > count:
+            break
     return prefixes
 
 

@@ -34,11 +34,16 @@ def main() -> None:
 
     from excise.models import load_model
 
-    torch.manual_seed(0)
     model, tokenizer = load_model("smollm2-135m")
     tokenizer.padding_side = "left"
-    rows, total = [], 0
+    out = Path(args.out)
+    partial = out.with_suffix(".partial")
+    rows = (
+        [json.loads(line) for line in partial.read_text().splitlines()] if partial.exists() else []
+    )
+    total = sum(len(tokenizer(r["text"]).input_ids) for r in rows)
     while total < args.tokens:
+        torch.manual_seed(len(rows))  # batch b is seeded by its position: resumable
         batch = tokenizer(list(STARTS[: args.batch]), return_tensors="pt", padding=True)
         with torch.no_grad():
             output = model.generate(
@@ -49,13 +54,16 @@ def main() -> None:
                 max_new_tokens=args.length,
                 pad_token_id=tokenizer.pad_token_id,
             )
-        for text in tokenizer.batch_decode(output, skip_special_tokens=True):
-            text = " ".join(text.split())
-            rows.append({"text": text})
-            total += len(tokenizer(text).input_ids)
+        batch_rows = [
+            {"text": " ".join(text.split())}
+            for text in tokenizer.batch_decode(output, skip_special_tokens=True)
+        ]
+        with open(partial, "a") as handle:  # an interrupted run resumes from here
+            handle.write("".join(json.dumps(r) + "\n" for r in batch_rows))
+        rows += batch_rows
+        total += sum(len(tokenizer(r["text"]).input_ids) for r in batch_rows)
         print(f"{total} tokens", flush=True)
-    with open(args.out, "w") as handle:
-        handle.write("".join(json.dumps(r) + "\n" for r in rows))
+    partial.replace(out)
 
 
 if __name__ == "__main__":
