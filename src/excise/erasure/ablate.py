@@ -1,0 +1,166 @@
+"""``ablate``: directional ablation by weight orthogonalization, and its inverse (adding a direction).
+
+Arditi et al. 2024, "Refusal in language models is mediated by a single direction". At each
+candidate layer l the direction is the difference of the mean residual states of positive and
+negative fit-side prompts, r_l = (mu+ - mu-) / ||mu+ - mu-||, made orthogonal to the attention-sink
+subspace (:func:`excise.erasure.states.sink_subspace`; without that, removing the chem-symbols
+direction everywhere took SmolLM2-135M's perplexity from 23 to ~1200). The layer is chosen by a
+held-out score: ``scorer(model, held_out_positive_items)`` under runtime ablation when given
+(e.g. retain minus forget accuracy on held-out items), else the held-out separation (AUC) of the
+projection on r_l, among candidates whose ablation raises perplexity by at most
+``max_perplexity_rise``. Then W <- (I - r r^T) W for every residual writer (embeddings,
+attention and MLP outputs, biases), so the stream has no component along r at any layer.
+
+``scale`` != 0 does the opposite: scale * (mu+ - mu-) at the chosen layer is added to the stream
+from that block on (as its MLP output bias; see :func:`excise.erasure.fold.add_to_stream`), to
+strengthen the positive behaviour (e.g. refusal, with harmful prompts as positives).
+
+Hyper-parameters: ``layer`` (None: chosen), ``candidates`` (6 layers spread over the first 80%
+of the depth, as Arditi et al. skip the last 20%), ``positions`` ("all"), ``protect_sink`` (4),
+``scale`` (0.0), ``max_perplexity_rise`` (0.5, relative).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from excise.arch import num_layers
+from excise.attacks.activations import direction_ablated
+from excise.erasure.core import Contrast, ErasureResult, check_layer
+from excise.erasure.fold import add_to_stream, check_foldable, fold_affine
+from excise.erasure.states import block_states, residual_states, sink_subspace
+from excise.errors import ConfigError
+from excise.metrics import perplexity
+
+Scorer = Callable[[object, list[int]], float]
+
+
+@dataclass
+class AblateConfig:
+    layer: int | None = None
+    candidates: int = 6
+    positions: Literal["all", "last"] = "all"
+    protect_sink: int = 4
+    scale: float = 0.0
+    max_perplexity_rise: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.candidates < 1 or self.protect_sink < 0 or self.max_perplexity_rise <= 0:
+            raise ConfigError("candidates >= 1, protect_sink >= 0, max_perplexity_rise > 0")
+        if self.positions not in ("all", "last"):
+            raise ConfigError("positions must be all or last")
+
+
+def candidate_layers(depth: int, count: int) -> list[int]:
+    top = max(0, int(depth * 0.8) - 1)
+    return (
+        sorted({round(top * i / max(1, count - 1)) for i in range(count)})
+        if count > 1
+        else [top // 2]
+    )
+
+
+def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """P(score of a positive > score of a negative), ties counting half (Mann-Whitney)."""
+    ranks = torch.empty(len(scores))
+    ranks[scores.argsort()] = torch.arange(1, len(scores) + 1, dtype=torch.float)
+    positives = int(labels.sum())
+    negatives = len(labels) - positives
+    return float(
+        (ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives)
+    )
+
+
+def directions(model, tokenizer, data: Contrast, layers: list[int], config, template: str):
+    """{layer: (unit direction, difference of means, held-out AUC)} from the fit side."""
+    found = residual_states(
+        model, tokenizer, data.prompts, layers, template=template, positions=config.positions
+    )
+    labels, fit = data.label[found.prompt], data.fit[found.prompt]
+    protect = None
+    if config.protect_sink:
+        protect = sink_subspace(
+            model, tokenizer, data.prompts, template=template, size=config.protect_sink
+        )
+    out = {}
+    for layer in layers:
+        x = found.by_layer[layer]
+        difference = x[fit & (labels == 1)].mean(0) - x[fit & (labels == 0)].mean(0)
+        unit = difference if protect is None else difference - protect @ (protect.T @ difference)
+        unit = unit / unit.norm().clamp(min=1e-12)
+        out[layer] = (unit, difference, auc(x[~fit] @ unit, labels[~fit]))
+    return out
+
+
+def choose(model, tokenizer, data, found, config, texts, scorer: Scorer | None):
+    """(layer, rows): the best candidate by held-out score, and every candidate's figures."""
+    base = perplexity(model, tokenizer, texts[:16])
+    rows = []
+    for layer, (unit, _, separation) in found.items():
+        with direction_ablated(model, unit):
+            ratio = perplexity(model, tokenizer, texts[:16]) / base
+            score = scorer(model, data.held_out(1)) if scorer is not None else separation
+        rows.append({"layer": layer, "score": score, "auc": separation, "perplexity_ratio": ratio})
+    allowed = [r for r in rows if r["perplexity_ratio"] <= 1 + config.max_perplexity_rise]
+    return max(allowed or rows, key=lambda r: r["score"])["layer"], rows
+
+
+@torch.no_grad()
+def relative_projection(model, tokenizer, prompts: list[str], unit: torch.Tensor, template: str):
+    """Per layer (-1: embeddings, then every block), the largest |h . r| / ||h|| over all tokens."""
+    from excise.data.encode import prompt_ids
+
+    layers = list(range(-1, num_layers(model)))
+    worst = torch.zeros(len(layers), dtype=torch.float64)
+    device = next(model.parameters()).device
+    for prompt in prompts:
+        ids = torch.tensor([prompt_ids(tokenizer, prompt, template)], device=device)
+        states = block_states(
+            model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, layers
+        )
+        for index, layer in enumerate(layers):
+            h = states[layer][0].double().cpu()
+            ratio = (h @ unit.double()).abs() / h.norm(dim=-1).clamp(min=1e-12)
+            worst[index] = max(worst[index], ratio.max())
+    return dict(zip(layers, worst.tolist(), strict=True))
+
+
+def run(model, tokenizer, data: Contrast, config: AblateConfig, *, template, texts, scorer=None):
+    check_foldable(model)
+    depth = num_layers(model)
+    layers = (
+        [check_layer(model, config.layer)]
+        if config.layer is not None
+        else candidate_layers(depth, config.candidates)
+    )
+    found = directions(model, tokenizer, data, layers, config, template)
+    layer, rows = (
+        (layers[0], [])
+        if len(layers) == 1
+        else choose(model, tokenizer, data, found, config, texts, scorer)
+    )
+    unit, difference, separation = found[layer]
+    held_prompts = data.side(False)[:: max(1, len(data.side(False)) // 48)]
+    metrics = {"held_out_auc": separation, "perplexity_before": perplexity(model, tokenizer, texts)}
+    before = relative_projection(model, tokenizer, held_prompts, unit, template)
+    if config.scale == 0:
+        fold_affine(model, torch.eye(unit.numel()) - torch.outer(unit, unit))
+        note = f"direction from block {layer} projected out of every residual writer"
+    else:
+        model = add_to_stream(model, layer, config.scale * difference)
+        note = f"{config.scale} x difference of means added to the stream from block {layer} on"
+    after = relative_projection(model, tokenizer, held_prompts, unit, template)
+    metrics["relative_projection_before"] = max(before.values())
+    metrics["relative_projection_after"] = max(after.values())
+    metrics["perplexity_after"] = perplexity(model, tokenizer, texts)
+    details = {
+        "layer": layer,
+        "candidates": rows,
+        "projection_by_layer": {"before": before, "after": after},
+    }
+    tensors = {"direction": unit, "difference": difference}
+    return model, ErasureResult("ablate", layer, True, metrics, details, tensors, [note])

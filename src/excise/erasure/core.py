@@ -1,0 +1,163 @@
+"""``erase``: bound a concept in closed form, as weights, with the measurements that back it.
+
+The concept is given by contrast: positive prompts (it is present) and negative prompts (it is
+not). An item is a prompt or a group of prompts (say a question and its paraphrases) that stays on
+one side of every split. The larger class is thinned evenly to the size of the smaller; within each
+class items alternate between the *fit* side (directions and erasers are estimated there) and the
+*held-out* side (every reported score is measured there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from excise.errors import ConfigError, DataError
+
+Item = str | Sequence[str]
+METHODS = ("leace", "ablate", "clamp")
+
+
+@dataclass
+class Contrast:
+    prompts: list[str]
+    label: torch.Tensor  # (prompts,) 1 positive, 0 negative
+    group: torch.Tensor  # (prompts,) item index
+    fit: torch.Tensor  # (prompts,) bool: on the fit side
+    source: torch.Tensor  # (prompts,) index of the prompt's item in the list it was given in
+
+    def held_out(self, label: int) -> list[int]:
+        """Indices (in the list given) of the items of class ``label`` on the held-out side."""
+        keep = (~self.fit) & (self.label == label)
+        return sorted(set(self.source[keep].tolist()))
+
+    def side(self, fit: bool, label: int | None = None) -> list[str]:
+        keep = self.fit == fit
+        if label is not None:
+            keep &= self.label == label
+        return [p for p, k in zip(self.prompts, keep.tolist(), strict=True) if k]
+
+
+@dataclass
+class ErasureResult:
+    """What was done and what it measured; ``tensors`` hold the fitted directions/erasers."""
+
+    method: str
+    layer: int
+    folded: bool  # True: the change is in the weights; False: see ``adapter``
+    metrics: dict[str, float]
+    details: dict[str, Any] = field(default_factory=dict)
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    adapter: dict[str, Any] | None = None  # a runtime hook's settings, when not folded
+
+
+def _items(values: Sequence[Item], name: str) -> list[list[str]]:
+    items = [[v] if isinstance(v, str) else list(v) for v in values]
+    items = [[p for p in item if isinstance(p, str) and p.strip()] for item in items]
+    if any(not item for item in items):
+        raise DataError(f"the {name} set has an empty prompt")
+    if len(items) < 4:
+        raise DataError(f"the {name} set needs at least 4 prompts (items), got {len(items)}")
+    return items
+
+
+def contrast(positive: Sequence[Item], negative: Sequence[Item]) -> Contrast:
+    groups = [_items(positive, "positive"), _items(negative, "negative")]
+    size = min(len(g) for g in groups)
+    prompts, label, group, fit, source = [], [], [], [], []
+    for cls, items in zip((1, 0), groups, strict=True):
+        chosen = [(i * len(items)) // size for i in range(size)]  # evenly thinned
+        for index, original in enumerate(chosen):
+            for prompt in items[original]:
+                prompts.append(prompt)
+                label.append(cls)
+                group.append(index + (1 - cls) * size)
+                fit.append(index % 2 == 0)
+                source.append(original)
+    tensors = (torch.tensor(v) for v in (label, group, fit, source))
+    return Contrast(prompts, *tensors)
+
+
+def check_layer(model, layer: int, *, low: int = 0) -> int:
+    from excise.arch import num_layers
+
+    depth = num_layers(model)
+    if not low <= layer < depth:
+        raise ConfigError(f"layer {layer} is outside the model's {low}..{depth - 1}")
+    return layer
+
+
+@contextmanager
+def hooked(
+    module: torch.nn.Module, change: Callable[[torch.Tensor], torch.Tensor]
+) -> Iterator[None]:
+    """Apply ``change`` to ``module``'s output (a decoder block: its hidden states) while inside."""
+
+    def hook(_module, _inputs, output):
+        if isinstance(output, tuple):
+            return (change(output[0]), *output[1:])
+        return change(output)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def erase(
+    model,
+    tokenizer,
+    method: str,
+    positive: Sequence[Item],
+    negative: Sequence[Item],
+    *,
+    template: str = "raw",
+    texts: Sequence[str] | None = None,
+    scorer: Callable[[Any], float] | None = None,
+    **options: Any,
+) -> tuple[Any, ErasureResult]:
+    """Bound the concept that separates ``positive`` from ``negative`` prompts in ``model``.
+
+    ``method``: ``leace`` (least-squares concept erasure, folded into the weights), ``ablate``
+    (project a difference-of-means direction out of every residual write; ``scale`` != 0 adds it
+    instead) or ``clamp`` (hold the projection on that direction at a value, folded, or inside a
+    range, as a runtime hook). ``texts``: prose for perplexity (default: the built-in fluency set).
+    ``scorer(model) -> float``: a held-out score to maximise when choosing the layer (ablate,
+    clamp); without it the layer is chosen by held-out separation. Options are the fields of the
+    method's config (:class:`~excise.erasure.concept.LeaceConfig`, ``AblateConfig``,
+    ``ClampConfig``); unknown ones are refused. ``model`` is changed in place where possible; use
+    the returned model.
+    """
+    from excise.methods import make_config
+
+    if method not in METHODS:
+        raise ConfigError(f"unknown erasure method {method!r}; choose one of {', '.join(METHODS)}")
+    if texts is None:
+        from excise.data.tasks import load_task
+
+        texts = [t.text for t in load_task("chem-symbols").fluency]
+    data = contrast(positive, negative)
+    if method == "leace":
+        from excise.erasure import concept
+
+        config = make_config(concept.LeaceConfig, options)
+        return concept.run(model, tokenizer, data, config, template=template, texts=list(texts))
+    if method == "ablate":
+        from excise.erasure import ablate
+
+        config = make_config(ablate.AblateConfig, options)
+        return ablate.run(
+            model, tokenizer, data, config, template=template, texts=list(texts), scorer=scorer
+        )
+    from excise.erasure import clamp
+
+    config = make_config(clamp.ClampConfig, options)
+    return clamp.run(
+        model, tokenizer, data, config, template=template, texts=list(texts), scorer=scorer
+    )
