@@ -19,7 +19,11 @@ from excise.errors import ConfigError, ExciseError
 DEMO_METHOD = "rmu"
 # command modules that bring their own sub-command: each has ``add_parser(commands, add_common)``,
 # which registers a parser with ``set_defaults(handler=...)``; imports stay light (no torch)
-EXTENSIONS: tuple[str, ...] = ("excise.verify", "excise.editing.command")
+EXTENSIONS: tuple[str, ...] = (
+    "excise.verify",
+    "excise.editing.command",
+    "excise.erasure.command",
+)
 TABLE = (
     "forget_accuracy",
     "paraphrase_accuracy",

@@ -29,7 +29,7 @@ NOTE = "EXCISE_HOOKS.md"
 def save(folder: Path, hooks: list[dict[str, Any]], tensors: dict[str, torch.Tensor]) -> None:
     (folder / CONFIG).write_text(json.dumps({"hooks": hooks}, indent=2) + "\n")
     save_file(
-        {k: v.detach().float().contiguous().cpu() for k, v in tensors.items()}, folder / TENSORS
+        {k: v.detach().float().cpu().clone() for k, v in tensors.items()}, folder / TENSORS
     )
     (folder / NOTE).write_text(
         "# Runtime bound (excise)\n\n"
