@@ -93,3 +93,25 @@ def block_part(model: nn.Module, layer: int, part: str) -> nn.Module:
 
 def num_layers(model: nn.Module) -> int:
     return len(decoder_layers(model))
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass early."""
+
+
+def run_until(model: nn.Module, layer: int, **inputs) -> None:
+    """Run ``model`` forward up to and including decoder block ``layer``; blocks above never run.
+
+    For passes that only read activations at or below ``layer`` (hooks see them as usual).
+    """
+
+    def stop(_module, _inputs, _output):
+        raise _Stop
+
+    handle = decoder_layers(model)[layer].register_forward_hook(stop)
+    try:
+        model(**inputs, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from excise.arch import block_part, decoder_layers
+from excise.arch import block_part, decoder_layers, run_until
 from excise.data.encode import IGNORE, completion_ids
 from excise.errors import DataError
 
@@ -160,10 +160,11 @@ def read_at(
         for start in range(0, len(rows), batch_size):
             batch = batch_rows(rows[start : start + batch_size], pad_id, device)
             current["p"] = batch["position"]
-            model(
+            run_until(  # nothing above the deepest layer read is needed
+                model,
+                max(layers),
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
-                use_cache=False,
             )
     finally:
         for handle in handles:

@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from excise.arch import block_part
+from excise.arch import block_part, run_until
 from excise.errors import DataError, ExciseError
 
 SAMPLE = Path(__file__).parents[1] / "data" / "builtin" / "text_sample" / "sample.jsonl"
@@ -107,8 +107,8 @@ def compute(
 
     def hook_for(layer: int):
         def pre(_module, args):
-            keys = args[0][mask_holder["m"]].double()
-            update = keys.T @ keys
+            keys = args[0][mask_holder["m"]].float()
+            update = (keys.T @ keys).double()  # float32 product per batch, float64 running sum
             sums[layer] = update if layer not in sums else sums[layer] + update
 
         return pre
@@ -136,10 +136,11 @@ def compute(
                 input_ids[row, : len(window)] = torch.tensor(window)
                 mask[row, : len(window)] = True
             mask_holder["m"] = mask.to(device)
-            model(
+            run_until(  # blocks above the last edited layer are not needed
+                model,
+                max(layers),
                 input_ids=input_ids.to(device),
                 attention_mask=mask.long().to(device),
-                use_cache=False,
             )
             count += int(mask.sum())
             bar.update(int(mask.sum()))
