@@ -260,6 +260,7 @@ def train(
     ctx = Context(
         model, tokenizer, method_config, forget, retain, forget_records, template, accelerator
     )
+    ctx.state["steps"] = config.steps  # for methods whose loss follows a schedule
     method.prepare(ctx)  # may freeze parameters and cache reference statistics
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not named:
@@ -303,6 +304,8 @@ def train(
                 bar.close()
                 raise TrainingInterrupted(step + 1, checkpoint_dir)
     bar.close()
+    if getattr(method, "finish", None) is not None:
+        method.finish(ctx)
     for param in model.parameters():
         param.requires_grad_(True)
     model.eval()
@@ -321,6 +324,7 @@ def _step(
 ) -> dict[str, float]:
     """One optimizer step of ``grad_accum`` micro-batches; returns the averaged loss terms."""
     accelerator, forget, retain = ctx.accelerator, ctx.forget, ctx.retain
+    ctx.state["step"] = step
     totals: dict[str, float] = {}
     for micro in range(config.grad_accum):
         draw = step * config.grad_accum + micro

@@ -16,8 +16,8 @@ import torch
 
 from excise.errors import ConfigError, ExciseError
 
-MODULES = ("ga", "graddiff", "npo", "simnpo", "idk", "rmu", "finetune")
-UNLEARNING = ("ga", "graddiff", "npo", "simnpo", "idk", "rmu")
+MODULES = ("ga", "graddiff", "npo", "simnpo", "idk", "rmu", "rr", "finetune")
+UNLEARNING = ("ga", "graddiff", "npo", "simnpo", "idk", "rmu", "rr")
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class MethodSpec:
     loss: Callable[[Any, Any], tuple[torch.Tensor, dict[str, float]]]
     uses_retain: bool = True
     train_defaults: dict[str, Any] = field(default_factory=dict)  # tuned on the bundled model
+    finish: Callable[[Any], None] | None = None  # after the last step (e.g. merge LoRA weights)
 
 
 REGISTRY: dict[str, MethodSpec] = {}
