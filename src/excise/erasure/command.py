@@ -29,8 +29,10 @@ def add_parser(commands, add_common) -> None:
     )
     add_common(p)
     p.add_argument("--method", required=True, choices=METHODS)
-    p.add_argument("--positive", help="prompts where the concept is present (records file)")
-    p.add_argument("--negative", help="prompts where it is absent (records file)")
+    p.add_argument(
+        "--positive", help="prompts where the concept is present (records file, builtin:harmful)"
+    )
+    p.add_argument("--negative", help="prompts where it is absent (records file, builtin:harmless)")
     p.add_argument("--layer", type=int, help="layer to fit at (default: chosen / a quarter depth)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method option")
     p.add_argument("--out", required=True)
@@ -39,8 +41,18 @@ def add_parser(commands, add_common) -> None:
 
 
 def _prompts(path: str, name: str) -> list[list[str]]:
+    """Prompt groups of a records file; ``builtin:harmful`` / ``builtin:harmless`` name the
+    shipped contrast sets (excise/data/builtin/contrast)."""
     from excise.data.records import QA, Text, load_records
+    from excise.data.tasks import BUILTIN
 
+    if path.startswith("builtin:"):
+        shipped = BUILTIN / "contrast" / f"{path.removeprefix('builtin:')}.jsonl"
+        if not shipped.is_file():
+            raise ConfigError(
+                f"no built-in contrast set {path!r}: builtin:harmful, builtin:harmless"
+            )
+        path = str(shipped)
     items = []
     for record in load_records(path, name=name):
         if isinstance(record, QA):
