@@ -16,8 +16,8 @@ import torch
 
 from excise.errors import ConfigError, ExciseError
 
-MODULES = ("ga", "graddiff", "npo", "simnpo", "idk", "rmu", "rr", "finetune")
-UNLEARNING = ("ga", "graddiff", "npo", "simnpo", "idk", "rmu", "rr")
+MODULES = ("ga", "graddiff", "npo", "simnpo", "idk", "rmu", "rr", "tar", "distill", "finetune")
+UNLEARNING = ("ga", "graddiff", "npo", "simnpo", "idk", "rmu", "rr", "tar", "distill")
 
 
 @dataclass(frozen=True)
