@@ -60,6 +60,19 @@ def _train_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def _lora(args: argparse.Namespace):
+    """LoRA settings from ``--lora R`` (with ``--lora-alpha``, ``--lora-targets``), or None."""
+    if getattr(args, "lora", None) is None:
+        for flag in ("lora_alpha", "lora_targets"):
+            if getattr(args, flag, None) is not None:
+                raise ConfigError(f"--{flag.replace('_', '-')} needs --lora R")
+        return None
+    from excise.lora import LoraSettings
+
+    targets = args.lora_targets.split(",") if args.lora_targets else None
+    return LoraSettings(args.lora, args.lora_alpha, targets)
+
+
 def print_table(before: dict[str, float], after: dict[str, float]) -> None:
     print(f"{'metric':<22}{'before':>10}{'after':>10}")
     for key in TABLE:
@@ -114,6 +127,8 @@ def cmd_unlearn(args: argparse.Namespace, *, demo: bool = False) -> int:
         allow_pickle=getattr(args, "allow_pickle", False),
         trust_remote_code=getattr(args, "trust_remote_code", False),
         echo=_echo,
+        lora=_lora(args),
+        merge=getattr(args, "merge", False),
     )
     print_unlearn(report, args.out, started)
     return 0
@@ -123,7 +138,12 @@ def print_unlearn(report: dict[str, Any], out: str | Path, started: float) -> No
     print_table(report["before"], report["after"])
     if report.get("audit"):
         print_scorecard(report["audit"])
-    print(f"wrote {out}/model, {out}/report.json, {out}/report.html")
+    lora = report.get("lora")
+    written = ["model"] if not lora or lora["merged"] else []
+    written += ["adapter"] if lora else []
+    print(
+        f"wrote {', '.join(f'{out}/{name}' for name in written)}, {out}/report.json, {out}/report.html"
+    )
     print(
         f"total {time.perf_counter() - started:.0f} s; stages: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in report["timings_s"].items())
@@ -297,6 +317,25 @@ def parser() -> argparse.ArgumentParser:
         "--checkpoint-every", type=int, help="save a resumable checkpoint every N steps"
     )
     unlearn.add_argument("--resume", action="store_true", help="continue from OUT.ckpt")
+    unlearn.add_argument(
+        "--lora",
+        type=int,
+        metavar="R",
+        help="train rank-R LoRA adapters (peft) on the layers the method trains; "
+        "saved in OUT/adapter (lr default x10)",
+    )
+    unlearn.add_argument("--lora-alpha", type=float, help="LoRA alpha (default 2 R)")
+    unlearn.add_argument(
+        "--lora-targets",
+        metavar="NAMES",
+        help="comma list of layer names to adapt (q_proj,v_proj,...); default every linear "
+        "layer of the decoder blocks the method trains",
+    )
+    unlearn.add_argument(
+        "--merge",
+        action="store_true",
+        help="with --lora: also write the merged weights as a plain checkpoint in OUT/model",
+    )
     unlearn.add_argument("--quiet", action="store_true", help="no progress bar")
     unlearn.add_argument(
         "--audit",

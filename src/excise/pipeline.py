@@ -22,10 +22,11 @@ from excise.data.records import QA, Text
 from excise.data.tasks import Task, custom_task, filter_known, load_task
 from excise.errors import ConfigError, DataError, ExciseError
 from excise.fsutil import atomic_dir, check_output, write_manifest
+from excise.lora import LR_FACTOR, LoraSettings, merge_adapters
 from excise.methods import get_method, make_config
 from excise.metrics import evaluate
 from excise.models import load_model, save_model, weights_sha256
-from excise.train import TrainConfig, train
+from excise.train import TrainConfig, is_main_process, train
 
 MAX_TOKENS = 256  # the encoder's cut (excise.data.encode): longer items are cut to this
 log = logging.getLogger("excise")
@@ -49,10 +50,15 @@ class Timer:
             self.echo(f"[{name}] done in {self.seconds[name]:.1f} s")
 
 
-def train_config(method: str, options: dict[str, Any] | None) -> TrainConfig:
-    """The method's tuned defaults, overridden by ``options`` (unknown keys rejected)."""
-    merged = {**get_method(method).train_defaults, **(options or {})}
-    return make_config(TrainConfig, merged)
+def train_config(method: str, options: dict[str, Any] | None, *, lora: bool = False) -> TrainConfig:
+    """The method's tuned defaults, overridden by ``options`` (unknown keys rejected).
+
+    With ``lora`` and no ``lr`` given, the default lr is ``excise.lora.LR_FACTOR`` times the
+    method's (adapters start from zero and need larger steps than full fine-tuning)."""
+    defaults = dict(get_method(method).train_defaults)
+    if lora:
+        defaults["lr"] = defaults.get("lr", TrainConfig.lr) * LR_FACTOR
+    return make_config(TrainConfig, {**defaults, **(options or {})})
 
 
 def unlearn(
@@ -66,11 +72,15 @@ def unlearn(
     checkpoint_dir: Path | None = None,
     resume: bool = False,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    lora: LoraSettings | None = None,
 ) -> list[dict[str, float]]:
-    """Apply ``method`` to ``model`` in place on ``task``'s forget/retain sets; return the loss log."""
+    """Apply ``method`` to ``model`` in place on ``task``'s forget/retain sets; return the loss log.
+
+    With ``lora`` the model keeps its trained adapters; :func:`excise.lora.merge_adapters` folds
+    them in and returns them."""
     spec = get_method(method)
     config = make_config(spec.config_cls, method_options)
-    settings = train_config(method, train_options)
+    settings = train_config(method, train_options, lora=lora is not None)
     task.check()
     return train(
         model,
@@ -86,6 +96,7 @@ def unlearn(
         checkpoint_dir=checkpoint_dir,
         resume=resume,
         on_step=on_step,
+        lora=lora,
     )
 
 
@@ -142,8 +153,15 @@ def run_unlearn(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     echo: Callable[[str], None] | None = None,
+    lora: LoraSettings | None = None,
+    merge: bool = False,
 ) -> dict[str, Any]:
     """The whole job: returns the report (also written, with the model, into ``out``).
+
+    With ``lora`` the method trains LoRA adapters (:mod:`excise.lora`), saved in peft's format in
+    ``OUT/adapter``; ``OUT/model`` (the merged weights, a plain checkpoint) is written only with
+    ``merge``. Under ``accelerate launch`` every process trains its share; only the main process
+    writes ``out``.
 
     With ``audit_attacks`` the unlearned model is audited against the original before saving.
     Training checkpoints go to ``OUT.ckpt`` (every ``checkpoint_every`` steps, and on Ctrl-C);
@@ -163,7 +181,9 @@ def run_unlearn(
     # fail fast on an unknown method, option or attack, before any loading
     spec = get_method(method)
     make_config(spec.config_cls, method_options)
-    settings = train_config(method, train_options)
+    settings = train_config(method, train_options, lora=lora is not None)
+    if merge and lora is None:
+        raise ConfigError("--merge merges LoRA adapters; it needs --lora R")
     if settings.steps < 1:
         raise ConfigError(f"steps must be >= 1 to unlearn anything, got {settings.steps}")
     if audit_attacks:
@@ -225,7 +245,9 @@ def run_unlearn(
             train_options=train_options,
             checkpoint_dir=checkpoint_dir,
             resume=resume,
+            lora=lora,
         )
+        adapter = merge_adapters(model, model_spec) if lora is not None else None
     with timer.stage("evaluate after"):
         after = evaluate(model, tokenizer, chosen, gold_truth_ratios=gold_ratios)
     audit_result = None
@@ -261,9 +283,22 @@ def run_unlearn(
     report["warnings"] = data_warnings
     if audit_result is not None:
         report["audit"] = audit_result
+    if adapter is not None:
+        report["lora"] = {
+            "rank": lora.rank,
+            "alpha": lora.scale_alpha,
+            "dropout": lora.dropout,
+            "layers": adapter.layers,
+            "merged": merge,
+        }
+    if not is_main_process():  # the other processes of `accelerate launch` hold the same model
+        return report
     with disk_errors(out), atomic_dir(out, overwrite=overwrite) as tmp:
         with timer.stage("save"):
-            save_model(model, tokenizer, tmp / "model")
+            if adapter is None or merge:
+                save_model(model, tokenizer, tmp / "model")
+            if adapter is not None:
+                adapter.save(tmp / "adapter")
         write_report(report, tmp)
         recipe = resolved_recipe(
             model_spec=model_spec,
@@ -278,6 +313,8 @@ def run_unlearn(
             method_options=method_options or {},
             train=dataclasses.asdict(settings),
             audit_attacks=audit_attacks,
+            lora=lora,
+            merge=merge,
         )
         # ``excise run OUT/recipe.yaml --out NEW`` repeats this run
         (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))

@@ -10,6 +10,7 @@ method:
   options: {alpha: 1000}       # the method's options (checked against its config)
 train: {steps: 150, lr: 5.0e-4}  # overrides of the method's tuned training defaults
 audit: {attacks: [relearn, quantize]}  # optional; "all" runs every attack
+lora: {rank: 8, merge: true}   # optional: train LoRA adapters (alpha, targets, dropout too)
 out: runs/chem-symbols-rmu     # a folder that must not exist (or overwrite: true)
 ```
 
@@ -84,6 +85,22 @@ class AuditSection(Section):
     attacks: Literal["all"] | list[str] = "all"
 
 
+class LoraSection(Section):
+    """LoRA adapters (:mod:`excise.lora`); ``merge`` also writes the merged weights."""
+
+    rank: Integer
+    alpha: Number | None = None
+    targets: list[str] | None = None
+    dropout: Number = 0.0
+    merge: bool = False
+
+    def settings(self):
+        from excise.lora import LoraSettings
+
+        targets = tuple(self.targets) if self.targets is not None else None
+        return LoraSettings(self.rank, self.alpha, targets, self.dropout)
+
+
 class Recipe(Section):
     model: str = "smollm2-135m"
     task: str | None = None
@@ -94,6 +111,7 @@ class Recipe(Section):
     method: MethodSection
     train: Annotated[TrainSection, BeforeValidator(_none_is_empty)] = TrainSection()
     audit: AuditSection | None = None
+    lora: LoraSection | None = None
     out: str
     overwrite: bool = False
 
@@ -116,13 +134,17 @@ class Recipe(Section):
             "overwrite": self.overwrite,
             "dtype": self.dtype,
             "audit_attacks": self.audit.attacks if self.audit else None,
+            "lora": self.lora.settings() if self.lora else None,
+            "merge": bool(self.lora and self.lora.merge),
         }
 
     def plan(self) -> str:
         """What running the recipe does, with the training settings as resolved."""
         from excise.pipeline import train_config
 
-        settings = dataclasses.asdict(train_config(self.method.name, self.train_options()))
+        settings = dataclasses.asdict(
+            train_config(self.method.name, self.train_options(), lora=self.lora is not None)
+        )
         data = (
             f"task {self.task}"
             if self.task
@@ -142,7 +164,12 @@ class Recipe(Section):
                 "plan:",
                 f"  model   {self.model} ({self.dtype})",
                 f"  data    {data} (template {self.template})",
-                f"  method  {self.method.name} ({options})",
+                f"  method  {self.method.name} ({options})"
+                + (
+                    f"; LoRA rank {self.lora.rank}{', merged' if self.lora.merge else ''}"
+                    if self.lora
+                    else ""
+                ),
                 "  train   " + ", ".join(f"{k}={v}" for k, v in settings.items()),
                 f"  audit   {audit}",
                 f"  out     {self.out}{' (overwrite)' if self.overwrite else ''}",
@@ -164,6 +191,8 @@ def resolved_recipe(
     method_options: dict[str, Any],
     train: dict[str, Any],
     audit_attacks: str | list[str] | None,
+    lora: Any = None,
+    merge: bool = False,
 ) -> dict[str, Any]:
     """The recipe that repeats a run (``OUT/recipe.yaml``): every training setting spelled out,
     data paths made absolute."""
@@ -185,6 +214,14 @@ def resolved_recipe(
     )
     if audit_attacks:
         recipe["audit"] = {"attacks": audit_attacks}
+    if lora is not None:
+        recipe["lora"] = {
+            "rank": lora.rank,
+            "alpha": lora.alpha,
+            "targets": list(lora.targets) if lora.targets is not None else None,
+            "dropout": lora.dropout,
+            "merge": merge,
+        }
     recipe["out"] = str(out)
     return json.loads(json.dumps(recipe))  # tuples -> lists: plain YAML
 
@@ -275,7 +312,11 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
         )
     try:
         recipe.method.options = _method_options(recipe.method.name, recipe.method.options, source)
-        steps = train_config(recipe.method.name, recipe.train_options()).steps
+        steps = train_config(
+            recipe.method.name, recipe.train_options(), lora=recipe.lora is not None
+        ).steps
+        if recipe.lora is not None:
+            recipe.lora.settings()  # rank, alpha, dropout in range
         if steps < 1:
             raise ConfigError(f"train.steps must be >= 1 to unlearn anything, got {steps}")
         if recipe.audit is not None:

@@ -7,6 +7,14 @@ trainable tensors (safetensors), the optimizer state and the step; ``resume=True
 the newest one. Ctrl-C (SIGINT) or SIGTERM during the loop finishes the current step, saves a
 checkpoint (when there is a checkpoint folder) and raises :class:`TrainingInterrupted`; a second
 signal stops at once.
+
+Under ``accelerate launch`` (configs in ``configs/accelerate/``) every process runs this same loop:
+each process builds the same global batch and takes its own contiguous share of it
+(:func:`process_share`), gradients are averaged across processes, so a step equals the
+single-process step on the global batch (exactly for losses that average over examples); methods'
+caches are computed in ``prepare`` by every process on the whole model before it is wrapped, and
+only the main process writes checkpoints. With ``lora`` (:mod:`excise.lora`) adapters go on the
+layers the method trains, after ``prepare``; the model comes back with them in place.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import signal
 import threading
@@ -32,6 +41,7 @@ from tqdm.auto import tqdm
 from excise.data.encode import Example, collate
 from excise.data.records import Record
 from excise.errors import ConfigError, ExciseError
+from excise.lora import LoraSettings, add_adapters
 
 Batch = dict[str, dict[str, torch.Tensor] | None]
 
@@ -149,6 +159,19 @@ def batch_indices(n: int, batch_size: int, draw: int, seed: int) -> list[int]:
     return indices
 
 
+def process_share(rows: list[int], accelerator: Accelerator) -> list[int]:
+    """This process's contiguous share of a global batch (all of it in a single process)."""
+    size = len(rows) // accelerator.num_processes
+    return rows[accelerator.process_index * size : (accelerator.process_index + 1) * size]
+
+
+def is_main_process() -> bool:
+    """True outside ``accelerate launch``/``torchrun`` and in their rank-0 process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _schedule(config: TrainConfig) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < config.warmup_steps:
@@ -248,20 +271,33 @@ def train(
     checkpoint_dir: Path | None = None,
     resume: bool = False,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    lora: LoraSettings | None = None,
 ) -> list[dict[str, float]]:
-    """Run ``config.steps`` optimizer steps of ``method`` on ``model`` in place; return the log."""
+    """Run ``config.steps`` optimizer steps of ``method`` on ``model`` in place; return the log.
+
+    With ``lora`` the model comes back with the trained adapters in it (unmerged):
+    :func:`excise.lora.merge_adapters` folds them in and returns them in peft's format.
+    """
     if not forget:
         raise ExciseError("the forget set is empty: nothing to unlearn")
     if uses_retain and not retain:
         raise ExciseError("this method needs a retain set, and it is empty")
     set_seed(config.seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    if config.batch_size % accelerator.num_processes:
+        raise ConfigError(
+            f"batch_size {config.batch_size} must be a multiple of the {accelerator.num_processes} "
+            "processes: each process takes an equal share of the global batch"
+        )
+    model.to(accelerator.device)  # method caches are computed before accelerate wraps the model
     model.train()
     ctx = Context(
         model, tokenizer, method_config, forget, retain, forget_records, template, accelerator
     )
     ctx.state["steps"] = config.steps  # for methods whose loss follows a schedule
     method.prepare(ctx)  # may freeze parameters and cache reference statistics
+    if lora is not None:  # after prepare: the caches come from the model without adapters
+        add_adapters(model, lora)
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not named:
         raise ExciseError("the method left no trainable parameters")
@@ -286,8 +322,13 @@ def train(
             for _ in range(start):
                 scheduler.step()
     log: list[dict[str, float]] = []
+    main = accelerator.is_main_process
     bar = tqdm(
-        total=config.steps, initial=start, desc="unlearn", disable=not config.progress, leave=False
+        total=config.steps,
+        initial=start,
+        desc="unlearn",
+        disable=not (config.progress and main),
+        leave=False,
     )
     with _stop_flag() as interrupted:
         for step in range(start, config.steps):
@@ -299,7 +340,9 @@ def train(
                 on_step(step + 1, totals)
             periodic = config.checkpoint_every and (step + 1) % config.checkpoint_every == 0
             if checkpoint_dir is not None and (periodic or interrupted.is_set()):
-                _save_checkpoint(checkpoint_dir, step + 1, named, optimizer, settings)
+                if main:  # every process holds the same weights
+                    _save_checkpoint(checkpoint_dir, step + 1, named, optimizer, settings)
+                accelerator.wait_for_everyone()
             if interrupted.is_set():
                 bar.close()
                 raise TrainingInterrupted(step + 1, checkpoint_dir)
@@ -328,13 +371,17 @@ def _step(
     totals: dict[str, float] = {}
     for micro in range(config.grad_accum):
         draw = step * config.grad_accum + micro
-        forget_rows = batch_indices(len(forget), config.batch_size, draw, config.seed)
+        forget_rows = process_share(
+            batch_indices(len(forget), config.batch_size, draw, config.seed), accelerator
+        )
         batch: Batch = {
             "forget": ctx.to_device(collate([forget[i] for i in forget_rows], ctx.pad_id))
         }
         batch["retain"] = None
         if uses_retain:
-            retain_rows = batch_indices(len(retain), config.batch_size, draw, config.seed + 1)
+            retain_rows = process_share(
+                batch_indices(len(retain), config.batch_size, draw, config.seed + 1), accelerator
+            )
             batch["retain"] = ctx.to_device(collate([retain[i] for i in retain_rows], ctx.pad_id))
         last = micro == config.grad_accum - 1
         sync = contextlib.nullcontext() if last else accelerator.no_sync(ctx.model)
@@ -343,6 +390,10 @@ def _step(
             accelerator.backward(loss / config.grad_accum)
         for key, value in {"loss": float(loss.detach()), **terms}.items():
             totals[key] = totals.get(key, 0.0) + value / config.grad_accum
+    if accelerator.num_processes > 1:  # log the mean over processes, as one process would see it
+        keys = sorted(totals)
+        local = torch.tensor([totals[k] for k in keys], device=accelerator.device)
+        totals = dict(zip(keys, accelerator.reduce(local, "mean").tolist(), strict=True))
     totals["grad_norm"] = float(
         accelerator.clip_grad_norm_(list(named.values()), config.max_grad_norm)
     )
