@@ -2,7 +2,7 @@
 keys to preserve, so sequential edits stop eroding what came before.
 
 ``P`` projects onto the eigenvectors of the key second moment ``C`` whose eigenvalues are below
-``nullspace_threshold`` (relative to the largest): directions ordinary text barely uses. With the
+``nullspace_threshold`` times their mean: directions ordinary text barely uses. With the
 keys of earlier edits accumulated in ``C_p`` (kept across sequential batches), the update solves
 
     (P (K^T K + C_p) + l2 I) dW^T = P K^T R,
@@ -30,13 +30,13 @@ class AlphaEditConfig(MemitConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 < self.nullspace_threshold < 1 or self.l2 < 0:
-            raise ConfigError("nullspace_threshold must be in (0, 1) and l2 >= 0")
+        if not self.nullspace_threshold > 0 or self.l2 < 0:
+            raise ConfigError("nullspace_threshold must be > 0 and l2 >= 0")
 
 
 def projector(moment: torch.Tensor, threshold: float) -> torch.Tensor:
     values, vectors = torch.linalg.eigh(moment)
-    free = vectors[:, values < threshold * values.max()]
+    free = vectors[:, values < threshold * values.mean()]
     return free @ free.T
 
 
