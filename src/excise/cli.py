@@ -107,8 +107,10 @@ def cmd_attacks(args: argparse.Namespace) -> int:
 
 def cmd_unlearn(args: argparse.Namespace, *, demo: bool = False) -> int:
     from excise.pipeline import run_unlearn
+    from excise.train import is_main_process
 
     started = time.perf_counter()
+    main_process = is_main_process()  # under `accelerate launch`, only rank 0 talks
     report = run_unlearn(
         model_spec=args.model,
         method=args.method,
@@ -126,11 +128,12 @@ def cmd_unlearn(args: argparse.Namespace, *, demo: bool = False) -> int:
         audit_attacks=_attacks(args.audit) if getattr(args, "audit", None) else None,
         allow_pickle=getattr(args, "allow_pickle", False),
         trust_remote_code=getattr(args, "trust_remote_code", False),
-        echo=_echo,
+        echo=_echo if main_process else None,
         lora=_lora(args),
         merge=getattr(args, "merge", False),
     )
-    print_unlearn(report, args.out, started)
+    if main_process:
+        print_unlearn(report, args.out, started)
     return 0
 
 

@@ -10,10 +10,16 @@ signal stops at once.
 
 Under ``accelerate launch`` (configs in ``configs/accelerate/``) every process runs this same loop:
 each process builds the same global batch and takes its own contiguous share of it
-(:func:`process_share`), gradients are averaged across processes, so a step equals the
-single-process step on the global batch (exactly for losses that average over examples); methods'
-caches are computed in ``prepare`` by every process on the whole model before it is wrapped, and
-only the main process writes checkpoints. With ``lora`` (:mod:`excise.lora`) adapters go on the
+(:func:`process_share`) and gradients are averaged across processes. N processes with batch B
+thus compute exactly what one process does with batch B/N and ``grad_accum`` N (the same examples,
+the mean of the shard losses), which for losses that average over examples (NPO) is the step on
+batch B itself. Data parallel runs (DDP configs) keep the plain module and average gradients
+themselves (:func:`average_gradients`): a DDP wrapper would hide the module from methods that hook
+its layers or stop the forward early (RMU, RR) and would skip its gradient sync when a forward
+ends in an exception. Methods' caches are computed in ``prepare`` by every process on the whole
+model, and only the main process writes checkpoints. FSDP and DeepSpeed sharding are refused with
+a clear error: gathering sharded weights back into the caller's model, gradient clipping over
+partly frozen sharded parameters and sharded checkpoints are not handled (and not tested here). With ``lora`` (:mod:`excise.lora`) adapters go on the
 layers the method trains, after ``prepare``; the model comes back with them in place.
 """
 
@@ -33,7 +39,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedType
 from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -165,6 +171,22 @@ def process_share(rows: list[int], accelerator: Accelerator) -> list[int]:
     return rows[accelerator.process_index * size : (accelerator.process_index + 1) * size]
 
 
+@torch.no_grad()
+def average_gradients(params: list[torch.nn.Parameter], processes: int) -> None:
+    """Replace each gradient by its mean over the processes (what DDP's reducer does).
+
+    A parameter without a gradient on this process contributes zeros, so every process issues
+    the same collectives in the same order whatever its shard touched.
+    """
+    for param in params:
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+    handles = [torch.distributed.all_reduce(p.grad, async_op=True) for p in params]
+    for param, handle in zip(params, handles, strict=True):
+        handle.wait()
+        param.grad.div_(processes)
+
+
 def is_main_process() -> bool:
     """True outside ``accelerate launch``/``torchrun`` and in their rank-0 process."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -284,6 +306,12 @@ def train(
         raise ExciseError("this method needs a retain set, and it is empty")
     set_seed(config.seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ConfigError(
+            f"{accelerator.distributed_type.value} sharding is not supported; run data parallel "
+            "with configs/accelerate/ddp.yaml (each GPU holds the model; add --lora R to keep "
+            "gradients and optimizer state small)"
+        )
     if config.batch_size % accelerator.num_processes:
         raise ConfigError(
             f"batch_size {config.batch_size} must be a multiple of the {accelerator.num_processes} "
@@ -310,7 +338,11 @@ def train(
         ],
         lr=config.lr,
     )
-    ctx.model, optimizer = accelerator.prepare(model, optimizer)
+    data_parallel = accelerator.num_processes > 1
+    if data_parallel:  # the plain module; gradients averaged in _step
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        ctx.model, optimizer = accelerator.prepare(model, optimizer)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
 
     start = 0
@@ -332,7 +364,9 @@ def train(
     )
     with _stop_flag() as interrupted:
         for step in range(start, config.steps):
-            totals = _step(ctx, method, config, named, optimizer, scheduler, step, uses_retain)
+            totals = _step(
+                ctx, method, config, named, optimizer, scheduler, step, uses_retain, data_parallel
+            )
             log.append(totals)
             bar.set_postfix({k: f"{v:.3g}" for k, v in totals.items() if k not in ("step", "lr")})
             bar.update(1)
@@ -364,6 +398,7 @@ def _step(
     scheduler,
     step: int,
     uses_retain: bool,
+    data_parallel: bool = False,
 ) -> dict[str, float]:
     """One optimizer step of ``grad_accum`` micro-batches; returns the averaged loss terms."""
     accelerator, forget, retain = ctx.accelerator, ctx.forget, ctx.retain
@@ -394,6 +429,8 @@ def _step(
         keys = sorted(totals)
         local = torch.tensor([totals[k] for k in keys], device=accelerator.device)
         totals = dict(zip(keys, accelerator.reduce(local, "mean").tolist(), strict=True))
+    if data_parallel:
+        average_gradients(list(named.values()), accelerator.num_processes)
     totals["grad_norm"] = float(
         accelerator.clip_grad_norm_(list(named.values()), config.max_grad_norm)
     )
