@@ -28,9 +28,7 @@ NOTE = "EXCISE_HOOKS.md"
 
 def save(folder: Path, hooks: list[dict[str, Any]], tensors: dict[str, torch.Tensor]) -> None:
     (folder / CONFIG).write_text(json.dumps({"hooks": hooks}, indent=2) + "\n")
-    save_file(
-        {k: v.detach().float().cpu().clone() for k, v in tensors.items()}, folder / TENSORS
-    )
+    save_file({k: v.detach().float().cpu().clone() for k, v in tensors.items()}, folder / TENSORS)
     (folder / NOTE).write_text(
         "# Runtime bound (excise)\n\n"
         "These weights load with plain `from_pretrained`, but the bound this folder was made\n"
