@@ -34,7 +34,7 @@ class TargetConfig:
     kl_factor: float = 0.0625
     clamp_norm: float = 4.0  # |delta| <= clamp_norm * |h|
     early_stop: float = 0.05  # mean NLL per target token
-    prefixes: int = 5  # generated context prefixes (0: plain prompt only)
+    prefixes: int = 2  # text openings the edit must hold under (0: plain prompt only; MEMIT used 5)
     chunk: int = 32  # requests optimised per batch (memory bound)
 
     def __post_init__(self) -> None:
