@@ -131,6 +131,8 @@ def cmd_unlearn(args: argparse.Namespace, *, demo: bool = False) -> int:
         echo=_echo if main_process else None,
         lora=_lora(args),
         merge=getattr(args, "merge", False),
+        data_dir=getattr(args, "data_dir", None),
+        gold_spec=getattr(args, "gold", None),
     )
     if main_process:
         print_unlearn(report, args.out, started)
@@ -218,6 +220,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         allow_pickle=args.allow_pickle,
         trust_remote_code=args.trust_remote_code,
         echo=_echo,
+        data_dir=args.data_dir,
     )
     print_scorecard(report["audit"])
     print(f"audited weights sha256 {report['model_sha256']}")
@@ -226,9 +229,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from excise.metrics import evaluate
+    from excise.data.benchmarks import benchmark_reference
     from excise.models import load_model
-    from excise.pipeline import resolve_task
+    from excise.pipeline import evaluate_task, resolve_task
 
     options = {"allow_pickle": args.allow_pickle, "trust_remote_code": args.trust_remote_code}
     model, tokenizer = load_model(args.model, dtype=args.dtype, **options)
@@ -242,8 +245,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         forget=args.forget,
         retain=args.retain,
         template=args.template,
+        data_dir=args.data_dir,
     )
-    result = evaluate(model, tokenizer, task)
+    reference = None
+    if args.gold:  # a model never trained on the forget set (benchmarks' forget quality)
+        reference = benchmark_reference(
+            load_model(args.gold, dtype=args.dtype, **options)[0], tokenizer, task
+        )
+    result = evaluate_task(model, tokenizer, task, reference=reference)
     if args.json:
         print(json.dumps(result.metrics, indent=2))
     else:
@@ -258,7 +267,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         default="smollm2-135m",
         help="smollm2-135m, a local HF folder, a .gguf file or a hub id",
     )
-    parser.add_argument("--task", help="built-in task: chem-symbols or fictitious")
+    parser.add_argument(
+        "--task",
+        help="built-in task (chem-symbols, fictitious) or benchmark (tofu:forget10, muse:news, "
+        "wmdp:bio, ...; see --data-dir)",
+    )
     parser.add_argument(
         "--forget", help="forget set file (.jsonl/.json/.csv/.parquet, datasets folder or id)"
     )
@@ -287,6 +300,22 @@ def _add_loading(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_benchmark(parser: argparse.ArgumentParser, *, gold: bool = True) -> None:
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="a benchmark's files (TOFU, MUSE, WMDP as their authors publish them); without it "
+        "they are read from the hub",
+    )
+    if gold:
+        parser.add_argument(
+            "--gold",
+            metavar="MODEL",
+            help="benchmarks: a model never trained on the forget set (TOFU retain model, MUSE "
+            "retrain model) for TOFU forget quality and MUSE PrivLeak",
+        )
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="excise",
@@ -305,6 +334,7 @@ def parser() -> argparse.ArgumentParser:
 
     unlearn = commands.add_parser("unlearn", help="apply a removal method and write model + report")
     _add_common(unlearn)
+    _add_benchmark(unlearn)
     unlearn.add_argument("--method", required=True, help="see `excise methods`")
     unlearn.add_argument("--out", required=True)
     unlearn.add_argument("--overwrite", action="store_true")
@@ -352,6 +382,7 @@ def parser() -> argparse.ArgumentParser:
         "audit", help="attack a changed model and write a worst-case scorecard"
     )
     _add_common(audit)
+    _add_benchmark(audit, gold=False)
     audit.add_argument("--original", required=True, help="the model before the change")
     audit.add_argument(
         "--attacks", default="all", help="all, or a comma list (see `excise attacks`)"
@@ -366,6 +397,7 @@ def parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="score a model on a task")
     _add_common(evaluate)
+    _add_benchmark(evaluate)
     evaluate.add_argument("--original", help="filter the task's items by what this model knows")
     evaluate.add_argument("--json", action="store_true")
 

@@ -50,6 +50,16 @@ class Timer:
             self.echo(f"[{name}] done in {self.seconds[name]:.1f} s")
 
 
+def evaluate_task(model, tokenizer, task: Task, *, reference=None, **options):
+    """:func:`excise.metrics.evaluate`, plus the benchmark's own metrics for benchmark tasks
+    (``reference``: the gold model's statistics, from ``benchmark_reference``)."""
+    from excise.data.benchmarks import benchmark_metrics
+
+    result = evaluate(model, tokenizer, task, **options)
+    result.metrics.update(benchmark_metrics(model, tokenizer, task, reference))
+    return result
+
+
 def train_config(method: str, options: dict[str, Any] | None, *, lora: bool = False) -> TrainConfig:
     """The method's tuned defaults, overridden by ``options`` (unknown keys rejected).
 
@@ -109,11 +119,14 @@ def resolve_task(
     retain: str | None = None,
     template: str = "auto",
     filter_items: bool | None = None,
+    data_dir: str | None = None,
 ) -> Task:
-    """A built-in task or one made of the user's files.
+    """A built-in task, a benchmark task (read from ``data_dir`` or the hub) or one made of the
+    user's files.
 
-    Built-in tasks are filtered to the items ``model`` knows; the user's files only when
-    ``filter_items`` is true (their answers may be long, or only partly known, by design).
+    Built-in tasks are filtered to the items ``model`` knows; benchmarks and the user's files
+    only when ``filter_items`` is true (benchmark metrics are defined on every item; the user's
+    answers may be long, or only partly known, by design).
     """
     if (task is None) == (forget is None):
         raise ConfigError("give either --task or --forget (with --retain)")
@@ -124,8 +137,10 @@ def resolve_task(
     if template not in ("raw", "chat"):
         raise ConfigError(f"unknown template {template!r}: auto, raw or chat")
     if task is not None:
-        chosen = dataclasses.replace(load_task(task), template=template)
+        chosen = dataclasses.replace(load_task(task, data_dir, template), template=template)
         if chosen.metadata.get("needs_teaching"):
+            return chosen
+        if chosen.metadata.get("benchmark") and not filter_items:
             return chosen
     else:
         chosen = custom_task(forget, retain, template=template)
@@ -155,8 +170,14 @@ def run_unlearn(
     echo: Callable[[str], None] | None = None,
     lora: LoraSettings | None = None,
     merge: bool = False,
+    data_dir: str | None = None,
+    gold_spec: str | None = None,
 ) -> dict[str, Any]:
     """The whole job: returns the report (also written, with the model, into ``out``).
+
+    Benchmark tasks (``tofu:forget10``...) are read from ``data_dir`` (or the hub) and add their
+    own metrics; ``gold_spec`` is a model never trained on the forget set (TOFU's retain model,
+    MUSE's retrain model), which TOFU forget quality and MUSE PrivLeak are relative to.
 
     With ``lora`` the method trains LoRA adapters (:mod:`excise.lora`), saved in peft's format in
     ``OUT/adapter``; ``OUT/model`` (the merged weights, a plain checkpoint) is written only with
@@ -209,7 +230,9 @@ def run_unlearn(
             retain=retain,
             template=template,
             filter_items=filter_items,
+            data_dir=data_dir,
         )
+        chosen.check()
         if spec.uses_retain and not chosen.retain:
             raise ConfigError(
                 f"method {method} needs a retain set and it is empty; give --retain FILE "
@@ -231,9 +254,17 @@ def run_unlearn(
             gold_ratios = evaluate(gold, tokenizer, chosen).details.get("forget_truth_ratio")
             if not audit_attacks:
                 gold = None  # no second model held through training unless the audit needs it
+    reference = None
+    if gold_spec is not None:
+        from excise.data.benchmarks import benchmark_reference
+
+        with timer.stage("score the gold model"):
+            reference = benchmark_reference(load(gold_spec)[0], tokenizer, chosen)
     original_sha256 = weights_sha256(model)
     with timer.stage("evaluate before"):
-        before = evaluate(model, tokenizer, chosen, gold_truth_ratios=gold_ratios)
+        before = evaluate_task(
+            model, tokenizer, chosen, reference=reference, gold_truth_ratios=gold_ratios
+        )
     with timer.stage(f"unlearn ({method}, {settings.steps} steps)"):
         # checkpoints always have a folder: Ctrl-C saves one even without checkpoint_every
         loss_log = unlearn(
@@ -249,7 +280,9 @@ def run_unlearn(
         )
         adapter = merge_adapters(model, model_spec) if lora is not None else None
     with timer.stage("evaluate after"):
-        after = evaluate(model, tokenizer, chosen, gold_truth_ratios=gold_ratios)
+        after = evaluate_task(
+            model, tokenizer, chosen, reference=reference, gold_truth_ratios=gold_ratios
+        )
     audit_result = None
     if audit_attacks:
         from excise.attacks.scorecard import audit
@@ -315,6 +348,8 @@ def run_unlearn(
             audit_attacks=audit_attacks,
             lora=lora,
             merge=merge,
+            data_dir=data_dir,
+            gold_spec=gold_spec,
         )
         # ``excise run OUT/recipe.yaml --out NEW`` repeats this run
         (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
@@ -488,6 +523,7 @@ def run_audit(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     echo: Callable[[str], None] | None = None,
+    data_dir: str | None = None,
 ) -> dict[str, Any]:
     """Attack ``model_spec`` and write report.json / report.html into ``out``.
 
@@ -513,7 +549,13 @@ def run_audit(
     with timer.stage("load task"):
         # items are filtered by what the original model knew, not by what is left
         chosen = resolve_task(
-            base, tokenizer, task=task, forget=forget, retain=retain, template=template
+            base,
+            tokenizer,
+            task=task,
+            forget=forget,
+            retain=retain,
+            template=template,
+            data_dir=data_dir,
         )
         original, gold = references_for(original_spec, chosen, dtype=dtype, echo=echo, **options)
         del base

@@ -2,8 +2,10 @@
 
 ```yaml
 model: smollm2-135m            # bundled name, local folder, .gguf file or hub id
-task: chem-symbols             # a built-in task, or instead:
+task: chem-symbols             # a built-in task or a benchmark (tofu:forget10, with data_dir), or:
 # data: {forget: forget.jsonl, retain: retain.jsonl}
+# data_dir: data/TOFU          # a benchmark's files (else read from the hub)
+# gold: a/retain-model         # benchmarks: a model never trained on the forget set
 template: auto                 # auto | raw | chat
 method:
   name: rmu                    # see `excise methods`
@@ -105,6 +107,8 @@ class Recipe(Section):
     model: str = "smollm2-135m"
     task: str | None = None
     data: DataSection | None = None
+    data_dir: str | None = None
+    gold: str | None = None
     template: Literal["auto", "raw", "chat"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     filter_known: bool | None = None
@@ -136,6 +140,8 @@ class Recipe(Section):
             "audit_attacks": self.audit.attacks if self.audit else None,
             "lora": self.lora.settings() if self.lora else None,
             "merge": bool(self.lora and self.lora.merge),
+            "data_dir": self.data_dir,
+            "gold_spec": self.gold,
         }
 
     def plan(self) -> str:
@@ -146,7 +152,7 @@ class Recipe(Section):
             train_config(self.method.name, self.train_options(), lora=self.lora is not None)
         )
         data = (
-            f"task {self.task}"
+            f"task {self.task}" + (f" from {self.data_dir}" if self.data_dir else "")
             if self.task
             else f"forget {self.data.forget}, retain {self.data.retain or '-'}"
         )
@@ -193,6 +199,8 @@ def resolved_recipe(
     audit_attacks: str | list[str] | None,
     lora: Any = None,
     merge: bool = False,
+    data_dir: str | None = None,
+    gold_spec: str | None = None,
 ) -> dict[str, Any]:
     """The recipe that repeats a run (``OUT/recipe.yaml``): every training setting spelled out,
     data paths made absolute."""
@@ -203,6 +211,10 @@ def resolved_recipe(
     recipe: dict[str, Any] = {"model": absolute(model_spec)}
     if task is not None:
         recipe["task"] = task
+        if data_dir is not None:
+            recipe["data_dir"] = absolute(data_dir)
+        if gold_spec is not None:
+            recipe["gold"] = absolute(gold_spec)
     else:
         recipe["data"] = {"forget": absolute(forget), "retain": absolute(retain)}
     recipe.update(
@@ -301,16 +313,18 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
         recipe = Recipe.model_validate(data)
     except ValidationError as error:
         raise ConfigError(_message(error, source)) from None
-    from excise.data.tasks import BUILTIN_TASKS
+    from excise.data.tasks import check_task_name
     from excise.pipeline import check_attacks, train_config
 
     if (recipe.task is None) == (recipe.data is None):
-        raise ConfigError(f"{source}: give either task (built-in) or data (forget/retain files)")
-    if recipe.task is not None and recipe.task not in BUILTIN_TASKS:
         raise ConfigError(
-            f"{source}: unknown task {recipe.task!r}; built-in tasks: {', '.join(BUILTIN_TASKS)}"
+            f"{source}: give either task (built-in or benchmark) or data (forget/retain files)"
         )
+    if recipe.data_dir is not None and recipe.task is None:
+        raise ConfigError(f"{source}: data_dir holds a benchmark's files; it needs a task")
     try:
+        if recipe.task is not None:
+            check_task_name(recipe.task)
         recipe.method.options = _method_options(recipe.method.name, recipe.method.options, source)
         steps = train_config(
             recipe.method.name, recipe.train_options(), lora=recipe.lora is not None

@@ -9,6 +9,9 @@ Built-in tasks (shipped as package data, no network):
 - ``fictitious``: TOFU-style invented people (4 facts each). The model is first taught all of
   them, and a gold model only the retained people (see :mod:`excise.fictitious`); 10% of the
   people are forgotten.
+
+Benchmarks (``tofu:forget10``, ``muse:news``, ``wmdp:bio``, ...) are read from a local folder or
+the hub by :mod:`excise.data.benchmarks`; ``load_task(name, data_dir=...)`` dispatches to them.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ class Task:
     fluency: list[Text]  # generic prose for perplexity
     template: Template = "raw"
     metadata: dict[str, Any] = field(default_factory=dict)
+    # a benchmark's own evaluation sets (excise.data.benchmarks); large, so not in reports
+    benchmark: Any = field(default=None, repr=False)
 
     @property
     def paraphrases(self) -> list[QA]:
@@ -51,7 +56,10 @@ class Task:
 
     def check(self) -> Task:
         if not self.forget:
-            raise ExciseError(f"task {self.name}: the forget set is empty")
+            hint = self.metadata.get("forget_hint")
+            raise ExciseError(
+                f"task {self.name}: the forget set is empty" + (f"; {hint}" if hint else "")
+            )
         return self
 
 
@@ -178,12 +186,37 @@ def custom_task(
     ).check()
 
 
-def load_task(name: str) -> Task:
+def load_task(name: str, data_dir: str | None = None, template: Template = "raw") -> Task:
+    """A built-in task, or a benchmark task (``tofu:forget10``) read from ``data_dir`` or the hub
+    with prompts in ``template``'s format."""
+    if ":" in name:
+        from excise.data.benchmarks import load_benchmark
+
+        return load_benchmark(name, data_dir, template)
     if name == "chem-symbols":
         return chem_symbols()
     if name == "fictitious":
         return fictitious()
-    raise ExciseError(f"unknown task {name!r}; built-in tasks: {', '.join(BUILTIN_TASKS)}")
+    raise ExciseError(f"unknown task {name!r}; {task_names_help()}")
+
+
+def check_task_name(name: str) -> None:
+    """An unknown task name is an error before any loading (benchmark splits included)."""
+    if ":" in name:
+        from excise.data.benchmarks import check_name
+
+        check_name(name)
+    elif name not in BUILTIN_TASKS:
+        raise ExciseError(f"unknown task {name!r}; {task_names_help()}")
+
+
+def task_names_help() -> str:
+    from excise.data.benchmarks import BENCHMARK_TASKS
+
+    return (
+        f"built-in tasks: {', '.join(BUILTIN_TASKS)}; benchmarks (with --data-dir or the hub): "
+        f"{', '.join(BENCHMARK_TASKS)}"
+    )
 
 
 def filter_known(task: Task, model, tokenizer) -> Task:
