@@ -281,3 +281,67 @@ def test_benchmark_recipes_validate(capsys):
         assert main(["run", str(recipe), "--dry-run"]) == 0, capsys.readouterr().err
     plan = capsys.readouterr().out
     assert "task tofu:forget10 from data/TOFU" in plan and "LoRA rank" in plan
+
+
+CAPITALS = [
+    {"question": "The capital of France is", "choices": ["Paris", "Rome"], "answer": 0},
+    {"question": "The capital of Spain is", "choices": ["Berlin", "Madrid"], "answer": 1},
+    {"question": "The capital of Italy is", "choices": ["Rome", "Paris"], "answer": 0},
+    {"question": "The capital of Germany is", "choices": ["Madrid", "Berlin"], "answer": 1},
+]
+
+
+def lm_eval_task(folder: Path) -> Path:
+    """A custom lm-eval task over a local jsonl (lm-eval's YAML task format), read offline."""
+    data = folder / "capitals.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in CAPITALS))
+    config = folder / "capitals.yaml"
+    config.write_text(
+        "task: excise_test_capitals\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\n"
+        "output_type: multiple_choice\n"
+        'doc_to_text: "{{question}}"\n'
+        'doc_to_choice: "{{choices}}"\n'
+        "doc_to_target: answer\n"
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+    )
+    return config
+
+
+def test_lm_eval_utility_on_a_local_task(tiny_dir, tmp_path, tiny_tokenizer, capsys):
+    pytest.importorskip("lm_eval")
+    from excise.lmeval import lm_eval_scores, parse_utility
+    from excise.models import load_model
+    from excise.scoring import score_pairs
+
+    config = lm_eval_task(tmp_path)
+    model, tokenizer = load_model(tiny_dir)
+    scores = lm_eval_scores(model, tokenizer, parse_utility(f"lm-eval:{config}"))
+    # lm-eval's acc: the choice with the highest log-likelihood after "question" + " "
+    right = 0
+    for row in CAPITALS:
+        pairs = [(row["question"], f" {choice}") for choice in row["choices"]]
+        logprob = score_pairs(model, tokenizer, pairs, "raw").logprob
+        right += int(logprob.argmax()) == row["answer"]
+    assert scores == {"lmeval_excise_test_capitals_acc": pytest.approx(right / len(CAPITALS))}
+
+    argv = ["evaluate", "--model", tiny_dir, "--task", "wmdp:bio", "--data-dir",
+            str(FIXTURES / "wmdp"), "--utility", f"lm-eval:{config}", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    values = json.loads(capsys.readouterr().out)
+    assert values["lmeval_excise_test_capitals_acc"] == pytest.approx(right / len(CAPITALS))
+    assert "wmdp_bio_accuracy" in values
+    argv[argv.index("--utility") + 1] = "mmlu"
+    assert main(argv) == 2
+    assert "lm-eval:TASKS" in capsys.readouterr().err
+    out = tmp_path / "out"
+    argv = ["unlearn", "--model", tiny_dir, "--task", "muse:news", "--data-dir",
+            str(FIXTURES / "muse"), "--method", "ga", "--steps", "1", "--batch-size", "2",
+            "--utility", f"lm-eval:{config}", "--quiet", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert "lmeval_excise_test_capitals_acc" in report["before"]
+    assert "lmeval_excise_test_capitals_acc" in report["after"]
+    assert f"utility: lm-eval:{config}" in (out / "recipe.yaml").read_text()

@@ -133,6 +133,7 @@ def cmd_unlearn(args: argparse.Namespace, *, demo: bool = False) -> int:
         merge=getattr(args, "merge", False),
         data_dir=getattr(args, "data_dir", None),
         gold_spec=getattr(args, "gold", None),
+        utility=getattr(args, "utility", None),
     )
     if main_process:
         print_unlearn(report, args.out, started)
@@ -252,7 +253,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         reference = benchmark_reference(
             load_model(args.gold, dtype=args.dtype, **options)[0], tokenizer, task
         )
-    result = evaluate_task(model, tokenizer, task, reference=reference)
+    utility = None
+    if args.utility:
+        from excise.lmeval import parse_utility
+
+        utility = parse_utility(args.utility)
+    result = evaluate_task(model, tokenizer, task, reference=reference, utility=utility)
     if args.json:
         print(json.dumps(result.metrics, indent=2))
     else:
@@ -308,6 +314,12 @@ def _add_benchmark(parser: argparse.ArgumentParser, *, gold: bool = True) -> Non
         "they are read from the hub",
     )
     if gold:
+        parser.add_argument(
+            "--utility",
+            metavar="lm-eval:TASKS",
+            help="also score lm-evaluation-harness tasks (names, task .yaml files or folders; "
+            "needs excise[lmeval])",
+        )
         parser.add_argument(
             "--gold",
             metavar="MODEL",

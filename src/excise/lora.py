@@ -121,7 +121,10 @@ def add_adapters(model: torch.nn.Module, settings: LoraSettings) -> list[str]:
 
     Returns the adapted layers' names.
     """
-    from peft import LoraConfig, inject_adapter_in_model
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError:
+        raise ConfigError("--lora needs peft: pip install 'excise[lora]'") from None
 
     if has_adapters(model):
         raise ConfigError(

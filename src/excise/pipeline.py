@@ -50,13 +50,18 @@ class Timer:
             self.echo(f"[{name}] done in {self.seconds[name]:.1f} s")
 
 
-def evaluate_task(model, tokenizer, task: Task, *, reference=None, **options):
+def evaluate_task(model, tokenizer, task: Task, *, reference=None, utility=None, **options):
     """:func:`excise.metrics.evaluate`, plus the benchmark's own metrics for benchmark tasks
-    (``reference``: the gold model's statistics, from ``benchmark_reference``)."""
+    (``reference``: the gold model's statistics, from ``benchmark_reference``) and lm-eval
+    scores with ``utility`` (:class:`excise.lmeval.LmEvalUtility`)."""
     from excise.data.benchmarks import benchmark_metrics
 
     result = evaluate(model, tokenizer, task, **options)
     result.metrics.update(benchmark_metrics(model, tokenizer, task, reference))
+    if utility is not None:
+        from excise.lmeval import lm_eval_scores
+
+        result.metrics.update(lm_eval_scores(model, tokenizer, utility))
     return result
 
 
@@ -172,8 +177,11 @@ def run_unlearn(
     merge: bool = False,
     data_dir: str | None = None,
     gold_spec: str | None = None,
+    utility: str | None = None,
 ) -> dict[str, Any]:
     """The whole job: returns the report (also written, with the model, into ``out``).
+
+    ``utility`` (``lm-eval:TASKS``) adds lm-evaluation-harness scores before and after.
 
     Benchmark tasks (``tofu:forget10``...) are read from ``data_dir`` (or the hub) and add their
     own metrics; ``gold_spec`` is a model never trained on the forget set (TOFU's retain model,
@@ -209,6 +217,12 @@ def run_unlearn(
         raise ConfigError(f"steps must be >= 1 to unlearn anything, got {settings.steps}")
     if audit_attacks:
         check_attacks(audit_attacks)
+    lm_eval = None
+    if utility is not None:
+        from excise.lmeval import check_utility, parse_utility
+
+        lm_eval = parse_utility(utility)
+        check_utility(lm_eval)
     check_output(out, overwrite=overwrite)
     checkpoint_dir = out.with_name(out.name + ".ckpt")
     saved = any(checkpoint_dir.glob("step-*/state.json"))
@@ -263,7 +277,12 @@ def run_unlearn(
     original_sha256 = weights_sha256(model)
     with timer.stage("evaluate before"):
         before = evaluate_task(
-            model, tokenizer, chosen, reference=reference, gold_truth_ratios=gold_ratios
+            model,
+            tokenizer,
+            chosen,
+            reference=reference,
+            utility=lm_eval,
+            gold_truth_ratios=gold_ratios,
         )
     with timer.stage(f"unlearn ({method}, {settings.steps} steps)"):
         # checkpoints always have a folder: Ctrl-C saves one even without checkpoint_every
@@ -281,7 +300,12 @@ def run_unlearn(
         adapter = merge_adapters(model, model_spec) if lora is not None else None
     with timer.stage("evaluate after"):
         after = evaluate_task(
-            model, tokenizer, chosen, reference=reference, gold_truth_ratios=gold_ratios
+            model,
+            tokenizer,
+            chosen,
+            reference=reference,
+            utility=lm_eval,
+            gold_truth_ratios=gold_ratios,
         )
     audit_result = None
     if audit_attacks:
@@ -350,6 +374,7 @@ def run_unlearn(
             merge=merge,
             data_dir=data_dir,
             gold_spec=gold_spec,
+            utility=utility,
         )
         # ``excise run OUT/recipe.yaml --out NEW`` repeats this run
         (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))

@@ -6,6 +6,7 @@ task: chem-symbols             # a built-in task or a benchmark (tofu:forget10, 
 # data: {forget: forget.jsonl, retain: retain.jsonl}
 # data_dir: data/TOFU          # a benchmark's files (else read from the hub)
 # gold: a/retain-model         # benchmarks: a model never trained on the forget set
+# utility: lm-eval:mmlu        # optional lm-evaluation-harness tasks (excise[lmeval])
 template: auto                 # auto | raw | chat
 method:
   name: rmu                    # see `excise methods`
@@ -109,6 +110,7 @@ class Recipe(Section):
     data: DataSection | None = None
     data_dir: str | None = None
     gold: str | None = None
+    utility: str | None = None
     template: Literal["auto", "raw", "chat"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     filter_known: bool | None = None
@@ -142,6 +144,7 @@ class Recipe(Section):
             "merge": bool(self.lora and self.lora.merge),
             "data_dir": self.data_dir,
             "gold_spec": self.gold,
+            "utility": self.utility,
         }
 
     def plan(self) -> str:
@@ -201,6 +204,7 @@ def resolved_recipe(
     merge: bool = False,
     data_dir: str | None = None,
     gold_spec: str | None = None,
+    utility: str | None = None,
 ) -> dict[str, Any]:
     """The recipe that repeats a run (``OUT/recipe.yaml``): every training setting spelled out,
     data paths made absolute."""
@@ -226,6 +230,8 @@ def resolved_recipe(
     )
     if audit_attacks:
         recipe["audit"] = {"attacks": audit_attacks}
+    if utility is not None:
+        recipe["utility"] = utility
     if lora is not None:
         recipe["lora"] = {
             "rank": lora.rank,
@@ -331,6 +337,10 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
         ).steps
         if recipe.lora is not None:
             recipe.lora.settings()  # rank, alpha, dropout in range
+        if recipe.utility is not None:
+            from excise.lmeval import parse_utility
+
+            parse_utility(recipe.utility)  # task names are checked when it runs (lm-eval)
         if steps < 1:
             raise ConfigError(f"train.steps must be >= 1 to unlearn anything, got {steps}")
         if recipe.audit is not None:
