@@ -12,7 +12,7 @@ from excise.cli import main
 from excise.data.encode import encode_records
 from excise.errors import ConfigError
 from excise.lora import LoraSettings, has_adapters, merge_adapters
-from excise.methods import get_method
+from excise.methods import UNLEARNING, get_method
 from excise.models import save_model
 from excise.train import TrainConfig, train
 from tests.conftest import make_tiny_model, tiny_task
@@ -85,6 +85,37 @@ def test_lora_trains_only_adapters_on_the_method_layers(
     lora_b = [v for k, v in tensors.items() if "lora_B" in k]
     assert len(lora_b) == adapted and all(v.shape[1] == 4 for v in lora_b)
     assert all(float(v.abs().max()) > 0 for v in lora_b)
+
+
+WITHOUT_WARM_START = {"tar": {"init_method": None}, "distill": {"init_method": None}}
+
+
+@pytest.mark.parametrize("method", [m for m in UNLEARNING if m != "rr"])
+def test_every_method_trains_adapters(tiny_tokenizer, method):
+    """Any method with --lora: only adapters train, and merging reproduces the adapted model."""
+    model = make_tiny_model(tiny_tokenizer)
+    frozen = {k: v.clone() for k, v in model.state_dict().items()}
+    options = WITHOUT_WARM_START.get(method, {})
+    run(model, tiny_tokenizer, method, LoraSettings(rank=2), steps=2, options=options)
+    assert has_adapters(model)
+    base = {
+        k.replace(".base_layer", ""): v for k, v in model.state_dict().items() if "lora_" not in k
+    }
+    assert all(torch.equal(base[k], frozen[k]) for k in frozen)  # base weights untouched
+    ids = torch.tensor([tiny_tokenizer("The element gold has the symbol").input_ids])
+    with torch.no_grad():
+        adapted = model(ids).logits
+        adapter = merge_adapters(model)
+        merged = model(ids).logits
+    assert adapter.layers and not has_adapters(model)
+    torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["tar", "distill"])
+def test_lora_refuses_methods_that_change_the_base_first(tiny_tokenizer, method):
+    """A warm start changes the base: OUT/adapter on the original model would be wrong."""
+    with pytest.raises(ConfigError, match="changed the weights while preparing"):
+        run(make_tiny_model(tiny_tokenizer), tiny_tokenizer, method, LoraSettings(rank=2))
 
 
 def test_npo_reference_is_the_model_without_adapters(tiny_tokenizer):
@@ -229,7 +260,9 @@ def test_cli_lora_errors(files, tmp_path, capsys):
     rr = cli_args(files, out, "--lora", "2")
     rr[rr.index("npo")] = "rr"
     assert main(rr) == 2
-    assert "own LoRA" in capsys.readouterr().err
+    assert "own LoRA option" in capsys.readouterr().err
+    assert main([*rr, "--set", "lora_rank=0"]) == 2  # rr merges every adapter when it finishes
+    assert "own LoRA option" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -48,6 +48,7 @@ from excise.data.encode import Example, collate
 from excise.data.records import Record
 from excise.errors import ConfigError, ExciseError
 from excise.lora import LoraSettings, add_adapters
+from excise.models import fingerprint
 
 Batch = dict[str, dict[str, torch.Tensor] | None]
 
@@ -304,6 +305,12 @@ def train(
         raise ExciseError("the forget set is empty: nothing to unlearn")
     if uses_retain and not retain:
         raise ExciseError("this method needs a retain set, and it is empty")
+    if lora is not None and hasattr(method_config, "lora_rank"):
+        # such a method (rr) injects and merges adapters itself, ours included
+        raise ConfigError(
+            "this method has its own LoRA option (lora_rank); set it with --set lora_rank=R "
+            "instead of --lora"
+        )
     set_seed(config.seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
@@ -323,8 +330,15 @@ def train(
         model, tokenizer, method_config, forget, retain, forget_records, template, accelerator
     )
     ctx.state["steps"] = config.steps  # for methods whose loss follows a schedule
+    weights = fingerprint(model) if lora is not None else None
     method.prepare(ctx)  # may freeze parameters and cache reference statistics
     if lora is not None:  # after prepare: the caches come from the model without adapters
+        if fingerprint(model) != weights:
+            raise ConfigError(
+                "this method changed the weights while preparing (a warm start or noise: tar, "
+                "distill), so an adapter would not reproduce its result on the original model; "
+                "train it without --lora, or with init_method=None where that keeps the weights"
+            )
         add_adapters(model, lora)
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not named:
