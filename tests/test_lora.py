@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from excise.cli import main
 from excise.data.encode import encode_records
@@ -275,3 +276,39 @@ def test_lora_default_lr_is_scaled():
     assert train_config("npo", {"lr": 0.5}, lora=True).lr == 0.5
     with pytest.raises(ConfigError):
         LoraSettings(rank=2, targets=())
+
+
+def test_recipe_with_lora_runs_and_repeats(files, tmp_path):
+    import yaml
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "model": files["model"],
+                "data": {"forget": files["forget"], "retain": files["retain"]},
+                "template": "raw",
+                "method": {"name": "npo"},
+                "train": {"steps": 2, "batch_size": 4, "progress": False},
+                "lora": {"rank": 2, "targets": ["down_proj"], "merge": False},
+                "out": str(tmp_path / "out"),
+            }
+        )
+    )
+    assert main(["run", str(recipe)]) == 0
+    out = tmp_path / "out"
+    assert (out / "adapter" / "adapter_config.json").is_file() and not (out / "model").exists()
+    report = json.loads((out / "report.json").read_text())
+    assert report["method"]["train"]["lr"] == pytest.approx(2e-4)  # npo's 2e-5, x10 for LoRA
+    repeated = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert repeated["lora"] == {
+        "rank": 2,
+        "alpha": None,
+        "targets": ["down_proj"],
+        "dropout": 0.0,
+        "merge": False,
+    }
+    assert main(["run", str(out / "recipe.yaml"), "--out", str(tmp_path / "again")]) == 0
+    first = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    again = load_file(str(tmp_path / "again" / "adapter" / "adapter_model.safetensors"))
+    assert set(first) == set(again) and all(torch.equal(first[k], again[k]) for k in first)
