@@ -127,7 +127,12 @@ def run(args: argparse.Namespace) -> int:
         model, tokenizer, args.method, positive, negative,
         template=template, texts=texts, scorer=scorer, **options,
     )  # fmt: skip
+    hooks = []  # a runtime form is scored with its hooks on, as it is meant to be used
+    for hook in (result.adapter or {}).get("hooks", []):
+        hooks += adapter.register(model, hook, result.tensors)
     after = _task_scores(model, tokenizer, task) if task is not None else {}
+    for handle in hooks:
+        handle.remove()
     report = {
         "schema_version": 1,
         "kind": "erase",

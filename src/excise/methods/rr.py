@@ -6,11 +6,14 @@ with h the trained model's and f the frozen model's residual stream after block 
     L_retain = mean over retain tokens and layers of ||h - f||_2         (keep h where it was)
     loss     = c_rr * L_rr + c_retain * L_retain,
     c_rr = alpha * (1 - t / (2T)),  c_retain = alpha * t / (2T)          (t: step, T: steps)
-as in the paper's Algorithm 1, with one change: m, the frozen model's mean state over retain
-tokens at that layer, is subtracted before the cosine (``center``; False gives the paper's form).
-SmolLM2-135M's states share a component of norm ~126 out of ~158 at block 9 (dims 507 and 247),
-so raw cosines stay near 1 however the content moves (measured: 100 LoRA steps at lr 2e-3 left
-the mean cosine at 1.000 and forget accuracy at 97%). The frozen states are computed once before training and cached
+as in the paper's Algorithm 1, with two changes. (1) m, the frozen model's mean state over retain
+tokens at that layer, is subtracted before the cosine (``center``; False gives the paper's form):
+SmolLM2-135M's states share a component of norm ~126 out of ~158 at block 9 (dims 507 and 247;
+states of unrelated tokens have cosine 0.61 on average), which a raw cosine mostly measures.
+(2) LoRA's B matrices start at small random values (``init_scale``) instead of 0: at B = 0 the
+trained states equal the frozen ones, where the gradient of the cosine is exactly 0, and in float32
+the rerouting term did not move at all (150 steps at lr 1e-3: mean cosine 1.000, forget accuracy
+98%). The frozen states are computed once before training and cached
 (no second model), the forward stops after the deepest target layer (blocks above it never run;
 :func:`excise.erasure.states.block_states`, which uses RMU's truncated forward), and the first
 position (an attention sink shared by every prompt) is left out of both terms.
@@ -21,8 +24,10 @@ plain checkpoint; with ``lora_rank`` 0 those blocks are fine-tuned in full.
 
 Hyper-parameters (defaults for the bundled 30-layer model; the paper used layers 10 and 20 of 32
 and alpha 10): ``layers`` (None: 10/32 and 20/32 of the depth, 9 and 19 of 30), ``alpha``,
-``lora_rank`` (16), ``lora_alpha`` (16); training 150 steps at lr 1e-4 (measured figures in the
-README's "Bound" section).
+``lora_rank`` (16), ``lora_alpha`` (16), ``center`` (True), ``init_scale`` (1e-3); training 150
+steps at lr 1e-3 (full fine-tuning, ``lora_rank=0``: lr 1e-4). Measured on chem-symbols (150
+steps): LoRA forget accuracy 100% -> 14%, paraphrases 100% -> 12%, held-out retain 100% -> 99%,
+perplexity 24.11 -> 24.14; full fine-tuning 10% / 9% / 96% / 24.38.
 """
 
 from __future__ import annotations
@@ -46,10 +51,11 @@ class RRConfig:
     lora_rank: int = 16
     lora_alpha: float = 16.0
     center: bool = True
+    init_scale: float = 1e-3
 
     def __post_init__(self) -> None:
-        if self.alpha <= 0 or self.lora_rank < 0 or self.lora_alpha <= 0:
-            raise ConfigError("rr alpha and lora_alpha must be > 0, lora_rank >= 0")
+        if self.alpha <= 0 or self.lora_rank < 0 or self.lora_alpha <= 0 or self.init_scale < 0:
+            raise ConfigError("rr alpha and lora_alpha must be > 0, lora_rank and init_scale >= 0")
         if self.layers is not None:
             self.layers = tuple(int(layer) for layer in self.layers)
             if not self.layers:
@@ -100,6 +106,14 @@ def _add_lora(model, top: int, config: RRConfig) -> None:
     ]
     lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules=targets)
     inject_adapter_in_model(lora, model)
+    # peft starts B at 0, so the trained states equal the frozen ones, where the gradient of
+    # cos(h, f) is exactly 0: a small random B lets the rerouting term move at all
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                noise = torch.randn(param.shape, generator=generator) * config.init_scale
+                param.copy_(noise.to(param))
 
 
 def prepare(ctx) -> None:
@@ -186,7 +200,7 @@ SPEC = register(
         RRConfig,
         prepare,
         loss,
-        train_defaults={"steps": 150, "lr": 1e-4},
+        train_defaults={"steps": 150, "lr": 1e-3},
         finish=finish,
     )
 )
