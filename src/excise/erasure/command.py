@@ -101,7 +101,12 @@ def run(args: argparse.Namespace) -> int:
     from excise.pipeline import resolve_task
 
     started = time.perf_counter()
-    model, tokenizer = load_model(args.model, dtype=args.dtype)
+    model, tokenizer = load_model(
+        args.model,
+        dtype=args.dtype,
+        allow_pickle=getattr(args, "allow_pickle", False),
+        trust_remote_code=getattr(args, "trust_remote_code", False),
+    )
     template = args.template
     scorer, task, before = None, None, {}
     if has_task:
@@ -113,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
             retain=args.retain,
             template=template,
             filter_items=True if args.filter_known else None,
+            data_dir=getattr(args, "data_dir", None),
         )
         template = task.template
         positive = [[q.prompt, *q.paraphrases] for q in task.forget_eval]
