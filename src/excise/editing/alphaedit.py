@@ -23,9 +23,11 @@ from excise.errors import ConfigError
 
 @dataclass
 class AlphaEditConfig(MemitConfig):
-    nullspace_threshold: float = (
-        1e-2  # eigenvalue / largest eigenvalue below which a direction is free
-    )
+    # a direction is free when its eigenvalue is below this fraction of the mean eigenvalue
+    # (scale-free across models; AlphaEdit's absolute 2e-2 assumed Llama-3-8B's key scale). On the
+    # bundled model 0.5 frees 590-864 of 1536 dims at layers 4-8, holding 1/3 of a subject key's
+    # energy; 0.01 frees none and the edit is void.
+    nullspace_threshold: float = 0.5
     l2: float = 10.0
 
     def __post_init__(self) -> None:
