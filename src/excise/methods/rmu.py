@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from excise.arch import block_part, decoder_layers, num_layers
+from excise.arch import block_part, decoder_layers, num_layers, run_until
 from excise.data.encode import collate
 from excise.errors import ConfigError
 from excise.methods import MethodSpec, register
@@ -47,23 +47,18 @@ class RMUConfig:
             raise ConfigError("steering_coeff must be > 0")
 
 
-class _Stop(Exception):
-    pass
-
-
 def hidden_at(model: torch.nn.Module, layer: int, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Output of decoder block ``layer`` (batch, seq, hidden); blocks above it never run."""
     captured: list[torch.Tensor] = []
 
-    def stop(module, inputs, output):
+    def grab(module, inputs, output):
         captured.append(output[0] if isinstance(output, tuple) else output)
-        raise _Stop
 
-    handle = decoder_layers(model)[layer].register_forward_hook(stop)
+    handle = decoder_layers(model)[layer].register_forward_hook(grab)  # runs before the stop
     try:
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    except _Stop:
-        pass
+        run_until(
+            model, layer, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        )
     finally:
         handle.remove()
     return captured[0]
