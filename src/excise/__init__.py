@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__all__ = ["evaluate", "load_model", "load_task", "save_model", "unlearn", "ExciseError"]
+__all__ = [
+    "edit",
+    "erase",
+    "evaluate",
+    "load_model",
+    "load_task",
+    "save_model",
+    "unlearn",
+    "ExciseError",
+]
 
 from excise.errors import ExciseError
 
 if TYPE_CHECKING:
     from excise.data.tasks import load_task
+    from excise.editing import edit
+    from excise.erasure import erase
     from excise.metrics import evaluate
     from excise.models import load_model, save_model
     from excise.pipeline import unlearn
@@ -33,4 +44,12 @@ def __getattr__(name: str):
         from excise.pipeline import unlearn
 
         return unlearn
+    if name == "edit":
+        from excise.editing import edit
+
+        return edit
+    if name == "erase":
+        from excise.erasure import erase
+
+        return erase
     raise AttributeError(name)
