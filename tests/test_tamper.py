@@ -7,8 +7,9 @@ from accelerate import Accelerator
 from excise.data.encode import collate, encode_records
 from excise.errors import ConfigError
 from excise.methods import UNLEARNING, get_method, make_config
-from excise.methods.distill import MARK, DistillConfig, perturb
+from excise.methods.distill import DistillConfig, forget_specific, perturb
 from excise.methods.tar import TARConfig, attack, tr_loss
+from excise.methods.warmstart import MARK
 from excise.pipeline import unlearn
 from excise.train import Context, TrainConfig, batch_indices, train
 from tests.conftest import make_tiny_model, teach, tiny_task
@@ -102,7 +103,11 @@ def test_tar_gradient_is_the_first_order_meta_gradient(tiny_tokenizer):
 
     value = tr_loss(ctx, _logits(model, attacked, batch["forget"]), batch["forget"])
     expected = torch.autograd.grad(value, list(attacked.values()))
-    assert float(loss.detach()) == pytest.approx(float(value), abs=1e-6) == terms["tr_attacked"]
+    assert (
+        float(loss.detach())
+        == pytest.approx(float(value.detach()), abs=1e-6)
+        == terms["tr_attacked"]
+    )
     for (name, param), grad in zip(params.items(), expected, strict=True):
         assert torch.allclose(param.grad, grad, atol=1e-6), name
 
@@ -238,3 +243,30 @@ def test_relearn_ratio_pipeline_accepts_the_new_methods(tiny_tokenizer, method, 
     assert ratio["bound"] in ("exact", "lower", "upper", "neither_reached", "gold_at_start")
     assert set(report["relearn"]["curves"]) == {"unlearned", "original", "gold"}
     assert "quantize" in report["scorecard"]["forget_accuracy"]["attacked"]
+
+
+def test_selective_perturbation_moves_only_the_most_forget_specific_entries(tiny_tokenizer):
+    model, task = taught_model(tiny_tokenizer)
+    ctx = context(model, tiny_tokenizer, "distill", task, {"init_method": None})
+    masks = forget_specific(ctx, 0.02)
+    chosen = sum(int(m.sum()) for m in masks.values())
+    total = sum(m.numel() for m in masks.values())
+    assert 0.01 < chosen / total < 0.03
+    start = snapshot(model)
+    perturb(model, 1.0, 1.0, seed=1, masks=masks)
+    for name, param in model.named_parameters():
+        changed = param != start[name]
+        assert not (changed & ~masks[name]).any(), name  # nothing outside the mask moved
+    assert sum(int((p != start[n]).sum()) for n, p in model.named_parameters()) > 0.9 * chosen
+
+
+def test_distill_on_general_text_adds_a_term(tiny_tokenizer):
+    model, task = taught_model(tiny_tokenizer)
+    options = {"init_method": None, "alpha": 0.3, "text_passages": 6, "text_tokens": 16}
+    ctx = context(model, tiny_tokenizer, "distill", task, options)
+    get_method("distill").prepare(ctx)
+    assert len(ctx.state["texts"]) == 6 and max(len(e.input_ids) for e in ctx.state["texts"]) <= 16
+    with torch.no_grad():
+        loss, terms = get_method("distill").loss(ctx, fixed_batch(ctx))
+    assert terms["kl_text"] > 0
+    assert float(loss) == pytest.approx(terms["kl_retain"] + terms["kl_text"], rel=1e-5)

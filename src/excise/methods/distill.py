@@ -3,35 +3,46 @@
 1. Unlearn with ``init_method`` (through the one training loop); the result is the teacher.
 2. Cache the teacher's next-token distributions on the distillation data (retain set; with
    ``include_forget`` the forget prompts too): the top ``top_k`` log-probabilities at every
-   position plus the mass of the rest, so no second model is held through training.
+   position plus the mass of the rest, so no second model is held through training. With
+   ``text_passages`` > 0 the first passages of the shipped text sample (ordinary text sampled
+   from the bundled model, cut to ``text_tokens``) are distilled too, one batch per step: the
+   retain set alone is too narrow to bring back general abilities after a strong perturbation.
 3. Perturb the weights towards a fresh initialisation: W <- (1 - alpha) W + alpha * beta * N, N a
    newly initialised copy of the architecture (seeded). ``alpha`` is the compute/robustness knob:
-   0 starts from the teacher itself; 1 is distillation into a fresh model.
+   0 starts from the teacher itself; 1 is distillation into a fresh model. With
+   ``perturb_fraction`` < 1 only that share of the weight entries is perturbed: those most
+   specific to the forget set, by the ratio of their diagonal Fisher information (summed squared
+   NLL gradients) on the forget and the retain set of the model before unlearning, as selective
+   synaptic dampening ranks them (Foster et al. 2024).
 4. Train the perturbed student to match the teacher: KL(teacher || student) per position over the
    partition {teacher's top-k tokens, everything else} (exact for the kept tokens, a lower bound
    of the full KL).
 
 Hyper-parameters: ``init_method`` ("npo"; None distills the model as given), ``init_options``,
-``init_train`` (overrides of the init method's tuned training defaults), ``alpha`` (0.3),
-``noise_scale`` beta (1.0), ``top_k`` (64), ``include_forget`` (False), ``seed`` (0).
-Training defaults: 200 steps, lr 1e-4.
+``init_train`` (overrides of the init method's tuned training defaults), ``alpha`` (0.1),
+``noise_scale`` beta (1.0), ``top_k`` (64), ``include_forget`` (False), ``text_passages`` (0),
+``text_tokens`` (64), ``perturb_fraction`` (1.0), ``seed`` (0).
+Training defaults: 100 steps, lr 1e-4 (measured on the bundled model: bench/README.md).
 
 A second ``prepare`` on the same model before ``finish`` (a resume in the same process) keeps the
-teacher it cached and does not unlearn or perturb again; see :func:`remember` and :func:`recall`.
+teacher it cached and does not unlearn or perturb again (:mod:`excise.methods.warmstart`).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from excise.data.encode import collate
+from excise.data.encode import Example, collate, encode_text
 from excise.errors import ConfigError
 from excise.methods import MethodSpec, register
-
-MARK = "_excise_prepared"  # attribute on the model: (method, cached state) until finish
+from excise.methods.warmstart import check_init_method, forget_mark, recall, remember, unlearn_first
+from excise.scoring import nll
+from excise.train import batch_indices
 
 
 @dataclass
@@ -39,61 +50,35 @@ class DistillConfig:
     init_method: str | None = "npo"
     init_options: dict[str, Any] = field(default_factory=dict)
     init_train: dict[str, Any] = field(default_factory=dict)
-    alpha: float = 0.3
+    alpha: float = 0.1
     noise_scale: float = 1.0
     top_k: int = 64
     include_forget: bool = False
+    text_passages: int = 0
+    text_tokens: int = 64
+    perturb_fraction: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"distill alpha must be within [0, 1], got {self.alpha}")
-        if self.noise_scale < 0 or self.top_k < 1:
-            raise ConfigError("distill noise_scale must be >= 0 and top_k >= 1")
+        if self.noise_scale < 0 or self.top_k < 1 or self.text_passages < 0:
+            raise ConfigError("distill noise_scale, text_passages must be >= 0 and top_k >= 1")
+        if not 0 < self.perturb_fraction <= 1:
+            raise ConfigError("distill perturb_fraction must be within (0, 1]")
+        if self.text_tokens < 2:
+            raise ConfigError("distill text_tokens must be >= 2")
         check_init_method(self.init_method)
 
 
-def check_init_method(name: str | None) -> None:
-    if name in ("tar", "distill", "finetune"):
-        raise ConfigError(f"init_method {name!r} cannot start a removal; use ga, npo, rmu, ...")
+def text_examples(tokenizer, count: int, max_tokens: int) -> list[Example]:
+    """The first ``count`` passages of the shipped text sample, cut to ``max_tokens`` tokens."""
+    import excise.data
 
-
-def remember(model: torch.nn.Module, method: str, state: dict[str, Any]) -> None:
-    setattr(model, MARK, (method, state))
-
-
-def recall(model: torch.nn.Module, method: str) -> dict[str, Any] | None:
-    """The state an earlier ``prepare`` of ``method`` left on this model, if training has not finished."""
-    mark = getattr(model, MARK, None)
-    return mark[1] if mark is not None and mark[0] == method else None
-
-
-def forget_mark(ctx) -> None:
-    if hasattr(ctx.unwrapped, MARK):
-        delattr(ctx.unwrapped, MARK)
-
-
-def unlearn_first(ctx, method: str, options: dict[str, Any], train_options: dict[str, Any]):
-    """Run ``method`` on ``ctx``'s model in place through the training loop (a warm start)."""
-    from excise.methods import get_method, make_config
-    from excise.train import TrainConfig, train
-
-    spec = get_method(method)
-    settings = make_config(TrainConfig, {**spec.train_defaults, "progress": False, **train_options})
-    log = train(
-        ctx.unwrapped,
-        ctx.tokenizer,
-        spec,
-        make_config(spec.config_cls, options),
-        forget=ctx.forget,
-        retain=ctx.retain,
-        forget_records=ctx.forget_records,
-        template=ctx.template,
-        config=settings,
-        uses_retain=spec.uses_retain,
-    )
-    ctx.unwrapped.train()  # train() leaves the model in eval mode
-    return log
+    path = Path(excise.data.__file__).parent / "builtin" / "text_sample" / "sample.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines()[:count]
+    texts = [json.loads(line)["text"] for line in lines]
+    return [encode_text(tokenizer, text, i, max_length=max_tokens) for i, text in enumerate(texts)]
 
 
 @torch.no_grad()
@@ -117,9 +102,42 @@ def teacher_table(ctx, examples, top_k: int) -> dict[int, tuple[torch.Tensor, ..
     return table
 
 
+def fisher(ctx, examples, cap: int = 256) -> dict[str, torch.Tensor]:
+    """Summed squared NLL gradients per weight entry over batches of 16 of ``examples``."""
+    model, total = ctx.unwrapped, {}
+    for start in range(0, min(len(examples), cap), 16):
+        batch = ctx.to_device(collate(examples[start : start + 16], ctx.pad_id))
+        model.zero_grad(set_to_none=True)
+        nll(model, batch).backward()
+        for name, param in model.named_parameters():
+            if param.grad is not None:
+                square = param.grad.detach().float() ** 2
+                total[name] = total[name] + square if name in total else square
+    model.zero_grad(set_to_none=True)
+    return total
+
+
+def forget_specific(ctx, fraction: float) -> dict[str, torch.Tensor]:
+    """Boolean masks of the ``fraction`` of weight entries with the highest forget/retain Fisher."""
+    forget, retain = fisher(ctx, ctx.forget), fisher(ctx, ctx.retain)
+    floor = 1e-6 * float(torch.stack([r.mean() for r in retain.values()]).mean())
+    ratio = {n: f / (retain[n] + floor) for n, f in forget.items()}
+    flat = torch.cat([r.flatten() for r in ratio.values()])
+    sample = flat[:: max(1, flat.numel() // 4_000_000)]
+    cut = torch.quantile(sample, 1 - fraction)
+    return {n: r >= cut for n, r in ratio.items()}
+
+
 @torch.no_grad()
-def perturb(model: torch.nn.Module, alpha: float, noise_scale: float, seed: int) -> None:
-    """W <- (1 - alpha) W + alpha * noise_scale * N, N a freshly initialised copy (seeded)."""
+def perturb(
+    model: torch.nn.Module,
+    alpha: float,
+    noise_scale: float,
+    seed: int,
+    masks: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """W <- (1 - alpha) W + alpha * noise_scale * N, N a freshly initialised copy (seeded);
+    with ``masks``, only the entries they select."""
     from transformers import AutoModelForCausalLM
 
     if alpha == 0:
@@ -130,8 +148,11 @@ def perturb(model: torch.nn.Module, alpha: float, noise_scale: float, seed: int)
     fresh = AutoModelForCausalLM.from_config(model.config, dtype=dtype).state_dict()
     torch.random.set_rng_state(state)
     for name, param in model.named_parameters():
-        noise = fresh[name].to(param.device)
-        param.mul_(1 - alpha).add_(noise, alpha=alpha * noise_scale)
+        moved = (1 - alpha) * param + alpha * noise_scale * fresh[name].to(param.device)
+        if masks is None:
+            param.copy_(moved)
+        elif name in masks:
+            param.copy_(torch.where(masks[name], moved, param))
 
 
 def kl_to_teacher(logits: torch.Tensor, batch, table, rows: list[int]) -> torch.Tensor:
@@ -160,12 +181,19 @@ def prepare(ctx) -> None:
     if (earlier := recall(model, "distill")) is not None:
         ctx.state.update(earlier)
         return
+    masks = None
+    if config.perturb_fraction < 1:  # ranked on the model that still knows the forget set
+        masks = forget_specific(ctx, config.perturb_fraction)
     if config.init_method:
         unlearn_first(ctx, config.init_method, config.init_options, config.init_train)
     ctx.state["retain_teacher"] = teacher_table(ctx, ctx.retain, config.top_k)
     if config.include_forget:
         ctx.state["forget_teacher"] = teacher_table(ctx, ctx.forget, config.top_k)
-    perturb(model, config.alpha, config.noise_scale, config.seed)
+    if config.text_passages:
+        texts = text_examples(ctx.tokenizer, config.text_passages, config.text_tokens)
+        ctx.state["texts"] = texts
+        ctx.state["text_teacher"] = teacher_table(ctx, texts, config.top_k)
+    perturb(model, config.alpha, config.noise_scale, config.seed, masks)
     remember(model, "distill", dict(ctx.state))
 
 
@@ -183,6 +211,14 @@ def loss(ctx, batch):
         forget_kl = _student_kl(ctx, batch["forget"], ctx.state["forget_teacher"])
         terms["kl_forget"] = float(forget_kl.detach())
         total = total + forget_kl
+    if ctx.config.text_passages:
+        texts = ctx.state["texts"]
+        size = len(batch["retain"]["index"])
+        rows = batch_indices(len(texts), size, ctx.state.get("step", 0), ctx.config.seed + 3)
+        text_batch = ctx.to_device(collate([texts[i] for i in rows], ctx.pad_id))
+        text_kl = _student_kl(ctx, text_batch, ctx.state["text_teacher"])
+        terms["kl_text"] = float(text_kl.detach())
+        total = total + text_kl
     return total, terms
 
 
@@ -193,7 +229,7 @@ SPEC = register(
         DistillConfig,
         prepare,
         loss,
-        train_defaults={"steps": 200, "lr": 1e-4},
+        train_defaults={"steps": 100, "lr": 1e-4},
         finish=forget_mark,
     )
 )

@@ -33,8 +33,8 @@ from torch.func import functional_call
 from excise.data.encode import IGNORE, collate
 from excise.errors import ConfigError
 from excise.methods import MethodSpec, register
-from excise.methods.distill import check_init_method, forget_mark, recall, remember, unlearn_first
 from excise.methods.npo import npo_loss, reference_logprobs
+from excise.methods.warmstart import check_init_method, forget_mark, recall, remember, unlearn_first
 from excise.scoring import forward_stats, sequence_stats, with_retain_nll
 from excise.train import batch_indices
 
