@@ -13,7 +13,7 @@ from excise.scoring import forward_stats
 from excise.train import Context, TrainConfig, train
 from tests.conftest import make_tiny_model, teach, tiny_task
 
-OPTIONS = {"rmu": {"layer": 2, "update_layers": 2}}
+OPTIONS = {"rmu": {"layer": 2, "update_layers": 2}, "distill": {"alpha": 0.3}}
 ALL = sorted(all_methods())
 
 
