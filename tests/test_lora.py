@@ -88,7 +88,8 @@ def test_lora_trains_only_adapters_on_the_method_layers(
     assert all(float(v.abs().max()) > 0 for v in lora_b)
 
 
-WITHOUT_WARM_START = {"tar": {"init_method": None}, "distill": {"init_method": None}}
+# no warm start, and for distill no perturbation either (alpha 0): the base weights stay as given
+WITHOUT_WARM_START = {"tar": {"init_method": None}, "distill": {"init_method": None, "alpha": 0.0}}
 
 
 @pytest.mark.parametrize("method", [m for m in UNLEARNING if m != "rr"])

@@ -337,7 +337,7 @@ def train(
             raise ConfigError(
                 "this method changed the weights while preparing (a warm start or noise: tar, "
                 "distill), so an adapter would not reproduce its result on the original model; "
-                "train it without --lora, or with init_method=None where that keeps the weights"
+                "train it without --lora, or with init_method=None (and for distill alpha=0) so the weights stay"
             )
         add_adapters(model, lora)
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
