@@ -2,7 +2,8 @@
 
 Files: ``.jsonl``, ``.json`` (a list), ``.csv``, ``.parquet``, a folder saved by
 ``datasets.save_to_disk``, or a Hugging Face dataset id. The record kind is read from its fields:
-``prompt``+``completion`` (QA), ``text`` (Text), ``question``+``choices``+``answer`` (MC).
+``prompt``+``completion`` (QA), ``text`` (Text), ``question``+``choices``+``answer`` (MC);
+``prompt``+``chosen``+``rejected`` is a preference pair (a QA, see :mod:`excise.data.preference`).
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ def to_record(row: dict[str, Any], where: str) -> Record:
         "choices",
         "answer",
     }
+    from excise.data import preference  # prompt + chosen + rejected; imports this module
+
+    if preference.is_pair_row(row):
+        return preference.pair_record(row, where)
     meta = {k: v for k, v in row.items() if k not in known}
     if "prompt" in row or "completion" in row:
         prompt, completion = row.get("prompt"), row.get("completion")

@@ -16,8 +16,8 @@ import torch
 
 from excise.errors import ConfigError, ExciseError
 
-MODULES = ("ga", "graddiff", "npo", "simnpo", "idk", "rmu", "rr", "tar", "distill", "finetune")
-UNLEARNING = ("ga", "graddiff", "npo", "simnpo", "idk", "rmu", "rr", "tar", "distill")
+UNLEARNING = ("ga", "graddiff", "npo", "simnpo", "idk", "dpo", "rmu", "rr", "tar", "distill")
+MODULES = (*UNLEARNING, "finetune")
 
 
 @dataclass(frozen=True)
