@@ -33,7 +33,7 @@ import shutil
 import signal
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -153,14 +153,65 @@ class Method(Protocol):
     def loss(self, ctx: Context, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
-def batch_indices(n: int, batch_size: int, draw: int, seed: int) -> list[int]:
-    """Indices of the ``draw``-th batch of a stream of shuffled epochs over ``n`` items."""
+BUCKET_BATCHES = 8  # length-sorted batching: sort within windows of this many batches
+
+
+def epoch_order(
+    n: int,
+    group: int,
+    epoch: int,
+    seed: int,
+    lengths: Sequence[int] | None = None,
+    bucket: int = BUCKET_BATCHES,
+) -> list[int]:
+    """The order of the ``n`` items in ``epoch`` of the stream that :func:`batch_indices` cuts.
+
+    Without ``lengths``: a seeded shuffle. With them (length-sorted dynamic batching): the
+    shuffle is cut into windows of ``bucket * group`` items, each window is sorted by length and
+    split into groups (the examples of one optimizer step), and the groups are shuffled, so each
+    batch holds items of similar length and pads little. Group boundaries are those of the
+    stream (the epoch starts ``epoch * n`` items in); the partial groups at either end of the
+    epoch, which share a step with the neighbouring epoch, stay unsorted.
+    """
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=generator).tolist()
+    if lengths is None or group == 1:  # one item per step never pads
+        return order
+    if len(lengths) != n:
+        raise ValueError(f"lengths has {len(lengths)} entries for {n} items")
+    head = min(n, -epoch * n % group)  # completes the step begun in the previous epoch
+    body_size = (n - head) // group * group
+    body, tail = order[head : head + body_size], order[head + body_size :]
+    window = bucket * group
+    groups: list[list[int]] = []
+    for start in range(0, len(body), window):
+        ranked = sorted(body[start : start + window], key=lengths.__getitem__)  # stable
+        groups.extend(ranked[i : i + group] for i in range(0, len(ranked), group))
+    shuffled = torch.randperm(len(groups), generator=generator).tolist()
+    return order[:head] + [i for g in shuffled for i in groups[g]] + tail
+
+
+def batch_indices(
+    n: int,
+    batch_size: int,
+    draw: int,
+    seed: int,
+    lengths: Sequence[int] | None = None,
+    group: int | None = None,
+) -> list[int]:
+    """Indices of the ``draw``-th batch of a stream of shuffled epochs over ``n`` items.
+
+    With ``lengths`` (one per item) the epochs are length-sorted (:func:`epoch_order`) in groups
+    of ``group`` items (default ``batch_size``; the training loop passes batch_size x grad_accum,
+    so one process with batch B/N and N accumulation steps draws exactly the items N processes
+    with batch B share). Either way every item comes once per epoch and the batch is a pure
+    function of the arguments.
+    """
     start = draw * batch_size
     indices: list[int] = []
     while len(indices) < batch_size:
         epoch, offset = divmod(start + len(indices), n)
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        order = torch.randperm(n, generator=generator).tolist()
+        order = epoch_order(n, group or batch_size, epoch, seed, lengths)
         take = min(batch_size - len(indices), n - offset)
         indices.extend(order[offset : offset + take])
     return indices
@@ -417,11 +468,19 @@ def _step(
     """One optimizer step of ``grad_accum`` micro-batches; returns the averaged loss terms."""
     accelerator, forget, retain = ctx.accelerator, ctx.forget, ctx.retain
     ctx.state["step"] = step
+    # length-sorted batches: similar lengths together, so little padding (pure in seed and step);
+    # sorted in groups of one optimizer step's examples, the same whatever the process count
+    group = config.batch_size * config.grad_accum
+    sorting = {
+        name: ([len(e.input_ids) for e in part], group)
+        for name, part in (("forget", forget), ("retain", retain))
+    }
     totals: dict[str, float] = {}
     for micro in range(config.grad_accum):
         draw = step * config.grad_accum + micro
         forget_rows = process_share(
-            batch_indices(len(forget), config.batch_size, draw, config.seed), accelerator
+            batch_indices(len(forget), config.batch_size, draw, config.seed, *sorting["forget"]),
+            accelerator,
         )
         batch: Batch = {
             "forget": ctx.to_device(collate([forget[i] for i in forget_rows], ctx.pad_id))
@@ -429,7 +488,10 @@ def _step(
         batch["retain"] = None
         if uses_retain:
             retain_rows = process_share(
-                batch_indices(len(retain), config.batch_size, draw, config.seed + 1), accelerator
+                batch_indices(
+                    len(retain), config.batch_size, draw, config.seed + 1, *sorting["retain"]
+                ),
+                accelerator,
             )
             batch["retain"] = ctx.to_device(collate([retain[i] for i in retain_rows], ctx.pad_id))
         last = micro == config.grad_accum - 1
