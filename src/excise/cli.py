@@ -23,6 +23,7 @@ EXTENSIONS: tuple[str, ...] = (
     "excise.verify",
     "excise.editing.command",
     "excise.erasure.command",
+    "excise.bypass_command",
 )
 TABLE = (
     "forget_accuracy",

@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import tempfile
+from copy import deepcopy
 from pathlib import Path
 
 import torch
@@ -272,7 +273,9 @@ def save_model(model: PreTrainedModel, tokenizer: object, out: str | os.PathLike
 
 def clone_model(model: PreTrainedModel) -> PreTrainedModel:
     """A deep copy with its own weights (for references and attacks); same dtype and device."""
-    copy = AutoModelForCausalLM.from_config(model.config, dtype=next(model.parameters()).dtype)
+    # its own config: changes to the copy's config (fold unties embeddings) stay on the copy
+    config = deepcopy(model.config)
+    copy = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype)
     copy.load_state_dict(model.state_dict())
     copy.to(next(model.parameters()).device)
     return copy.eval()

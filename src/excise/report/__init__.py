@@ -163,6 +163,10 @@ def write_report(report: dict[str, Any], folder: Path) -> None:
         from excise.report.audit_html import audit_sections
 
         sections = audit_sections(report)
+    if report.get("bypass"):  # excise.bypass: the "removed" / "bypassed" verdict
+        from excise.report.bypass_html import bypass_section
+
+        sections.append(bypass_section(report["bypass"]))
     (folder / "report.html").write_text(render_html(report, sections))
     recipe = {k: report[k] for k in ("model", "method") if k in report}
     recipe["task"] = report.get("task", {}).get("name")
