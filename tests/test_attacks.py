@@ -258,3 +258,28 @@ def test_registry_and_budget_errors(tiny_tokenizer, taught, task):
         make_budget("relearn", {"variants": ("forget_qlora",)})
     with pytest.raises(ExciseError, match="unknown attack"):
         audit(taught, tiny_tokenizer, task, attacks=["nope"])
+
+
+def test_relearning_time_on_half_b_times_but_never_counts_as_recovery(
+    taught, fresh, tiny_tokenizer, task
+):
+    """``same_full`` trains on the scored half itself: it feeds the ratio against gold, not the
+    worst case (any model learns answers it is trained on); with a gold model the audit adds it."""
+    budget = {"steps": (0, 5), "variants": ("same_full",), "lr_full": 1e-2}
+    result = run_attack("relearn", fresh, tiny_tokenizer, task, budget=budget)
+    curve = {r["step"]: r["forget_accuracy"] for r in result.curve}
+    assert curve[5] > curve[0]  # trained on the very items scored: learned
+    assert result.metrics["forget_accuracy"] == curve[0]  # but not reported as recovered
+    report = audit(
+        fresh, tiny_tokenizer, task, original=taught, gold=fresh, attacks=["relearn"],
+        budgets={"relearn": {"steps": (0, 5), "lr_full": 1e-2, "variants": ("forget_full",)}},
+    )  # fmt: skip
+    assert set(report["relearn"]["ratio"]) == {"forget_full"}  # named variants kept as given
+    report = audit(
+        fresh, tiny_tokenizer, task, original=taught, gold=fresh, attacks=["relearn"],
+        budgets={"relearn": {"steps": (0, 5), "lr_full": 1e-2}},
+    )  # fmt: skip
+    assert "same_full" in report["relearn"]["ratio"]
+    assert report["budgets"]["relearn"]["steps"] == [0, 1, 2, 3, 5]
+    with pytest.raises(ConfigError, match="unknown relearn variant"):
+        make_budget("relearn", {"variants": ("same_qlora",)})

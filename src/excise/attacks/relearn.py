@@ -5,7 +5,12 @@ fine-tuning on part of the forget set recovers ~88% of a disjoint held-out part,
 they tried; Hu et al. 2024 ("Jogging the memory of unlearned LLMs") and Łucki et al. 2024 found
 that even unrelated (retain-style) data brings knowledge back. Variants, each on a fresh copy:
 - ``forget_full`` / ``forget_lora``: train on half A of ``forget_eval`` (even positions);
-- ``retain_full`` / ``retain_lora``: train on ``task.retain`` only.
+- ``retain_full`` / ``retain_lora``: train on ``task.retain`` only;
+- ``same_full`` / ``same_lora`` (not run by default): train on half B itself, the items scored.
+  This is relearning time (Tarun et al. 2023; Lynch et al. 2024): how fast the facts come back when
+  shown again, to be compared with a gold model learning them from scratch. It is the measure for
+  tasks of independent facts (``fictitious``), where training on half A teaches nothing about half
+  B to any model, so the half-A variants cannot separate hidden knowledge from none.
 Every variant is measured on half B (odd positions, never trained on) at the checkpoints of the
 schedule, through the training loop's ``on_step`` callback (no restarts).
 
@@ -33,7 +38,8 @@ from excise.data.tasks import Task
 from excise.errors import ConfigError, ExciseError
 from excise.models import clone_model
 
-VARIANTS = ("forget_full", "forget_lora", "retain_full", "retain_lora")
+VARIANTS = ("forget_full", "forget_lora", "retain_full", "retain_lora")  # the default set
+KNOWN_VARIANTS = (*VARIANTS, "same_full", "same_lora")
 
 
 @dataclass
@@ -50,9 +56,11 @@ class RelearnBudget:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        unknown = sorted((set(self.variants) | set(self.reference_variants)) - set(VARIANTS))
+        unknown = sorted((set(self.variants) | set(self.reference_variants)) - set(KNOWN_VARIANTS))
         if unknown:
-            raise ConfigError(f"unknown relearn variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+            raise ConfigError(
+                f"unknown relearn variant(s) {unknown}; known: {', '.join(KNOWN_VARIANTS)}"
+            )
         if not self.steps or min(self.steps) < 0:
             raise ConfigError("relearn steps must be a non-empty list of numbers >= 0")
         if self.lr_full <= 0 or self.lr_lora <= 0 or self.lora_rank < 1 or self.batch_size < 1:
@@ -73,7 +81,9 @@ def steps_to_threshold(
 
 
 def training_records(task: Task, variant: str) -> list[Record]:
-    """What ``variant`` trains on: half A of forget_eval, or the task's retain records."""
+    """What ``variant`` trains on: half A or half B of forget_eval, or the task's retain records."""
+    if variant.startswith("same"):
+        return list(halves(task.forget_eval)[1])
     if variant.startswith("forget"):
         return list(halves(task.forget_eval)[0])
     return [r for r in task.retain if isinstance(r, QA | Text)]
@@ -164,7 +174,12 @@ def run(
             curve += relearn_curve(model, tokenizer, task, records, variant, budget)
     if not curve:
         raise ExciseError(f"no relearn variant could run: {skipped}")
-    worst = max(curve, key=lambda r: r["forget_accuracy"])
+    # training on half B itself teaches any model its answers: those curves time the relearning
+    # (the ratio against gold) and never count as recovered knowledge
+    attacking = [r for r in curve if not r["variant"].startswith("same")]
+    worst = max(
+        attacking or [r for r in curve if r["step"] == 0], key=lambda r: r["forget_accuracy"]
+    )
     last = {r["variant"]: r for r in curve if r["step"] == max(budget.steps)}
     metrics = {
         "forget_accuracy": worst["forget_accuracy"],

@@ -66,6 +66,23 @@ def _json(value: Any) -> Any:
     return value
 
 
+def _with_relearning_time(budget, given: Any):
+    """With a gold model, also time relearning on half B itself (``same_full``) for every model,
+    with early checkpoints: independent facts (``fictitious``) are learned from scratch in a few
+    steps, and training on half A teaches no model anything about half B, so only this curve can
+    tell hidden knowledge from none. Budgets that name their variants are kept as given."""
+    if isinstance(given, dict) and ({"variants", "reference_variants"} & set(given)):
+        return budget
+    if not isinstance(given, dict) and given is not None:
+        return budget
+    return dataclasses.replace(
+        budget,
+        variants=tuple(dict.fromkeys((*budget.variants, "same_full"))),
+        reference_variants=tuple(dict.fromkeys((*budget.reference_variants, "same_full"))),
+        steps=tuple(sorted({*budget.steps, 1, 2, 3})) if max(budget.steps) > 3 else budget.steps,
+    )
+
+
 def audit(
     model,
     tokenizer,
@@ -84,6 +101,8 @@ def audit(
     if unknown:
         raise ExciseError(f"budgets given for attacks not run: {', '.join(unknown)}")
     chosen = {name: make_budget(name, (budgets or {}).get(name)) for name in names}
+    if gold is not None and "relearn" in chosen:
+        chosen["relearn"] = _with_relearning_time(chosen["relearn"], (budgets or {}).get("relearn"))
     references = {k: v for k, v in (("original", original), ("gold", gold)) if v is not None}
     clean = {"unlearned": utility_metrics(model, tokenizer, task)}
     clean |= {role: utility_metrics(ref, tokenizer, task) for role, ref in references.items()}
