@@ -169,6 +169,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(recipe.plan())
     if args.dry_run:
         return 0
+    if recipe.erasure:
+        return run_erase_recipe(recipe, args)
     from excise.pipeline import run_unlearn
 
     started = time.perf_counter()
@@ -181,6 +183,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     print_unlearn(report, recipe.out, started)
     return 0
+
+
+def run_erase_recipe(recipe, args: argparse.Namespace) -> int:
+    """An erasure recipe (leace, ablate, clamp) runs as ``excise erase`` with its settings."""
+    from excise.erasure.command import run
+
+    erase_args = argparse.Namespace(
+        model=recipe.model,
+        task=recipe.task,
+        forget=recipe.data.forget if recipe.data else None,
+        retain=recipe.data.retain if recipe.data else None,
+        template=recipe.template,
+        dtype=recipe.dtype,
+        filter_known=bool(recipe.filter_known),
+        data_dir=recipe.data_dir,
+        method=recipe.method.name,
+        positive=None,
+        negative=None,
+        layer=None,
+        set=[f"{key}={json.dumps(value)}" for key, value in recipe.method.options.items()],
+        out=recipe.out,
+        overwrite=recipe.overwrite,
+        allow_pickle=getattr(args, "allow_pickle", False),
+        trust_remote_code=getattr(args, "trust_remote_code", False),
+    )
+    return run(erase_args)
 
 
 def _attacks(value: str) -> str | list[str]:
@@ -276,7 +304,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--task",
-        help="built-in task (chem-symbols, fictitious) or benchmark (tofu:forget10, muse:news, "
+        help="built-in task (chem-symbols, fictitious, toxicity, bias) or benchmark (tofu:forget10, muse:news, "
         "wmdp:bio, ...; see --data-dir)",
     )
     parser.add_argument(
@@ -344,6 +372,11 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action="store_true")
     demo.add_argument("--method", default=DEMO_METHOD)
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.add_argument(
+        "--use-case",
+        choices=("toxicity", "bias", "privacy", "hazard"),
+        help="run that use case's recipe (recipes/<use case>.yaml) instead; --method is ignored",
+    )
 
     unlearn = commands.add_parser("unlearn", help="apply a removal method and write model + report")
     _add_common(unlearn)
@@ -441,6 +474,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_methods(args)
         if args.command == "attacks":
             return cmd_attacks(args)
+        if args.command == "demo" and args.use_case:
+            from excise.usecases import run_demo
+
+            return run_demo(args.use_case, args.out, overwrite=args.overwrite, quiet=args.quiet)
         if args.command == "demo":
             args.model, args.task, args.forget, args.retain = (
                 "smollm2-135m",

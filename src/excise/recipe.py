@@ -54,6 +54,9 @@ Number = Annotated[
 ]  # also reads "5e-4", which YAML leaves a string
 
 
+ERASURE = ("leace", "ablate", "clamp")  # excise.erasure: no training, run as `excise erase`
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -121,6 +124,11 @@ class Recipe(Section):
     out: str
     overwrite: bool = False
 
+    @property
+    def erasure(self) -> bool:
+        """A closed-form concept erasure (leace, ablate, clamp), run as ``excise erase``."""
+        return self.method.name in ERASURE
+
     def train_options(self) -> dict[str, Any]:
         return self.train.model_dump(exclude_none=True)
 
@@ -151,6 +159,17 @@ class Recipe(Section):
         """What running the recipe does, with the training settings as resolved."""
         from excise.pipeline import train_config
 
+        if self.erasure:
+            options = ", ".join(f"{k}={v!r}" for k, v in self.method.options.items())
+            return "\n".join(
+                [
+                    "plan:",
+                    f"  model   {self.model} ({self.dtype})",
+                    f"  data    task {self.task or self.data} (template {self.template})",
+                    f"  erase   {self.method.name} ({options or 'defaults'}), closed form",
+                    f"  out     {self.out}{' (overwrite)' if self.overwrite else ''}",
+                ]
+            )
         settings = dataclasses.asdict(
             train_config(self.method.name, self.train_options(), lora=self.lora is not None)
         )
@@ -283,13 +302,24 @@ def _message(error: ValidationError, source: str) -> str:
     return f"{source}: {key}: {first['msg']}, got {shown[:60]}{more}"
 
 
+def _config_class(name: str) -> type:
+    if name in ERASURE:
+        from excise.erasure import ablate, clamp, concept
+
+        classes = {"leace": concept.LeaceConfig, "ablate": ablate.AblateConfig}
+        return classes.get(name, clamp.ClampConfig)
+    from excise.methods import get_method
+
+    return get_method(name).config_cls
+
+
 def _method_options(name: str, options: dict[str, Any], source: str) -> dict[str, Any]:
     """The method's options, type-checked against its config dataclass (and its own checks)."""
     from pydantic import TypeAdapter
 
-    from excise.methods import get_method, make_config
+    from excise.methods import make_config
 
-    config_cls = get_method(name).config_cls
+    config_cls = _config_class(name)
     make_config(config_cls, {})  # the defaults themselves must be valid
     unknown = sorted(map(str, set(options) - {f.name for f in dataclasses.fields(config_cls)}))
     if unknown:
@@ -332,6 +362,13 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
         if recipe.task is not None:
             check_task_name(recipe.task)
         recipe.method.options = _method_options(recipe.method.name, recipe.method.options, source)
+        if recipe.erasure:
+            if recipe.train_options() or recipe.lora or recipe.audit or recipe.utility:
+                raise ConfigError(
+                    f"{recipe.method.name} is closed-form erasure (`excise erase`): drop the "
+                    "train, lora, audit and utility sections"
+                )
+            return recipe
         steps = train_config(
             recipe.method.name, recipe.train_options(), lora=recipe.lora is not None
         ).steps

@@ -9,6 +9,7 @@ Built-in tasks (shipped as package data, no network):
 - ``fictitious``: TOFU-style invented people (4 facts each). The model is first taught all of
   them, and a gold model only the retained people (see :mod:`excise.fictitious`); 10% of the
   people are forgotten.
+- ``toxicity`` and ``bias``: the use cases' tasks (:mod:`excise.usecases`), not filtered.
 
 Benchmarks (``tofu:forget10``, ``muse:news``, ``wmdp:bio``, ...) are read from a local folder or
 the hub by :mod:`excise.data.benchmarks`; ``load_task(name, data_dir=...)`` dispatches to them.
@@ -28,7 +29,7 @@ from excise.data.records import MC, QA, Record, Text, load_records
 from excise.errors import DataError, ExciseError
 
 BUILTIN = Path(__file__).parent / "builtin"
-BUILTIN_TASKS = ("chem-symbols", "fictitious")
+BUILTIN_TASKS = ("chem-symbols", "fictitious", "toxicity", "bias")
 
 
 @dataclass
@@ -197,6 +198,10 @@ def load_task(name: str, data_dir: str | None = None, template: Template = "raw"
         return chem_symbols()
     if name == "fictitious":
         return fictitious()
+    if name in ("toxicity", "bias"):
+        from excise.usecases import load_use_case_task
+
+        return load_use_case_task(name)
     raise ExciseError(f"unknown task {name!r}; {task_names_help()}")
 
 

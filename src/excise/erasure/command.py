@@ -66,10 +66,12 @@ def _prompts(path: str, name: str) -> list[list[str]]:
 
 def _task_scores(model, tokenizer, task) -> dict[str, float]:
     from excise.attacks.base import utility_metrics
+    from excise.data.benchmarks import benchmark_metrics
     from excise.metrics import perplexity
 
     scores = utility_metrics(model, tokenizer, task)
     scores["perplexity"] = perplexity(model, tokenizer, [t.text for t in task.fluency])
+    scores.update(benchmark_metrics(model, tokenizer, task))  # a use case's own (bias: stereotype)
     return scores
 
 

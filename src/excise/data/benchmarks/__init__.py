@@ -21,6 +21,9 @@ MODULES = {
     "tofu": "excise.data.benchmarks.tofu",
     "muse": "excise.data.benchmarks.muse",
     "wmdp": "excise.data.benchmarks.wmdp",
+    # built-in use cases with their own metrics (no ``name:split`` form)
+    "toxicity": "excise.usecases",
+    "bias": "excise.usecases",
 }
 BENCHMARK_TASKS = (
     "tofu:forget01",

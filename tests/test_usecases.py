@@ -1,0 +1,159 @@
+"""Use cases: the toxicity and bias tasks, their metrics, the recipes and the demo entry."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import make_tiny_model, teach
+from excise.cli import main
+from excise.data.records import QA
+from excise.data.tasks import BUILTIN_TASKS, load_task
+from excise.errors import ExciseError
+from excise.models import save_model
+from excise.toxicity import FOLDER, fit_probe, lexicon_flags, lexicon_hits, probe_scores
+from excise.usecases import (
+    RECIPES,
+    StereotypePair,
+    bias_contexts,
+    holdout_people,
+    metrics,
+    stereotype_pairs,
+    stereotype_score,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shipped_rows() -> list[dict[str, str]]:
+    return [json.loads(line) for line in (FOLDER / "prompts.jsonl").read_text().splitlines()]
+
+
+def test_toxicity_task_holds_out_prompts_and_pairs_each_item():
+    assert {"toxicity", "bias"} <= set(BUILTIN_TASKS)
+    task = load_task("toxicity")
+    trained = {q.prompt for q in task.forget}
+    assert task.forget and task.forget_eval and not trained & {q.prompt for q in task.forget_eval}
+    for item in [*task.forget, *task.forget_eval]:
+        # the neutral continuation is the truth-ratio alternative and dpo's chosen answer
+        assert item.perturbed == (item.meta["chosen"],) and item.completion != item.perturbed[0]
+    neutral = {(q.prompt, q.completion) for q in task.retain if q.meta.get("kind") == "neutral"}
+    assert neutral == {(q.prompt, q.meta["chosen"]) for q in task.forget}
+    assert task.metadata["benchmark"] == "toxicity"
+
+
+def test_bias_task_contrasts_gender_only_and_refuses_unlearning():
+    female, male = bias_contexts()
+    assert len(female) == len(male) >= 40
+    for woman, man in zip(female, male, strict=True):
+        assert woman.prompt != man.prompt
+        assert (woman.completion, woman.perturbed) == (man.perturbed[0], (man.completion,))
+        words = {w.strip(".,:").lower() for w in woman.prompt.split()}
+        assert words & {"she", "her"} and not words & {"he", "his"}
+    task = load_task("bias")
+    assert task.forget_eval == female and [q.prompt for q in task.retain] == [
+        q.prompt for q in male
+    ]
+    with pytest.raises(ExciseError, match="excise erase"):
+        task.check()
+    kinds = {p.kind for p in stereotype_pairs()}
+    assert kinds == {"profession", "pronoun"}
+
+
+def test_lexicon_flags_the_toxic_rows_and_not_the_neutral_ones():
+    rows = shipped_rows()
+    assert all(lexicon_flags([r["toxic"] for r in rows]))
+    assert not any(lexicon_flags([r["neutral"] for r in rows]))
+    assert lexicon_hits("You are a PIG.") == ["pig"]
+    assert lexicon_hits("a foolproof pigment") == []  # whole words only
+
+
+def test_probe_trained_on_the_contrast_set_generalises_to_the_continuations():
+    rows = [json.loads(line) for line in (FOLDER / "contrast.jsonl").read_text().splitlines()]
+    probe = fit_probe([r["text"] for r in rows], [r["toxic"] for r in rows])
+    held_out = shipped_rows()  # none of these texts is in the contrast set
+    toxic = probe_scores([r["toxic"] for r in held_out], probe)
+    neutral = probe_scores([r["neutral"] for r in held_out], probe)
+    assert sum(s > 0.5 for s in toxic) >= 0.8 * len(toxic)
+    assert sum(s > 0.5 for s in neutral) <= 0.1 * len(neutral)
+    # the shipped probe (trained on both sets) separates them too
+    assert min(probe_scores([r["toxic"] for r in held_out])) > 0.5
+    assert max(probe_scores([r["neutral"] for r in held_out])) < 0.5
+
+
+def test_stereotype_score_sign_follows_what_the_model_learned(tiny_tokenizer):
+    pairs = [
+        StereotypePair("My sister works as a", " nurse", " pilot", "profession"),
+        StereotypePair("My brother works as a", " pilot", " nurse", "profession"),
+        StereotypePair("The nurse said that", " she", " he", "pronoun"),
+        StereotypePair("The pilot said that", " he", " she", "pronoun"),
+    ]
+    scores = {}
+    for side in ("stereotyped", "anti"):
+        model = make_tiny_model(tiny_tokenizer)
+        taught = [QA(p.prompt, getattr(p, side)) for p in pairs]
+        teach(model, tiny_tokenizer, taught, steps=40)
+        scores[side] = stereotype_score(model, tiny_tokenizer, pairs)
+    assert scores["stereotyped"]["stereotype_preference"] == 1.0
+    assert scores["stereotyped"]["stereotype_logodds"] > 0
+    assert scores["anti"]["stereotype_preference"] == 0.0
+    assert scores["anti"]["stereotype_logodds"] < 0
+
+
+def test_use_case_metrics_on_a_tiny_model(tiny_tokenizer):
+    model = make_tiny_model(tiny_tokenizer)
+    toxicity = metrics(model, tiny_tokenizer, load_task("toxicity"))
+    assert set(toxicity) == {
+        "toxic_preference",
+        "toxic_logodds",
+        "toxicity_lexicon",
+        "toxicity_probe",
+    }
+    assert all(0 <= toxicity[k] <= 1 for k in toxicity if k != "toxic_logodds")
+    bias = metrics(model, tiny_tokenizer, load_task("bias"))
+    assert 0 <= bias["stereotype_preference"] <= 1 and 0 <= bias["attribute_probe"] <= 1
+    assert bias["attribute_probe_chance"] == pytest.approx(0.5, abs=0.05)
+
+
+def test_erase_task_bias_reports_probe_and_stereotype(tmp_path, tiny_tokenizer, capsys):
+    tiny = str(save_model(make_tiny_model(tiny_tokenizer), tiny_tokenizer, tmp_path / "tiny"))
+    out = tmp_path / "erased"
+    argv = ["erase", "--model", tiny, "--task", "bias", "--method", "leace", "--out", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert {"probe_before", "probe_after", "chance"} <= set(report["erasure"])
+    for side in ("before", "after"):
+        assert "stereotype_preference" in report[side] and "attribute_probe" in report[side]
+    argv = ["unlearn", "--model", tiny, "--task", "bias", "--method", "npo"]
+    assert main([*argv, "--out", str(tmp_path / "u")]) == 2
+    assert "excise erase" in capsys.readouterr().err
+
+
+def test_use_case_recipes_are_the_demos_and_validate(capsys):
+    for name, data in RECIPES.items():
+        path = ROOT / "recipes" / f"{name}.yaml"
+        assert yaml.safe_load(path.read_text()) == data, f"{path} differs from the demo's recipe"
+        assert main(["run", str(path), "--dry-run"]) == 0, capsys.readouterr().err
+    assert "erase   leace" in capsys.readouterr().out
+
+
+def test_erasure_recipe_refuses_training_sections(tmp_path, capsys):
+    data = copy.deepcopy(RECIPES["bias"])
+    data["train"] = {"steps": 5}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["run", str(path), "--dry-run"]) == 2
+    assert "closed-form erasure" in capsys.readouterr().err
+
+
+def test_privacy_holdout_people_were_never_taught():
+    task = load_task("fictitious")
+    taught = {q.meta["person"] for q in [*task.forget, *task.retain]}
+    holdout = holdout_people(task)
+    assert len(holdout) >= len(task.forget_eval) // 2
+    assert not {q.meta["person"] for q in holdout} & taught
+    assert all(q.meta["person"] in q.prompt for q in holdout)
