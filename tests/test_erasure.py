@@ -10,7 +10,9 @@ from transformers import AutoModelForCausalLM
 from excise.cli import main
 from excise.erasure import erase
 from excise.erasure.adapter import attach
+from excise.erasure.concept import held_out_probe, probe_predictions
 from excise.erasure.fold import fold_affine
+from excise.erasure.inlp import fit_inlp
 from excise.erasure.leace import fit_leace
 from excise.erasure.states import block_states, probe_accuracy
 from excise.models import save_model
@@ -62,6 +64,58 @@ def test_fresh_probe_is_at_chance_on_held_out_data(method):
     after, _ = probe_accuracy(eraser(x_held), y_held, train)
     assert before > 0.9
     assert abs(after - chance) <= 0.02, (after, chance)
+
+
+def test_inlp_is_an_orthogonal_projection_that_equalises_class_means():
+    x, labels = synthetic(4000, 2)
+    protect = torch.linalg.qr(torch.randn(8, 2, generator=torch.Generator().manual_seed(3)))[0]
+    eraser = fit_inlp(x, labels, rounds=3, protect=protect)
+    matrix = eraser.matrix.double()
+    assert 1 < eraser.rank <= 4
+    assert torch.allclose(matrix @ matrix, matrix, atol=1e-10)
+    assert torch.allclose(matrix @ protect.double(), protect.double(), atol=1e-10)
+    plain = fit_inlp(x, labels, rounds=3).matrix.double()  # nothing protected: orthogonal
+    assert torch.allclose(plain, plain.T, atol=1e-10)
+    erased = eraser(x.double())
+    gap = erased[labels == 1].mean(0) - erased[labels == 0].mean(0)
+    assert gap.norm() < 1e-8 * erased.norm(dim=-1).mean()
+    x_held, y_held = synthetic(4000, 4)
+    train = torch.arange(4000) % 2 == 0
+    before, chance = probe_accuracy(x_held, y_held, train)
+    after, _ = probe_accuracy(eraser(x_held), y_held, train)
+    assert before > 0.9 and abs(after - chance) <= 0.02, (before, after, chance)
+
+
+def test_held_out_probe_counts_items_and_pools_both_folds():
+    generator = torch.Generator().manual_seed(5)
+    groups = torch.arange(40).repeat_interleave(5)  # 40 items of 5 rows each
+    labels = (groups % 2 == 0).long()
+    noise = torch.randn(200, 6, generator=generator)
+    separable = noise.clone()
+    separable[:, 0] += 8.0 * labels
+    clear = held_out_probe(separable, labels, groups)
+    assert (clear.rows, clear.items) == (200, 40)
+    assert clear.accuracy == 1.0 and clear.ci95 == 0.0 and clear.chance == 0.5
+    blind = held_out_probe(noise, labels, groups)
+    assert blind.ci95 > 0.05 and abs(blind.accuracy - blind.chance) < 2 * blind.ci95
+
+
+def test_leace_on_tiny_model_states_leaves_a_fresh_probe_constant(tiny_tokenizer):
+    """The guarantee on a real (tiny, random) model's states: a probe trained on the erased
+    fit-side rows predicts one class for every other row, while before it read the concept."""
+    model = make_tiny_model(tiny_tokenizer)
+    prompts = POSITIVE + NEGATIVE
+    labels = torch.tensor([1] * len(POSITIVE) + [0] * len(NEGATIVE))
+    batch = encode(tiny_tokenizer, prompts)
+    states = stream(model, batch, [1])[1].float()
+    rows = labels[:, None].expand_as(batch["attention_mask"])[batch["attention_mask"].bool()]
+    item = torch.arange(len(prompts))[:, None].expand_as(batch["input_ids"])
+    fit = (item[batch["attention_mask"].bool()] % 2) == 0
+    before, chance = probe_accuracy(states, rows, fit)
+    assert before > chance + 0.2
+    for eraser in (fit_leace(states[fit], rows[fit]), fit_inlp(states[fit], rows[fit], rounds=4)):
+        predicted = probe_predictions(eraser(states), rows, fit)
+        assert predicted.unique().numel() == 1, eraser.rank
 
 
 def test_leace_is_the_closed_form_and_keeps_protected_directions():
@@ -150,9 +204,10 @@ def test_ablate_zeroes_the_direction_on_held_out_prompts_and_reloads(tmp_path, t
 def test_leace_folded_and_runtime_forms(tmp_path, tiny_tokenizer):
     model = make_tiny_model(tiny_tokenizer)
     changed, result = erase(
-        model, tiny_tokenizer, "leace", POSITIVE, NEGATIVE, texts=TEXTS, layer=1, refit=1
+        model, tiny_tokenizer, "leace", POSITIVE, NEGATIVE, texts=TEXTS, layer=1, refit=1, rounds=2
     )
     metrics = result.metrics
+    assert result.details["rank"] == 3 and metrics["probe_after_ci95"] >= 0
     for name in ("before", "runtime", "after"):
         assert 0 <= metrics[f"probe_{name}"] <= 1 and metrics[f"perplexity_{name}"] > 0
     assert metrics["class_gap_runtime"] < metrics["class_gap_before"]

@@ -40,9 +40,11 @@ from typing import Literal
 import torch
 
 from excise.arch import decoder_layers, num_layers
+from excise.attacks.probe import fit_logistic
 from excise.erasure.core import Contrast, ErasureResult, check_layer, hooked
 from excise.erasure.fold import check_foldable, fold_affine
-from excise.erasure.leace import Method, fit_leace
+from excise.erasure.inlp import fit_inlp
+from excise.erasure.leace import LeaceEraser, Method, fit_leace
 from excise.erasure.states import alternate, probe_accuracy, residual_states, sink_subspace
 from excise.errors import ConfigError
 from excise.metrics import perplexity
@@ -55,17 +57,63 @@ class LeaceConfig:
     positions: Literal["all", "last"] = "all"
     protect_sink: int = 4
     refit: int = 0
+    rounds: int = 0
     form: Literal["folded", "runtime"] = "folded"
 
     def __post_init__(self) -> None:
         if self.projection not in (None, "leace", "orth") or self.positions not in ("all", "last"):
             raise ConfigError("leace projection must be leace or orth, positions all or last")
-        if self.protect_sink < 0 or self.refit < 0:
-            raise ConfigError("protect_sink and refit must be >= 0")
+        if self.protect_sink < 0 or self.refit < 0 or self.rounds < 0:
+            raise ConfigError("protect_sink, refit and rounds must be >= 0")
         if self.form not in ("folded", "runtime"):
             raise ConfigError("leace form must be folded or runtime")
         if self.projection is None:
             self.projection = "orth" if self.form == "folded" else "leace"
+
+
+@dataclass(frozen=True)
+class ProbeScore:
+    accuracy: float  # pooled over both folds: every held-out row is tested once
+    chance: float  # share of test rows in the majority class of their fold's training half
+    ci95: float  # half-width of a 95% interval for accuracy, clustered by item
+    rows: int
+    items: int
+
+
+def held_out_probe(states: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> ProbeScore:
+    """A fresh logistic probe, cross-fitted on the held-out rows: trained on one half of the items
+    and tested on the other, then the other way round. Rows of one item (a prompt and its
+    paraphrases, all their tokens) are not independent, so the interval treats items as the
+    sampling unit (ratio estimator over items)."""
+    side = alternate(groups, labels)
+    correct = torch.zeros(len(labels))
+    majority = torch.zeros(len(labels))
+    for train in (side, ~side):
+        test = ~train
+        correct[test] = (probe_predictions(states, labels, train) == labels[test]).float()
+        counts = torch.bincount(labels[train], minlength=int(labels.max()) + 1)
+        majority[test] = (labels[test] == counts.argmax()).float()
+    items = torch.unique(groups)
+    per_item = torch.stack([correct[groups == g].sum() for g in items])
+    sizes = torch.stack([(groups == g).sum() for g in items]).double()
+    accuracy = float(correct.mean())
+    spread = ((per_item - accuracy * sizes) ** 2).sum() * len(items) / max(1, len(items) - 1)
+    ci95 = 1.96 * float(spread.sqrt() / sizes.sum())
+    return ProbeScore(accuracy, float(majority.mean()), ci95, len(labels), len(items))
+
+
+def probe_predictions(
+    features: torch.Tensor, labels: torch.Tensor, train: torch.Tensor
+) -> torch.Tensor:
+    """Classes predicted for the rows outside ``train`` by the probe of
+    :func:`excise.erasure.states.probe_accuracy` (logistic, L2 1e-2, standardised features)."""
+    x_train = features[train].float()
+    mean, std = x_train.mean(0), x_train.std(0).clamp(min=1e-6)
+    with torch.enable_grad():
+        weight, bias = fit_logistic(
+            (x_train - mean) / std, labels[train], int(labels.max()) + 1, l2=1e-2, steps=100
+        )
+    return (((features[~train].float() - mean) / std) @ weight + bias).argmax(-1)
 
 
 def class_gap(x: torch.Tensor, labels: torch.Tensor) -> float:
@@ -91,20 +139,31 @@ def run(
     x, owner = collect(model)
     labels, groups, fit = data.label[owner], data.group[owner], data.fit[owner]
     held = ~fit
-    probe_side = alternate(groups[held], labels[held])
 
     def measure(states: torch.Tensor, name: str) -> None:
-        metrics[f"probe_{name}"] = probe_accuracy(states[held], labels[held], probe_side)[0]
+        probe = held_out_probe(states[held], labels[held], groups[held])
+        metrics[f"probe_{name}"], metrics[f"probe_{name}_ci95"] = probe.accuracy, probe.ci95
+        metrics["chance"], details["probe"] = (
+            probe.chance,
+            {"rows": probe.rows, "items": probe.items},
+        )
         metrics[f"probe_{name}_fit_trained"] = probe_accuracy(states, labels, fit)[0]
         metrics[f"class_gap_{name}"] = class_gap(states[held], labels[held])
+
+    def fit_eraser(rows: torch.Tensor, classes: torch.Tensor) -> LeaceEraser:
+        if config.rounds:
+            return fit_inlp(rows, classes, rounds=config.rounds, protect=protect)
+        return fit_leace(rows, classes, method=config.projection, protect=protect)
 
     protect = None
     if config.protect_sink:
         protect = sink_subspace(
             model, tokenizer, data.prompts, template=template, size=config.protect_sink
         )
-    eraser = fit_leace(x[fit], labels[fit], method=config.projection, protect=protect)
-    metrics = {"chance": probe_accuracy(x[held], labels[held], probe_side)[1]}
+    eraser = fit_eraser(x[fit], labels[fit])
+    metrics: dict[str, float] = {}
+    details = {"layer": layer, "rows": {"fit": int(fit.sum()), "held_out": int(held.sum())}}
+    details["rank"] = eraser.rank
     measure(x, "before")
     measure(eraser(x), "runtime")
     metrics["perplexity_before"] = perplexity(model, tokenizer, texts)
@@ -112,7 +171,6 @@ def run(
         metrics["perplexity_runtime"] = perplexity(model, tokenizer, texts)
     tensors = {"eraser.left": eraser.proj_left, "eraser.right": eraser.proj_right}
     tensors["eraser.mean"] = eraser.mean
-    details = {"layer": layer, "rows": {"fit": int(fit.sum()), "held_out": int(held.sum())}}
     if config.form == "runtime":
         hook = {"name": "eraser", "kind": "affine", "layer": layer}
         note = f"exact LEACE eraser on block {layer}'s output, saved as a runtime hook"
@@ -128,10 +186,10 @@ def run(
         rounds.append(
             {
                 "fit_class_gap": class_gap(seen[fit], labels[fit]),
-                "probe": probe_accuracy(seen[held], labels[held], probe_side)[0],
+                "probe": held_out_probe(seen[held], labels[held], groups[held]).accuracy,
             }
         )
-        extra = fit_leace(seen[fit], labels[fit], method=config.projection, protect=protect)
+        extra = fit_eraser(seen[fit], labels[fit])
         fold_affine(model, extra.matrix, None, last=layer)
         tensors[f"refit{index}.left"] = extra.proj_left
         tensors[f"refit{index}.right"] = extra.proj_right
