@@ -26,10 +26,23 @@ the orthogonal projection, with the same probe figures). So the folded form defa
 orthogonal projection ("orth": P = I - u u^T, u the class-mean difference, itself a concept
 eraser: P Cov(x, z) = 0) and the runtime form to LEACE proper.
 
+How it is judged. Items (a prompt with its paraphrases) alternate between the fit side, where
+the eraser is estimated, and the held-out side, where a fresh logistic probe is cross-fitted:
+trained on half of the held-out items and tested on the other half, then the other way round
+(``probe_X``, with ``probe_X_ci95`` a 95% interval clustered by item: rows of one item are not
+independent). ``probe_X_fit_trained`` is a probe trained on the fit side's (erased) rows.
+
+More than one direction: ``rounds`` k > 0 erases k logistic-probe directions before the LEACE
+step (INLP, :mod:`excise.erasure.inlp`), an orthogonal projection of rank k + 1. LEACE makes the
+class means equal on the rows it saw, so a probe trained on *those* rows is constant; a probe
+trained on new items still finds the concept when it is carried by many token-identity
+directions (a topic), which one mean difference from ~80 items per class cannot pin down.
+
 Hyper-parameters: ``layer`` (None: a quarter of the depth), ``projection`` (None: see above),
 ``positions`` ("all" prompt tokens but the first, or "last"), ``protect_sink`` (4), ``refit``
-(0), ``form`` ("folded"). The guarantee covers linear read-outs of the layer it was fitted on
-(for the runtime form); it says nothing about fine-tuning, which can bring the concept back.
+(0), ``rounds`` (0), ``form`` ("folded"). The guarantee covers linear read-outs of the layer it
+was fitted on (for the runtime form) on the rows it was fitted on; it says nothing about
+fine-tuning, which can bring the concept back.
 """
 
 from __future__ import annotations
@@ -199,12 +212,14 @@ def run(
     metrics["perplexity_after"] = perplexity(model, tokenizer, texts)
     details["rounds"] = rounds
     notes = [
-        f"LEACE ({config.projection}) fitted on block {layer}'s output ({config.positions} prompt "
+        f"LEACE ({config.projection}, {config.rounds} INLP round(s), rank {eraser.rank}) fitted "
+        f"on block {layer}'s output ({config.positions} prompt "
         f"positions, {int(fit.sum())} fit-side rows); P folded into the embeddings and the "
         f"attention/MLP outputs of blocks 0..{layer}, {config.refit} refit round(s); the affine "
         "term is dropped (see excise.erasure.concept)",
-        "probe_X: fresh logistic probe trained and tested on held-out prompts; probe_X_fit_trained:"
-        " trained on the eraser's fit side, tested on held-out prompts",
+        "probe_X: fresh logistic probe cross-fitted on held-out items (trained on one half, tested"
+        " on the other, both ways), probe_X_ci95 its 95% interval clustered by item; "
+        "probe_X_fit_trained: trained on the eraser's fit side, tested on held-out prompts",
         "the guarantee covers linear read-outs of this layer on this distribution, not fine-tuning",
     ]
     return model, ErasureResult("leace", layer, True, metrics, details, tensors, notes)
