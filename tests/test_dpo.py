@@ -170,10 +170,13 @@ def test_unlearn_dpo_from_a_pair_file(tmp_path, tiny_tokenizer, capsys):
     retain = write(tmp_path, "retain.jsonl", RETAIN)
     out = tmp_path / "out"
     argv = ["unlearn", "--model", model_dir, "--method", "dpo", "--forget", pairs]
-    argv += ["--retain", retain, "--steps", "2", "--out", str(out), "--quiet"]
+    argv += ["--retain", retain, "--steps", "2", "--out", str(out), "--quiet", "--bypass-check"]
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["method"]["name"] == "dpo" and len(report["loss_log"]) == 2
+    verdict = report["bypass"]["verdict"]  # the check ran on the unlearned model, and says so
+    assert verdict in ("removed", "bypassed", "not_suppressed")
+    assert verdict in (out / "report.html").read_text() and verdict in capsys.readouterr().out
     assert abs(report["loss_log"][0]["dpo"] - math.log(2)) < 1e-5
     capsys.readouterr()
     bad = write(tmp_path, "bad.jsonl", [PAIRS[0], {"prompt": "a", "chosen": " b"}])

@@ -135,6 +135,7 @@ def cmd_unlearn(args: argparse.Namespace, *, demo: bool = False) -> int:
         data_dir=getattr(args, "data_dir", None),
         gold_spec=getattr(args, "gold", None),
         utility=getattr(args, "utility", None),
+        bypass=getattr(args, "bypass_check", False),
     )
     if main_process:
         print_unlearn(report, args.out, started)
@@ -145,6 +146,8 @@ def print_unlearn(report: dict[str, Any], out: str | Path, started: float) -> No
     print_table(report["before"], report["after"])
     if report.get("audit"):
         print_scorecard(report["audit"])
+    if check := report.get("bypass"):
+        print(f"bypass check: {check['verdict']} (layer {check['layer']}; see report.html)")
     lora = report.get("lora")
     written = ["model"] if not lora or lora["merged"] else []
     written += ["adapter"] if lora else []
@@ -422,6 +425,12 @@ def parser() -> argparse.ArgumentParser:
         const="all",
         metavar="ATTACKS",
         help="audit after unlearning (all, or a comma list)",
+    )
+    unlearn.add_argument(
+        "--bypass-check",
+        action="store_true",
+        help="check whether the behaviour's direction survives in the weights and still works "
+        "(flags a method that only bypasses it; excise bypass-check for options)",
     )
 
     audit = commands.add_parser(

@@ -178,8 +178,13 @@ def run_unlearn(
     data_dir: str | None = None,
     gold_spec: str | None = None,
     utility: str | None = None,
+    bypass: bool = False,
 ) -> dict[str, Any]:
     """The whole job: returns the report (also written, with the model, into ``out``).
+
+    With ``bypass`` the unlearned model gets the bypass check (:mod:`excise.bypass`): is the
+    behaviour's direction of the original model still in the weights and still causal? A method
+    that only steers around it is flagged ``bypassed`` in the report.
 
     ``utility`` (``lm-eval:TASKS``) adds lm-evaluation-harness scores before and after.
 
@@ -307,6 +312,12 @@ def run_unlearn(
             utility=lm_eval,
             gold_truth_ratios=gold_ratios,
         )
+    bypass_result = None
+    if bypass:
+        from excise.bypass import check_task
+
+        with timer.stage("bypass check"):
+            bypass_result = check_task(load(original_source)[0], model, tokenizer, chosen)
     audit_result = None
     if audit_attacks:
         from excise.attacks.scorecard import audit
@@ -340,6 +351,8 @@ def run_unlearn(
     report["warnings"] = data_warnings
     if audit_result is not None:
         report["audit"] = audit_result
+    if bypass_result is not None:
+        report["bypass"] = bypass_result.to_dict()
     if adapter is not None:
         report["lora"] = {
             "rank": lora.rank,
