@@ -9,7 +9,8 @@ On the same items (each task's forget and retain evaluation sets), compares
   tokens as the answer has (the least any generation needs) and with up to ``--budget`` (12) new
   tokens, stopping at end of text, as evaluation harnesses run it; an item is right when the
   first generated tokens are the answer's tokens.
-The two definitions agree by construction (greedy decoding that stays on the answer sees exactly
+Tasks that teach their facts first (fictitious) use the cached taught model when there is one
+(else the bundled model, which knows none of them). The two definitions agree by construction (greedy decoding that stays on the answer sees exactly
 the teacher-forced prefixes), so their accuracies must match; the bench checks it item by item and
 reports items/s of both and the speedup, measured in the same run.
 """
@@ -48,12 +49,37 @@ def per_item_generation(model, tokenizer, examples, budget: int | None = None) -
     return right
 
 
+class _WouldTeach(Exception):
+    pass
+
+
+def taught_model(task):
+    """The cached model taught the task's facts (excise.fictitious), or None when teaching would
+    have to run first (minutes): the bench never trains."""
+    from excise.fictitious import taught_models
+    from excise.models import load_model
+
+    def refuse(message: str) -> None:
+        raise _WouldTeach(message)
+
+    try:
+        full, _ = taught_models("smollm2-135m", task, echo=refuse)
+    except _WouldTeach:
+        return None
+    return load_model(str(full))[0]
+
+
 def bench_task(model, tokenizer, name: str, limit: int, budget: int) -> dict:
     from excise.data.encode import encode_pair
     from excise.data.tasks import load_task
     from excise.scoring import stats_for_examples
 
     task = load_task(name)
+    which = "bundled"
+    if task.metadata.get("needs_teaching"):
+        taught = taught_model(task)
+        if taught is not None:
+            model, which = taught, "taught (cached)"
     items = list(task.forget_eval) + list(task.retain_eval)
     if limit and len(items) > limit:  # evenly spread, so forget and retain items both come
         items = [items[round(i * len(items) / limit)] for i in range(limit)]
@@ -71,6 +97,7 @@ def bench_task(model, tokenizer, name: str, limit: int, budget: int) -> dict:
     teacher = scored.correct.tolist()
     row = {
         "task": name,
+        "model": which,
         "items": len(examples),
         "scoring_s": scoring_s,
         "scoring_items_per_s": len(examples) / scoring_s,
@@ -118,6 +145,7 @@ def main() -> None:
     for name in args.tasks.split(","):
         row = bench_task(model, tokenizer, name, args.limit, args.budget)
         rows.append(row)
+        print(f"{name}: {row['model']} model", flush=True)
         for label in ("answer_length", f"max{args.budget}"):
             gen = row[label]
             print(

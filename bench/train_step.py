@@ -9,7 +9,8 @@ the one training loop (excise.train.train) and reports:
 - step time (median of the measured steps; the warm-up steps allocate optimizer state),
 - tokens/s: non-pad tokens of the step's forget + retain batches per second,
 - peak resident memory: ru_maxrss of the process, and its rise over the resident size right
-  after the model was loaded (each method has its own process, so peaks are separate),
+  after the model was loaded and its weights read in (safetensors are mapped lazily; each method
+  has its own process, so peaks are separate),
 - GFLOP/s = 6 * parameters * non-pad tokens / step time (the usual fwd+bwd estimate), as a
   fraction of the fp32 matmul peak measured in this run with the same thread count (best burst at
   the start and end of the run) and of the rate a sustained matmul gets in the method's own
@@ -246,6 +247,9 @@ def worker(name: str, args) -> dict:
     from excise.train import TrainConfig, train
 
     model, tokenizer = load_model("smollm2-135m")
+    with torch.no_grad():  # weights are mapped lazily: read every page in before the baseline
+        for param in model.parameters():
+            param.sum()
     loaded_mib = _resident_mib()
     params = sum(p.numel() for p in model.parameters())
     base = name.split("-")[0]
