@@ -2,7 +2,8 @@
 
 Each optimizer step draws ``grad_accum`` micro-batches of forget examples and as many of retain
 examples (when the method uses them) in an order that is a pure function of (seed, step), so a
-resumed run sees exactly the batches an uninterrupted one would. Checkpoints hold only the
+resumed run sees exactly the batches an uninterrupted one would; batches are length-sorted
+(:func:`epoch_order`) so they pad little. Checkpoints hold only the
 trainable tensors (safetensors), the optimizer state and the step; ``resume=True`` continues from
 the newest one. Ctrl-C (SIGINT) or SIGTERM during the loop finishes the current step, saves a
 checkpoint (when there is a checkpoint folder) and raises :class:`TrainingInterrupted`; a second
