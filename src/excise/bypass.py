@@ -270,42 +270,28 @@ def presence(original, modified, unit, x_orig, x_mod, split: Split, config) -> d
 
 def relearn_curve(model, tokenizer, records: list[QA], score, template, config) -> list[dict]:
     """Fine-tune a copy of ``model`` on ``records``; ``score(copy)`` at each of the steps."""
-    from excise.data.encode import encode_records
-    from excise.methods import get_method
+    from excise.attacks.relearn import fine_tune_watching
     from excise.models import clone_model
-    from excise.train import TrainConfig, train
 
     copy = clone_model(model)
     checkpoints = set(config.relearn_steps)
     rows: list[dict[str, Any]] = []
 
-    def measure(step: int, _log: dict[str, float] | None = None) -> None:
+    def measure(step: int) -> None:
         if step in checkpoints:
             rows.append({"step": step, "score": score(copy)})
 
-    measure(0)
-    if max(checkpoints) > 0:
-        spec = get_method("finetune")
-        settings = TrainConfig(
-            steps=max(checkpoints),
-            lr=config.relearn_lr,
-            batch_size=config.relearn_batch,
-            seed=config.seed,
-            progress=False,
-        )
-        train(
-            copy,
-            tokenizer,
-            spec,
-            spec.config_cls(),
-            forget=encode_records(tokenizer, records, template),
-            retain=[],
-            forget_records=list(records),
-            template=template,
-            config=settings,
-            uses_retain=False,
-            on_step=measure,
-        )
+    fine_tune_watching(
+        copy,
+        tokenizer,
+        list(records),
+        template,
+        steps=max(checkpoints),
+        lr=config.relearn_lr,
+        batch_size=config.relearn_batch,
+        seed=config.seed,
+        watch=measure,
+    )
     return rows
 
 

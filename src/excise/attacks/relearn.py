@@ -26,6 +26,7 @@ included); ``retain_accuracy`` is the one after training the variant that reache
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,13 +105,47 @@ def _with_lora(model, budget: RelearnBudget):
     return model
 
 
+def fine_tune_watching(
+    copy,
+    tokenizer,
+    records: list[Record],
+    template: str,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    watch: Callable[[int], None],
+) -> None:
+    """Fine-tune ``copy`` in place on ``records`` (plain NLL through the one training loop, as an
+    attacker would); ``watch(step)`` runs before the first step (0) and after every step."""
+    from excise.methods import get_method
+    from excise.train import TrainConfig, train
+
+    watch(0)
+    if steps < 1:
+        return
+    spec = get_method("finetune")
+    settings = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, seed=seed, progress=False)
+    train(
+        copy,
+        tokenizer,
+        spec,
+        spec.config_cls(),
+        forget=encode_records(tokenizer, records, template),
+        retain=[],
+        forget_records=list(records),
+        template=template,
+        config=settings,
+        uses_retain=False,
+        on_step=lambda step, _log: watch(step),
+    )
+
+
 def relearn_curve(
     model, tokenizer, task: Task, records: list[Record], variant: str, budget: RelearnBudget
 ) -> list[dict[str, Any]]:
     """Fine-tune a copy of ``model`` on ``records``; forget accuracy on half B at each checkpoint."""
-    from excise.methods import get_method
-    from excise.train import TrainConfig, train
-
     cap = budget.eval_items or None
     held_out = halves(task.forget_eval)[1][:cap]
     kept = list(task.retain_eval)[:cap]
@@ -120,7 +155,7 @@ def relearn_curve(
     checkpoints = set(budget.steps)
     rows: list[dict[str, Any]] = []
 
-    def measure(step: int, _log: dict[str, float] | None = None) -> None:
+    def measure(step: int) -> None:
         if step in checkpoints:
             row = {"variant": variant, "step": step}
             row["forget_accuracy"] = accuracy(copy, tokenizer, held_out, task.template)
@@ -128,29 +163,17 @@ def relearn_curve(
                 row["retain_accuracy"] = accuracy(copy, tokenizer, kept, task.template)
             rows.append(row)
 
-    measure(0)
-    if max(checkpoints) > 0:
-        spec = get_method("finetune")
-        settings = TrainConfig(
-            steps=max(checkpoints),
-            lr=budget.lr_lora if lora else budget.lr_full,
-            batch_size=budget.batch_size,
-            seed=budget.seed,
-            progress=False,
-        )
-        train(
-            copy,
-            tokenizer,
-            spec,
-            spec.config_cls(),
-            forget=encode_records(tokenizer, records, task.template),
-            retain=[],
-            forget_records=records,
-            template=task.template,
-            config=settings,
-            uses_retain=False,
-            on_step=measure,
-        )
+    fine_tune_watching(
+        copy,
+        tokenizer,
+        records,
+        task.template,
+        steps=max(checkpoints),
+        lr=budget.lr_lora if lora else budget.lr_full,
+        batch_size=budget.batch_size,
+        seed=budget.seed,
+        watch=measure,
+    )
     return rows
 
 
