@@ -31,7 +31,8 @@ from excise.data.records import QA
 from excise.errors import ConfigError, DataError
 from excise.methods import MethodSpec, register
 from excise.methods.idk import REFUSALS
-from excise.scoring import forward_stats, stats_for_examples, with_retain_nll
+from excise.methods.npo import reference_logprobs
+from excise.scoring import forward_stats, with_retain_nll
 
 
 @dataclass
@@ -60,14 +61,6 @@ def dpo_loss(
     return -F.logsigmoid(beta * margin).mean()
 
 
-def _table(ctx, examples) -> torch.Tensor:
-    """Reference log-probabilities of ``examples``, indexed by ``Example.index``."""
-    stats = stats_for_examples(ctx.unwrapped, examples, ctx.pad_id)
-    table = stats.logprob.new_zeros(max(e.index for e in examples) + 1)
-    table[[e.index for e in examples]] = stats.logprob
-    return table.to(ctx.accelerator.device)
-
-
 def prepare(ctx) -> None:
     refusals = ctx.config.refusals
     chosen = {}
@@ -83,8 +76,8 @@ def prepare(ctx) -> None:
             ctx.tokenizer, record.prompt, answer, ctx.template, example.index
         )
     ctx.state["dpo_chosen"] = chosen
-    ctx.state["reference_chosen"] = _table(ctx, list(chosen.values()))
-    ctx.state["reference_rejected"] = _table(ctx, ctx.forget)
+    ctx.state["reference_chosen"] = reference_logprobs(ctx, list(chosen.values()))
+    ctx.state["reference_rejected"] = reference_logprobs(ctx)
 
 
 def loss(ctx, batch):

@@ -29,12 +29,13 @@ class NPOConfig:
             raise ConfigError("beta must be > 0 and retain_weight >= 0")
 
 
-def reference_logprobs(ctx):
-    """log pi_ref(y|x) for every forget example, indexed by ``Example.index``."""
-    stats = stats_for_examples(ctx.unwrapped, ctx.forget, ctx.pad_id)
-    size = max(e.index for e in ctx.forget) + 1
-    table = stats.logprob.new_zeros(size)
-    table[[e.index for e in ctx.forget]] = stats.logprob
+def reference_logprobs(ctx, examples=None):
+    """log pi_ref(y|x) for every forget example (or every one of ``examples``), indexed by
+    ``Example.index``: computed once, so no reference model is held through training."""
+    examples = ctx.forget if examples is None else examples
+    stats = stats_for_examples(ctx.unwrapped, examples, ctx.pad_id)
+    table = stats.logprob.new_zeros(max(e.index for e in examples) + 1)
+    table[[e.index for e in examples]] = stats.logprob
     return table.to(ctx.accelerator.device)
 
 
