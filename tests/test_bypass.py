@@ -14,11 +14,12 @@ from excise.bypass import (
     Split,
     behaviour_from_records,
     bypass_check,
+    direction_layers,
     find_direction,
+    relearn_speed,
 )
 from excise.cli import main
 from excise.data.records import QA
-from excise.erasure.ablate import candidate_layers
 from excise.erasure.fold import add_to_stream, fold_affine
 from excise.errors import ConfigError, DataError
 from excise.models import clone_model, save_model
@@ -48,7 +49,7 @@ def setup(tiny_tokenizer):
     original = make_tiny_model(tiny_tokenizer)
     teach(original, tiny_tokenizer, [QA(p, c) for p, c, _ in ITEMS], steps=30)
     split = Split.of(behaviour)
-    layers = candidate_layers(num_layers(original), BypassConfig().candidates)
+    layers = direction_layers(num_layers(original), BypassConfig().candidates)
     texts = behaviour.positive + behaviour.negative
     layer, unit, states, _ = find_direction(original, tiny_tokenizer, texts, split, layers, "raw")
     return behaviour, original, layer, unit, split.gap(states @ unit)
@@ -135,3 +136,89 @@ def test_bypass_check_command_writes_the_flag(setup, tiny_tokenizer, tmp_path, c
     argv = ["bypass-check", "--model", str(modified_dir), "--original", str(original_dir)]
     assert main(argv + ["--forget", str(qa)]) == 2
     assert "retain" in capsys.readouterr().err
+
+
+def test_direction_layers_leave_out_layer_zero_unless_asked():
+    assert direction_layers(30, 8) == [3, 6, 9, 12, 14, 17, 20, 23]
+    assert direction_layers(4, 8) == [1, 2]
+    assert direction_layers(2, 8) == [1]  # a two-block model still gets a layer past the first
+    assert direction_layers(30, 8, first=0)[0] == 0
+    assert direction_layers(30, 1) == [13]
+    with pytest.raises(ConfigError):
+        BypassConfig(first_layer=-1)
+
+
+def test_relearn_speed_needs_a_control_to_beat():
+    config = BypassConfig(relearn_steps=(0, 1, 2, 5, 10))  # budget 10
+    slow = {"start": -2.0, "target": -1.0, "steps_to_target": None}
+    assert relearn_speed(2, slow, config) == {"fast": True, "speedup": 5.5, "judged": True}
+    assert relearn_speed(None, slow, config)["fast"] is False
+    assert relearn_speed(2, {**slow, "steps_to_target": 3}, config)["fast"] is False  # 1.5x
+    assert relearn_speed(1, {**slow, "steps_to_target": 2}, config)["fast"] is True  # 2x
+    # a control already at the target before training cannot time anything
+    assert relearn_speed(1, {**slow, "start": -0.5}, config) == {
+        "fast": False,
+        "speedup": None,
+        "judged": False,
+    }
+    with pytest.raises(ConfigError):
+        BypassConfig(relearn_speedup=0.5)
+
+
+def test_relearning_counts_only_when_faster_than_the_control(setup, tiny_tokenizer):
+    behaviour, original, layer, unit, gap = setup
+    suppressed = add_to_stream(clone_model(original), layer, -2.0 * gap * unit)
+    # steering too weak to restore: the verdict rests on relearning alone
+    config = BypassConfig(scales=(0.01,), relearn_steps=(0, 1, 2, 4, 8), relearn_lr=3e-3)
+    default = bypass_check(original, suppressed, tiny_tokenizer, behaviour, config=config)
+    causal = default.causal
+    assert causal["steering_restoration"] < 0.1 and default.present["present"]
+    steps = causal["relearn_steps_to_restore"]
+    assert steps is not None  # relearning alone restores it: without a control, "bypassed"
+    control = causal["control"]
+    assert control["model"] == "original, direction erased"
+    assert [r["step"] for r in control["relearn"]] == [0, 1, 2, 4, 8]
+    assert control["start"] == control["relearn"][0]["score"]
+    assert default.behaviour["modified"] < control["target"] < default.behaviour["original"]
+    reached = [r["step"] for r in control["relearn"] if r["score"] >= control["target"]]
+    assert control["steps_to_target"] == (reached[0] if reached else None)
+    # here erasing the one direction leaves the behaviour above the target (the shift took
+    # away twice the gap): that control cannot time relearning, so it is no evidence
+    assert control["start"] >= control["target"] and control["steps_to_target"] == 0
+    assert not default.causal["relearn_judged"] and not default.causal["relearn_fast"]
+    assert default.verdict == "removed"
+    # a model that never had the behaviour (untaught) starts below the target
+    fresh = make_tiny_model(tiny_tokenizer, seed=1)
+    never = bypass_check(
+        original, suppressed, tiny_tokenizer, behaviour, config=config, control=fresh
+    )
+    assert never.causal["control"]["start"] < never.causal["control"]["target"]
+    assert never.causal["relearn_judged"]
+    assert never.causal["relearn_fast"] == (never.causal["relearn_speedup"] >= 2.0)
+    assert never.verdict == ("bypassed" if never.causal["relearn_fast"] else "removed")
+    # the same model as its own control relearns exactly as fast: never "fast", so "removed"
+    same = bypass_check(
+        original, suppressed, tiny_tokenizer, behaviour, config=config, control=suppressed
+    )
+    assert same.causal["control"]["model"] == "given"
+    assert same.causal["control"]["steps_to_target"] == steps
+    assert same.causal["relearn_speedup"] == 1.0 and not same.causal["relearn_fast"]
+    assert same.verdict == "removed"
+
+
+def test_pairs_report_the_preference_on_held_out_items(setup, tiny_tokenizer):
+    from excise.scoring import score_pairs
+
+    behaviour, original, layer, unit, gap = setup
+    suppressed = add_to_stream(clone_model(original), layer, -2.0 * gap * unit)
+    config = BypassConfig(relearn_steps=(0, 1))
+    result = bypass_check(original, suppressed, tiny_tokenizer, behaviour, config=config)
+    held = behaviour.items[1::2]
+    for name, model in (("original", original), ("modified", suppressed)):
+        first = score_pairs(model, tiny_tokenizer, [(p, c) for p, c, _ in held], "raw")
+        second = score_pairs(model, tiny_tokenizer, [(p, a) for p, _, a in held], "raw")
+        margin = first.logprob / first.tokens - second.logprob / second.tokens
+        expected = float((margin > 0).float().mean())
+        assert result.behaviour["preference"][name] == pytest.approx(expected)
+    assert all(0.0 <= row["preference"] <= 1.0 for row in result.causal["relearn"])
+    assert all(row["layer"] >= 1 for row in result.candidates)  # layer 0 is not a candidate

@@ -1,11 +1,14 @@
 """CLI: ``excise bypass-check`` asks whether a changed model only bypasses a behaviour.
 
 ``excise bypass-check --model CHANGED --original ORIGINAL (--forget PAIRS | --task T | --forget F
---retain R) [--positive P --negative N] [--layer L] [--set key=value] [--out DIR] [--json]``
+--retain R) [--control MODEL] [--positive P --negative N] [--layer L] [--set key=value] [--out DIR]
+[--json]``
 
 With a pair file (``prompt``/``chosen``/``rejected``; ``builtin:preference`` for the shipped one)
 the behaviour is the rejected continuations against the chosen ones; with a task or QA files it is
-the forget answers against the retain items. ``--positive``/``--negative`` (records files, or
+the forget answers against the retain items. ``--control`` is a model that never had the
+behaviour (relearning is timed against it); without it the control is the original with the
+direction projected out of its weights. ``--positive``/``--negative`` (records files, or
 ``builtin:harmful``/``builtin:harmless``) replace the texts the direction is found from. Prints
 the verdict and its figures; ``--out`` writes ``report.json`` and ``report.html``. See
 :mod:`excise.bypass` for the measures and thresholds (``--set`` sets any of them). Imports stay
@@ -29,6 +32,11 @@ def add_parser(commands, add_common) -> None:
     )
     add_common(p)
     p.add_argument("--original", required=True, help="the model before the change")
+    p.add_argument(
+        "--control",
+        help="a model that never had the behaviour, to time relearning against "
+        "(default: the original with the direction erased)",
+    )
     p.add_argument("--positive", help="texts showing the behaviour (default: from the data)")
     p.add_argument("--negative", help="texts without it (default: from the data)")
     p.add_argument("--layer", type=int, help="layer of the direction (default: chosen)")
@@ -90,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     }
     original, tokenizer = load_model(args.original, **loading)
     modified, _ = load_model(args.model, **loading)
+    control = load_model(args.control, **loading)[0] if args.control else None
     task = resolve_task(
         original,
         tokenizer,
@@ -104,7 +113,13 @@ def run(args: argparse.Namespace) -> int:
         behaviour.positive, behaviour.negative = positive, negative
         behaviour.__post_init__()
     result = bypass_check(
-        original, modified, tokenizer, behaviour, template=task.template, config=config
+        original,
+        modified,
+        tokenizer,
+        behaviour,
+        template=task.template,
+        config=config,
+        control=control,
     ).to_dict()
     seconds = round(time.perf_counter() - started, 1)
     if args.json:
@@ -124,6 +139,12 @@ def print_result(result: dict) -> None:
         f"behaviour ({behaviour['kind']}): original {behaviour['original']:.3f}, "
         f"modified {behaviour['modified']:.3f}"
     )
+    preference = behaviour.get("preference") or {}
+    if preference.get("original") is not None:
+        print(
+            f"preference for the behaviour: original {preference['original']:.2f}, "
+            f"modified {preference['modified']:.2f}"
+        )
     print(
         f"in the weights: direction cosine {present['direction_cosine']:.3f}, writer alignment "
         f"{present['writer_alignment']:.3f}, probe accuracy "
@@ -131,12 +152,27 @@ def print_result(result: dict) -> None:
     )
     steer, steps = causal["steering_restoration"], causal["relearn_steps_to_restore"]
     last = causal["relearn"][-1]["step"] if causal["relearn"] else 0
+    restore = result["thresholds"]["restore"]
     print(
         "causal: steering restores "
         + ("n/a" if steer is None else f"{steer:.2f}")
-        + " of the drop; relearning restores half of it "
+        + f" of the drop; relearning restores {restore:.0%} of it "
         + (f"in {steps} steps" if steps is not None else f"not within {last} steps")
     )
+    control = causal.get("control") or {}
+    if "relearn" in control:
+        ctl = control["steps_to_target"]
+        print(
+            f"control ({control['model']}): starts at {control['start']:.3f}, reaches the same "
+            f"target {control['target']:.3f} "
+            + (f"in {ctl} steps" if ctl is not None else f"not within {last} steps")
+            + (
+                f"; relearning is {causal['relearn_speedup']:.1f}x faster"
+                if causal.get("relearn_speedup") is not None
+                else ("" if causal.get("relearn_judged") else "; the control is not suppressed")
+            )
+            + (" (fast)" if causal.get("relearn_fast") else " (not fast)")
+        )
 
 
 def write(args: argparse.Namespace, task, result: dict, seconds: float) -> None:

@@ -317,7 +317,14 @@ def run_unlearn(
         from excise.bypass import check_task
 
         with timer.stage("bypass check"):
-            bypass_result = check_task(load(original_source)[0], model, tokenizer, chosen)
+            # a model never trained on the forget set is the relearning control, where there is one
+            control = gold
+            if control is None and chosen.metadata.get("needs_teaching"):
+                control = load(gold_source)[0]
+            elif control is None and gold_spec is not None:
+                control = load(gold_spec)[0]
+            original = load(original_source)[0]
+            bypass_result = check_task(original, model, tokenizer, chosen, control=control)
     audit_result = None
     if audit_attacks:
         from excise.attacks.scorecard import audit

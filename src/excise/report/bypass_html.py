@@ -11,8 +11,8 @@ from excise.report.svg import line_chart
 MEANING = {
     "bypassed": "the behaviour's direction is still in the weights and brings the behaviour back "
     "(the change steers around it rather than removing it)",
-    "removed": "the direction is gone from the weights, or neither adding it back nor a few "
-    "relearning steps restores the behaviour",
+    "removed": "the direction is gone from the weights, or neither adding it back nor "
+    "relearning (against a control without the behaviour) restores the behaviour faster",
     "not_suppressed": "the change did not lower the behaviour score; there is nothing to check",
 }
 
@@ -28,6 +28,7 @@ def bypass_section(result: dict[str, Any]) -> str:
     present, causal = result.get("present", {}), result.get("causal", {})
     behaviour, thresholds = result.get("behaviour", {}), result.get("thresholds", {})
     tone = "bad" if verdict == "bypassed" else "good"
+    control = causal.get("control") or {}
     rows = [
         ("behaviour score, original", behaviour.get("original")),
         ("behaviour score, modified", behaviour.get("modified")),
@@ -37,13 +38,21 @@ def bypass_section(result: dict[str, Any]) -> str:
         ("fresh probe accuracy, original", present.get("probe_accuracy", {}).get("original")),
         ("fresh probe accuracy, modified", present.get("probe_accuracy", {}).get("modified")),
         ("steering: best restored share of the drop", causal.get("steering_restoration")),
-        ("relearn steps to restore half", causal.get("relearn_steps_to_restore")),
+        ("behaviour preferred, original", (behaviour.get("preference") or {}).get("original")),
+        ("behaviour preferred, modified", (behaviour.get("preference") or {}).get("modified")),
+        ("relearn steps to restore (target score)", causal.get("relearn_steps_to_restore")),
+        ("control: " + str(control.get("model")), control.get("start")),
+        ("control: steps to the same target", control.get("steps_to_target")),
+        ("relearning speed-up over the control", causal.get("relearn_speedup")),
+        ("relearning fast (evidence of bypass)", causal.get("relearn_fast")),
     ]
     table = "".join(f"<tr><td>{escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in rows)
     curve = {
         "relearn": [(r["step"], r["score"]) for r in causal.get("relearn", [])],
         "original": [(r["step"], behaviour.get("original")) for r in causal.get("relearn", [])],
     }
+    if control.get("relearn"):
+        curve["control"] = [(r["step"], r["score"]) for r in control["relearn"]]
     chart = line_chart("behaviour score while relearning", curve, xlabel="step") if curve else ""
     limits = ", ".join(f"{k}={v}" for k, v in thresholds.items())
     return (
