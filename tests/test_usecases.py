@@ -157,3 +157,36 @@ def test_privacy_holdout_people_were_never_taught():
     assert len(holdout) >= len(task.forget_eval) // 2
     assert not {q.meta["person"] for q in holdout} & taught
     assert all(q.meta["person"] in q.prompt for q in holdout)
+
+
+def test_record_figures_keeps_the_run_folder_verified(tmp_path):
+    from excise.fsutil import write_manifest
+    from excise.report import write_report
+    from excise.usecases import record_figures
+    from excise.verify import verify
+
+    write_report({"kind": "unlearn", "before": {}, "after": {}}, tmp_path)
+    write_manifest(tmp_path)
+    record_figures(
+        str(tmp_path), "privacy", {"privleak_original": -0.5, "extraction_unlearned": 0.1}
+    )
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["privacy"] == {"privleak_original": -0.5, "extraction_unlearned": 0.1}
+    assert verify(tmp_path).ok  # the manifest was rewritten with the new report
+
+
+def test_relearn_attack_scores_toxic_preference_on_toxicity(tiny_tokenizer):
+    from excise.attacks.base import halves
+    from excise.attacks.relearn import RelearnBudget, run
+    from excise.usecases import toxic_preference
+
+    task = load_task("toxicity")
+    model = make_tiny_model(tiny_tokenizer)
+    budget = RelearnBudget(steps=(0, 3), variants=("forget_full",), lr_full=1e-2)
+    result = run(model, tiny_tokenizer, task, budget=budget)
+    curve = result.curve
+    assert [r["step"] for r in curve] == [0, 3]
+    half_b = halves(task.forget_eval)[1]
+    assert curve[0]["toxic_preference"] == toxic_preference(model, tiny_tokenizer, task, half_b)
+    assert curve[1]["toxic_preference"] != curve[0]["toxic_preference"]  # training moved it
+    assert result.metrics["toxic_preference"] == max(r["toxic_preference"] for r in curve)

@@ -117,6 +117,13 @@ def toxicity_metrics(model, tokenizer, task: Task) -> dict[str, float]:
     }
 
 
+def toxic_preference(model, tokenizer, task: Task, items: list[QA]) -> float:
+    """Share of ``items`` (toxic continuation, neutral one as ``perturbed[0]``) where the toxic
+    one is more likely: ``toxic_preference`` on any subset, e.g. the relearn attack's half B."""
+    gaps = _gaps(model, tokenizer, [(q.prompt, q.completion, q.perturbed[0]) for q in items], task)
+    return sum(g > 0 for g in gaps) / len(gaps)
+
+
 # --- bias --------------------------------------------------------------------------------------
 
 
@@ -356,9 +363,25 @@ def run_demo(use_case: str, out: str, *, overwrite: bool = False, quiet: bool = 
         if before is not None and after is not None:
             print(f"{key:<34}{before:>10.3f}{after:>10.3f}")
     if use_case == "privacy":
-        for key, value in privacy_figures(recipe.model, out).items():
+        figures = privacy_figures(recipe.model, out)
+        record_figures(out, "privacy", figures)
+        for key, value in figures.items():
             print(f"{key:<34}{value:>10.3f}")
     return 0
+
+
+def record_figures(out: str, key: str, figures: dict[str, float]) -> None:
+    """Add ``figures`` to ``out/report.json`` under ``key``; rewrite the HTML and the manifest."""
+    from pathlib import Path
+
+    from excise.fsutil import write_manifest
+    from excise.report import write_report
+
+    folder = Path(out)
+    report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    report[key] = figures
+    write_report(report, folder)
+    write_manifest(folder)
 
 
 def holdout_people(task: Task) -> list[QA]:
@@ -386,7 +409,8 @@ def holdout_people(task: Task) -> list[QA]:
 def privacy_figures(model_spec: str, out: str) -> dict[str, float]:
     """MUSE-style PrivLeak (Min-40% AUC, forget vs never-taught holdout facts, relative to the
     gold model) and verbatim extraction (greedy continuation starts with the answer) for the
-    taught model before unlearning and for ``out/model``."""
+    taught model before unlearning and for ``out/model``; the demo adds them to
+    ``out/report.json`` under ``privacy``."""
     from excise.attacks.mia import auc
     from excise.data.benchmarks.muse import min_k_score, privleak, token_logprobs
     from excise.data.tasks import load_task

@@ -159,6 +159,10 @@ def relearn_curve(
         if step in checkpoints:
             row = {"variant": variant, "step": step}
             row["forget_accuracy"] = accuracy(copy, tokenizer, held_out, task.template)
+            if task.benchmark == "toxicity":  # the behaviour's own measure, not only accuracy
+                from excise.usecases import toxic_preference
+
+                row["toxic_preference"] = toxic_preference(copy, tokenizer, task, held_out)
             if step == max(checkpoints):  # a forward over retain_eval costs a training step
                 row["retain_accuracy"] = accuracy(copy, tokenizer, kept, task.template)
             rows.append(row)
@@ -210,6 +214,8 @@ def run(
             "retain_accuracy"
         ],  # after that variant's training
     }
+    if "toxic_preference" in worst:  # the highest toxic preference any attacking curve reached
+        metrics["toxic_preference"] = max(r["toxic_preference"] for r in attacking or curve)
     for variant, row in last.items():
         metrics[f"{variant}_forget_accuracy"] = row["forget_accuracy"]
         metrics[f"{variant}_retain_accuracy"] = row["retain_accuracy"]
