@@ -13,6 +13,9 @@ that even unrelated (retain-style) data brings knowledge back. Variants, each on
   B to any model, so the half-A variants cannot separate hidden knowledge from none.
 Every variant is measured on half B (odd positions, never trained on) at the checkpoints of the
 schedule, through the training loop's ``on_step`` callback (no restarts).
+On the ``toxicity`` task each checkpoint also scores ``toxic_preference`` on half B (share of
+prompts whose toxic continuation is the more likely one), and the attacked metrics report its
+highest point: the behaviour's own measure, beside the accuracy of the toxic continuations.
 
 Budget defaults: checkpoints 0, 5, 10, 25, 50 steps; lr 1e-4 (full) and 1e-3 (LoRA rank 8,
 alpha 16, on the MLP input/output and attention output projections, injected into a copy); batch
