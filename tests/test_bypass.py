@@ -17,6 +17,7 @@ from excise.bypass import (
     direction_layers,
     find_direction,
     relearn_speed,
+    verdict_of,
 )
 from excise.cli import main
 from excise.data.records import QA
@@ -171,39 +172,51 @@ def test_relearning_counts_only_when_faster_than_the_control(setup, tiny_tokeniz
     # steering too weak to restore: the verdict rests on relearning alone
     config = BypassConfig(scales=(0.01,), relearn_steps=(0, 1, 2, 4, 8), relearn_lr=3e-3)
     default = bypass_check(original, suppressed, tiny_tokenizer, behaviour, config=config)
-    causal = default.causal
+    causal, figures = default.causal, default.behaviour
     assert causal["steering_restoration"] < 0.1 and default.present["present"]
     steps = causal["relearn_steps_to_restore"]
     assert steps is not None  # relearning alone restores it: without a control, "bypassed"
+    # pairs: the control is the original taught the alternatives, timed to fall as far
     control = causal["control"]
-    assert control["model"] == "original, direction erased"
+    assert control["model"] == "original, taught the alternative"
+    assert control["direction"] == "fall"
     assert [r["step"] for r in control["relearn"]] == [0, 1, 2, 4, 8]
-    assert control["start"] == control["relearn"][0]["score"]
-    assert default.behaviour["modified"] < control["target"] < default.behaviour["original"]
-    reached = [r["step"] for r in control["relearn"] if r["score"] >= control["target"]]
-    assert control["steps_to_target"] == (reached[0] if reached else None)
-    # here erasing the one direction leaves the behaviour above the target (the shift took
-    # away twice the gap): that control cannot time relearning, so it is no evidence
-    assert control["start"] >= control["target"] and control["steps_to_target"] == 0
-    assert not default.causal["relearn_judged"] and not default.causal["relearn_fast"]
-    assert default.verdict == "removed"
-    # a model that never had the behaviour (untaught) starts below the target
-    fresh = make_tiny_model(tiny_tokenizer, seed=1)
-    never = bypass_check(
-        original, suppressed, tiny_tokenizer, behaviour, config=config, control=fresh
-    )
-    assert never.causal["control"]["start"] < never.causal["control"]["target"]
-    assert never.causal["relearn_judged"]
-    assert never.causal["relearn_fast"] == (never.causal["relearn_speedup"] >= 2.0)
-    assert never.verdict == ("bypassed" if never.causal["relearn_fast"] else "removed")
+    assert control["start"] == control["relearn"][0]["score"] == figures["original"]
+    assert control["target"] == pytest.approx(figures["original"] - 0.5 * figures["drop"])
+    fell = [r["step"] for r in control["relearn"] if r["score"] <= control["target"]]
+    assert control["steps_to_target"] == (fell[0] if fell else None)
+    assert causal["relearn_judged"]
+    assert causal["relearn_fast"] == (causal["relearn_speedup"] >= 2.0)
+    assert default.verdict == ("bypassed" if causal["relearn_fast"] else "removed")
     # the same model as its own control relearns exactly as fast: never "fast", so "removed"
     same = bypass_check(
         original, suppressed, tiny_tokenizer, behaviour, config=config, control=suppressed
     )
     assert same.causal["control"]["model"] == "given"
+    assert same.causal["control"]["direction"] == "rise"
     assert same.causal["control"]["steps_to_target"] == steps
     assert same.causal["relearn_speedup"] == 1.0 and not same.causal["relearn_fast"]
     assert same.verdict == "removed"
+    # answers (no alternatives): the control is the original with the direction erased, which
+    # can time relearning only if that removal suppressed the behaviour below the target
+    answers = behaviour_from_records([QA(p, c) for p, c, _ in ITEMS], [QA("", n) for n in NEGATIVE])
+    plain = bypass_check(original, suppressed, tiny_tokenizer, answers, config=config)
+    erased = plain.causal["control"]
+    assert erased["model"] == "original, direction erased" and erased["direction"] == "rise"
+    assert plain.causal["relearn_judged"] == (erased["start"] < erased["target"])
+    drop = plain.behaviour["drop"]
+    assert plain.verdict == verdict_of(drop, plain.present["present"], plain.causal, config)
+
+
+def test_verdict_of_each_case():
+    config = BypassConfig()
+    causal = {"restorable": False, "relearn_steps_to_restore": 2, "relearn_judged": False}
+    assert verdict_of(0.01, True, causal, config) == "not_suppressed"
+    assert verdict_of(1.0, False, {**causal, "restorable": True}, config) == "removed"
+    assert verdict_of(1.0, True, {**causal, "restorable": True}, config) == "bypassed"
+    assert verdict_of(1.0, True, causal, config) == "inconclusive"
+    assert verdict_of(1.0, True, {**causal, "relearn_judged": True}, config) == "removed"
+    assert verdict_of(1.0, True, {**causal, "relearn_steps_to_restore": None}, config) == "removed"
 
 
 def test_pairs_report_the_preference_on_held_out_items(setup, tiny_tokenizer):

@@ -7,8 +7,8 @@
 With a pair file (``prompt``/``chosen``/``rejected``; ``builtin:preference`` for the shipped one)
 the behaviour is the rejected continuations against the chosen ones; with a task or QA files it is
 the forget answers against the retain items. ``--control`` is a model that never had the
-behaviour (relearning is timed against it); without it the control is the original with the
-direction projected out of its weights. ``--positive``/``--negative`` (records files, or
+behaviour (relearning is timed against it); without it the control is the original taught the
+alternatives (pairs) or with the direction projected out of its weights (answers). ``--positive``/``--negative`` (records files, or
 ``builtin:harmful``/``builtin:harmless``) replace the texts the direction is found from. Prints
 the verdict and its figures; ``--out`` writes ``report.json`` and ``report.html``. See
 :mod:`excise.bypass` for the measures and thresholds (``--set`` sets any of them). Imports stay
@@ -35,7 +35,7 @@ def add_parser(commands, add_common) -> None:
     p.add_argument(
         "--control",
         help="a model that never had the behaviour, to time relearning against "
-        "(default: the original with the direction erased)",
+        "(default: the original taught the alternatives, or with the direction erased)",
     )
     p.add_argument("--positive", help="texts showing the behaviour (default: from the data)")
     p.add_argument("--negative", help="texts without it (default: from the data)")
@@ -162,15 +162,16 @@ def print_result(result: dict) -> None:
     control = causal.get("control") or {}
     if "relearn" in control:
         ctl = control["steps_to_target"]
+        moves = "falls to" if control.get("direction") == "fall" else "rises to"
+        if causal.get("relearn_speedup") is not None:
+            speed = f"; relearning is {causal['relearn_speedup']:.1f}x faster"
+        else:
+            speed = "" if causal.get("relearn_judged") else "; the control cannot time it"
         print(
-            f"control ({control['model']}): starts at {control['start']:.3f}, reaches the same "
-            f"target {control['target']:.3f} "
+            f"control ({control['model']}): starts at {control['start']:.3f}, {moves} "
+            f"{control['target']:.3f} "
             + (f"in {ctl} steps" if ctl is not None else f"not within {last} steps")
-            + (
-                f"; relearning is {causal['relearn_speedup']:.1f}x faster"
-                if causal.get("relearn_speedup") is not None
-                else ("" if causal.get("relearn_judged") else "; the control is not suppressed")
-            )
+            + speed
             + (" (fast)" if causal.get("relearn_fast") else " (not fast)")
         )
 

@@ -13,6 +13,8 @@ MEANING = {
     "(the change steers around it rather than removing it)",
     "removed": "the direction is gone from the weights, or neither adding it back nor "
     "relearning (against a control without the behaviour) restores the behaviour faster",
+    "inconclusive": "the direction is still in the weights and relearning brings the behaviour "
+    "back, but no control could say whether faster than it comes to a model without it",
     "not_suppressed": "the change did not lower the behaviour score; there is nothing to check",
 }
 
@@ -27,7 +29,7 @@ def bypass_section(result: dict[str, Any]) -> str:
     verdict = str(result.get("verdict"))
     present, causal = result.get("present", {}), result.get("causal", {})
     behaviour, thresholds = result.get("behaviour", {}), result.get("thresholds", {})
-    tone = "bad" if verdict == "bypassed" else "good"
+    tone = {"bypassed": "bad", "inconclusive": "warn"}.get(verdict, "good")
     control = causal.get("control") or {}
     rows = [
         ("behaviour score, original", behaviour.get("original")),
@@ -42,7 +44,8 @@ def bypass_section(result: dict[str, Any]) -> str:
         ("behaviour preferred, modified", (behaviour.get("preference") or {}).get("modified")),
         ("relearn steps to restore (target score)", causal.get("relearn_steps_to_restore")),
         ("control: " + str(control.get("model")), control.get("start")),
-        ("control: steps to the same target", control.get("steps_to_target")),
+        ("control: target (" + str(control.get("direction")) + ")", control.get("target")),
+        ("control: steps to its target", control.get("steps_to_target")),
         ("relearning speed-up over the control", causal.get("relearn_speedup")),
         ("relearning fast (evidence of bypass)", causal.get("relearn_fast")),
     ]
