@@ -26,7 +26,7 @@ the orthogonal projection, with the same probe figures). So the folded form defa
 orthogonal projection ("orth": P = I - u u^T, u the class-mean difference, itself a concept
 eraser: P Cov(x, z) = 0) and the runtime form to LEACE proper.
 
-How it is judged. Items (a prompt with its paraphrases) alternate between the fit side, where
+How it is judged. Items (a prompt with its paraphrases) are split at random between the fit side, where
 the eraser is estimated, and the held-out side, where a fresh logistic probe is cross-fitted:
 trained on half of the held-out items and tested on the other half, then the other way round
 (``probe_X``, with ``probe_X_ci95`` a 95% interval clustered by item: rows of one item are not

@@ -95,7 +95,8 @@ def residual_states(
 
 
 def alternate(groups: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """A bool mask of rows on the first side: groups alternate sides within each class."""
+    """A bool mask of rows on the first side: each class's groups are split into halves at
+    random (seeded; :func:`excise.attacks.probe.split`), every row of a group on one side."""
     unique = torch.unique(groups)
     group_label = [int(labels[groups == g][0]) for g in unique]
     first, _ = split(group_label)
