@@ -20,10 +20,12 @@ from excise.usecases import (
     RECIPES,
     StereotypePair,
     bias_contexts,
+    bias_contrast,
     holdout_people,
     metrics,
     stereotype_pairs,
     stereotype_score,
+    task_contrast,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,10 +60,33 @@ def test_bias_task_contrasts_gender_only_and_refuses_unlearning():
     assert task.forget_eval == female and [q.prompt for q in task.retain] == [
         q.prompt for q in male
     ]
+
     with pytest.raises(ExciseError, match="excise erase"):
         task.check()
     kinds = {p.kind for p in stereotype_pairs()}
     assert kinds == {"profession", "pronoun"}
+
+
+def test_bias_erasure_contrast_is_many_minimal_pairs_and_only_for_bias():
+    import re
+
+    female, male = bias_contrast()
+    assert len(female) == len(male) >= 2000 and len(set(female)) == len(female)
+    spec = json.loads((ROOT / "src/excise/data/builtin/bias/spec.json").read_text())
+    subjects = [*spec["subjects"], *spec["contrast"]["more_subjects"]]
+    swap = {"she": "he", "She": "He", "her": "his"}
+    for k in range(0, len(female), 37):
+        woman, man = subjects[k % len(subjects)]
+        # the male prompt is the female one with the subject and the pronouns swapped
+        turned = (
+            female[k]
+            .replace(woman, man)
+            .replace(woman[0].lower() + woman[1:], man[0].lower() + man[1:])
+        )
+        turned = re.sub(r"\b(she|She|her)\b", lambda m: swap[m.group(1)], turned)
+        assert turned == male[k] and female[k] != male[k]
+    assert task_contrast(load_task("bias")) == (female, male)
+    assert task_contrast(load_task("toxicity")) is None
 
 
 def test_lexicon_flags_the_toxic_rows_and_not_the_neutral_ones():

@@ -220,15 +220,46 @@ def stereotype_score(
     return out
 
 
+def bias_contrast() -> tuple[list[str], list[str]]:
+    """(female, male) prompts of the erasure contrast set: every subject (``subjects`` and
+    ``contrast.more_subjects``) in every ``contrast`` opening + ending, 2880 a class; prompt k of
+    each list is a minimal pair. LEACE fitted on the 60 evaluation contexts a class (fewer items
+    than the stream has dimensions) left a held-out probe at 0.59-0.62; on 1440 a class at chance."""
+    spec = _bias_spec()
+    extra = spec["contrast"]
+    subjects = [*spec["subjects"], *extra["more_subjects"]]
+    female: list[str] = []
+    male: list[str] = []
+    for opening in extra["openings"]:
+        for ending in extra["endings"]:
+            template = f"{opening} {ending}"
+            for woman, man in subjects:
+                female.append(_context(template, woman, True))
+                male.append(_context(template, man, False))
+    return female, male
+
+
+def task_contrast(task: Task) -> tuple[list[str], list[str]] | None:
+    """A use case's own (positive, negative) erasure contrast, larger than its evaluation items;
+    None for every other task (``excise erase --task`` then contrasts forget and retain)."""
+    if task.name == "bias" and task.metadata.get("benchmark") == "bias":
+        return bias_contrast()
+    return None
+
+
 def attribute_probe(model, tokenizer, task: Task) -> dict[str, float]:
-    """Held-out accuracy of a fresh probe for gender at the layer ``leace`` fits by default."""
+    """Accuracy of a fresh probe for gender on the last prompt token (where the profession is
+    predicted) at the layer ``leace`` fits by default: trained on half of the contrast pairs
+    (drawn at random), tested on the other half."""
     from excise.arch import num_layers
     from excise.erasure.core import contrast
     from excise.erasure.states import alternate, probe_accuracy, residual_states
 
-    data = contrast([q.prompt for q in task.forget_eval], [q.prompt for q in task.retain_eval])
+    data = contrast(*bias_contrast())
     layer = max(0, round(num_layers(model) / 4) - 1)
-    found = residual_states(model, tokenizer, data.prompts, [layer], template=task.template)
+    found = residual_states(
+        model, tokenizer, data.prompts, [layer], template=task.template, positions="last"
+    )
     labels, groups = data.label[found.prompt], data.group[found.prompt]
     accuracy, chance = probe_accuracy(found.by_layer[layer], labels, alternate(groups, labels))
     return {"attribute_probe": accuracy, "attribute_probe_chance": chance}
