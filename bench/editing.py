@@ -3,8 +3,10 @@
     python bench/editing.py time      [--edits 10,100]      MEMIT wall time, cached vs uncached stats
     python bench/editing.py stats     [--sizes 1000,10000,100000] [--edits 30]
                                        edit quality vs the size of the key-statistics sample
-    python bench/editing.py sequential [--edits 100] [--batch 10]
+    python bench/editing.py sequential [--edits 500] [--batch 10] [--methods alphaedit,memit]
                                        AlphaEdit vs MEMIT under the same sequential schedule
+    python bench/editing.py sequential-report
+                                       bench/results/editing-sequential.{json,md} from the traces
 
 Every figure is measured in the same run on the same machine; ratios are what to compare.
 """
@@ -16,17 +18,20 @@ import json
 import shutil
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
+RESULTS = Path(__file__).parent / "results"
 
-def _setup(threads: int):
+
+def _setup(threads: int, requests: str = "counterfact-mini"):
     torch.set_num_threads(threads)
     from excise.editing.requests import builtin_requests
     from excise.models import load_model
 
     model, tokenizer = load_model("smollm2-135m")
-    return model, tokenizer, builtin_requests()
+    return model, tokenizer, builtin_requests(requests)
 
 
 def bench_time(args) -> None:
@@ -73,50 +78,157 @@ def bench_stats(args) -> None:
         print(json.dumps({"stats_tokens": size, **metrics}), flush=True)
 
 
+def _efficacy(model, tokenizer, requests) -> dict[str, float]:
+    """Efficacy of ``requests`` on the edit prompt: P(new) > P(true) by mean token log-probability
+    (CounterFact's efficacy score) and every new-target token the argmax (teacher forced)."""
+    from excise.scoring import score_pairs
+
+    new = score_pairs(model, tokenizer, [(r.text(), " " + r.target_new) for r in requests], "raw")
+    old = score_pairs(model, tokenizer, [(r.text(), " " + r.target_true) for r in requests], "raw")
+    mean_new = new.logprob / new.tokens.clamp(min=1)
+    mean_old = old.logprob / old.tokens.clamp(min=1)
+    return {
+        "score": float((mean_new > mean_old).float().mean()),
+        "tf": float(new.correct.float().mean()),
+    }
+
+
+def _sequential_file(method: str) -> Path:
+    return RESULTS / f"editing-sequential-{method}.json"
+
+
 def bench_sequential(args) -> None:
+    """Each method edits a fresh copy of the model, ``--batch`` requests at a time, in the same
+    order. After every batch: efficacy of the batch just edited and retain accuracy; every
+    ``--full-every`` batches (and after the last) also cumulative efficacy of all edits so far,
+    multiple-choice accuracy and perplexity. Each method's trace is rewritten after every batch
+    (``bench/results/editing-sequential-METHOD.json``), so a stopped run keeps what it measured;
+    ``sequential-report`` merges the traces into ``editing-sequential.{json,md}``."""
     from excise.editing import edit
-    from excise.editing.metrics import edit_metrics
     from excise.editing.pipeline import utility_probe
 
-    model, tokenizer, requests = _setup(args.threads)
+    model, tokenizer, requests = _setup(args.threads, args.requests)
+    if args.edits > len(requests):
+        raise SystemExit(f"{args.requests} has {len(requests)} requests, fewer than --edits")
     chosen = requests[: args.edits]
+    options = json.loads(args.options)
     quick, full = utility_probe(model, tokenizer)
-    print(json.dumps({"method": "original", **full(model)}), flush=True)
+    original = {**full(model), "efficacy_all": _efficacy(model, tokenizer, chosen)}
+    print(json.dumps({"method": "original", **original}), flush=True)
+    batches = (len(chosen) + args.batch - 1) // args.batch
     for method in args.methods.split(","):
-        start = time.perf_counter()
+        trace: list[dict] = []
+        record = {
+            "method": method,
+            "options": options,
+            "requests": args.requests,
+            "edits": len(chosen),
+            "batch": args.batch,
+            "threads": args.threads,
+            "original": original,
+            "trace": trace,
+            "finished": False,
+        }
+        started = time.perf_counter()
+
+        def monitor(current, method=method, trace=trace, record=record, started=started) -> dict:
+            index = len(trace)
+            edited = chosen[: (index + 1) * args.batch]
+            row = {
+                "batch": index + 1,
+                "edits": len(edited),
+                "seconds": round(time.perf_counter() - started, 1),
+                **quick(current),
+                "efficacy_batch": _efficacy(current, tokenizer, edited[-args.batch :]),
+            }
+            if (index + 1) % args.full_every == 0 or index + 1 == batches:
+                row.update(full(current))
+                row["efficacy_all"] = _efficacy(current, tokenizer, edited)
+            trace.append(row)
+            print(json.dumps({"method": method, **row}), flush=True)
+            _sequential_file(method).write_text(json.dumps(record, indent=1) + "\n")
+            return {"retain_accuracy": row.get("retain_accuracy", float("nan"))}
+
         result = edit(
             model,
             tokenizer,
             chosen,
             method,
             batch_size=args.batch,
-            monitor=quick,
+            monitor=monitor,
             progress=False,
             prefixes=args.prefixes,
+            **options,
         )
-        last = chosen[-args.batch :]
-        first = chosen[: args.batch]
-        row = {
-            "method": method,
-            "seconds": time.perf_counter() - start,
-            **full(result.model),
-            "last_batch": edit_metrics(result.model, tokenizer, last, generation=False),
-            "first_batch": edit_metrics(result.model, tokenizer, first, generation=False),
-            "all": edit_metrics(result.model, tokenizer, chosen, generation=False),
-            "trace": [b["monitor"]["retain_accuracy"] for b in result.batches],
-        }
-        print(json.dumps(row), flush=True)
+        record.update(finished=True, config=result.config, seconds=time.perf_counter() - started)
+        _sequential_file(method).write_text(json.dumps(record, indent=1) + "\n")
+
+
+def sequential_report(args) -> None:
+    """Merge the per-method traces into ``editing-sequential.json`` and a markdown table."""
+    records = [
+        json.loads(_sequential_file(m).read_text())
+        for m in args.methods.split(",")
+        if _sequential_file(m).is_file()
+    ]
+    if not records:
+        raise SystemExit("no traces: run `python bench/editing.py sequential` first")
+    (RESULTS / "editing-sequential.json").write_text(json.dumps(records, indent=1) + "\n")
+    original = records[0]["original"]
+
+    def cell(value) -> str:
+        return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    lines = [
+        "# Sequential editing: AlphaEdit vs MEMIT under the same schedule",
+        "",
+        f"Model smollm2-135m, requests `{records[0]['requests']}` in file order, batches of "
+        f"{records[0]['batch']}, {records[0]['threads']} CPU thread(s). Efficacy: new target more "
+        "likely than the true one (score) / every new-target token the argmax (tf), teacher "
+        "forced. `batch` = the batch just edited, `all` = every edit so far. Retain: the "
+        "chem-symbols facts the original model answers (336); MC: general multiple choice; "
+        "ppl: perplexity of the fluency texts.",
+        "",
+        f"Original model: retain {cell(original['retain_accuracy'])}, MC "
+        f"{cell(original['mc_accuracy'])}, ppl {cell(original['perplexity'])}.",
+        "",
+    ]
+    for record in records:
+        done = "finished" if record["finished"] else "stopped before the end (partial trace)"
+        lines += [
+            f"## {record['method']} ({len(record['trace'])} batches, {done})",
+            "",
+            f"options: `{json.dumps(record['options'])}`",
+            "",
+            "| batch | edits | eff. batch score | eff. batch tf | eff. all score | retain | MC "
+            "| ppl | s |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in record["trace"]:
+            every = row.get("efficacy_all", {})
+            lines.append(
+                f"| {row['batch']} | {row['edits']} | {cell(row['efficacy_batch']['score'])} "
+                f"| {cell(row['efficacy_batch']['tf'])} | {cell(every.get('score'))} "
+                f"| {cell(row.get('retain_accuracy'))} | {cell(row.get('mc_accuracy'))} "
+                f"| {cell(row.get('perplexity'))} | {row['seconds']:.0f} |"
+            )
+        lines.append("")
+    (RESULTS / "editing-sequential.md").write_text("\n".join(lines))
+    print("\n".join(lines))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=("time", "stats", "sequential"))
+    parser.add_argument("what", choices=("time", "stats", "sequential", "sequential-report"))
     parser.add_argument("--edits", default=None)
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--batch", type=int, default=10)
     parser.add_argument("--methods", default="alphaedit,memit")
     parser.add_argument("--prefixes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--requests", default="counterfact-mini")
+    parser.add_argument("--options", default="{}", help="JSON options given to every method")
+    parser.add_argument("--full-every", type=int, default=5)
     args = parser.parse_args()
     if args.what == "time":
         args.edits = args.edits or "10,100"
@@ -124,9 +236,11 @@ def main() -> None:
     elif args.what == "stats":
         args.edits = int(args.edits or 30)
         bench_stats(args)
-    else:
-        args.edits = int(args.edits or 100)
+    elif args.what == "sequential":
+        args.edits = int(args.edits or 500)
         bench_sequential(args)
+    else:
+        sequential_report(args)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,32 @@
 """AlphaEdit (Fang et al. 2025): MEMIT with the update projected onto the null space of the
-keys to preserve, so sequential edits stop eroding what came before.
+keys to preserve, and the keys of earlier edits kept, so sequential edits stop eroding what came
+before.
 
-``P`` projects onto the eigenvectors of the key second moment ``C`` whose eigenvalues are below
-``nullspace_threshold`` times their mean: directions ordinary text barely uses. With the
-keys of earlier edits accumulated in ``C_p`` (kept across sequential batches), the update solves
+``P`` projects onto the eigenvectors of the key second moment ``C`` (ordinary text's keys, the
+paper's ``K0 K0^T``) whose eigenvalues are below ``nullspace_threshold`` times their mean:
+directions the preserved keys do not use. With the keys of earlier edits accumulated in ``C_p``
+(kept across sequential batches), the update solves
 
-    (P (K^T K + C_p) + l2 I) dW^T = P K^T R,
+    (P (K^T K + C_p + lambda C) + l2 I) dW^T = P K^T R,
 
-so ``dW`` acts only in the null space (``dW K0 ~ 0`` for preserved keys ``K0``) and respects the
-earlier edits.
+whose solution satisfies ``dW = dW P`` exactly, so ``dW K0 = 0`` for keys in ``C``'s null space
+(the paper's guarantee; tested on a tiny model to float precision).
+
+``lambda C`` (``mom2_weight``, MEMIT's preservation term; default the key width, as in
+:mod:`excise.editing.memit`) is our addition. Where a true null space exists it costs nothing
+(``C`` is ~0 there). Where none exists it is what still protects ordinary text: on SmolLM2-135M
+the 1536-wide keys have a full-rank moment (smallest eigenvalue ~0.2 of the mean at layers 4-8,
+none below 0.1), so the published threshold frees no direction at all. The earlier default
+(threshold 0.5 of the mean) freed 590-864 directions that hold 13-16% of text keys' energy but
+30-46% of the energy of short factual prompts' keys, the edited ones and the chem-symbols facts
+alike: the projection could not tell them apart, dropped MEMIT's weighting, and did more damage
+per unit of edit than MEMIT (bench/results/editing-sequential.md). When no direction is free,
+``P`` is the identity and the update is MEMIT's plus ``C_p``: earlier edits are kept, ordinary
+text is protected only as much as MEMIT protects it. ``nullspace_dims`` reports the free
+directions per layer (0: no null space, no projection).
+
+Hyper-parameters: ``nullspace_threshold`` 0.01 (fraction of the mean eigenvalue), ``l2`` 10
+(the paper's ridge), ``mom2_weight`` None (= key width; 0 gives the paper's update), plus MEMIT's.
 """
 
 from __future__ import annotations
@@ -24,21 +42,29 @@ from excise.errors import ConfigError
 @dataclass
 class AlphaEditConfig(MemitConfig):
     # a direction is free when its eigenvalue is below this fraction of the mean eigenvalue
-    # (scale-free across models; AlphaEdit's absolute 2e-2 assumed Llama-3-8B's key scale). On the
-    # bundled model 0.5 frees 590-864 of 1536 dims at layers 4-8, holding 1/3 of a subject key's
-    # energy; 0.01 frees none and the edit is void.
-    nullspace_threshold: float = 0.5
+    # (scale-free across models; the paper's absolute 2e-2 assumed Llama-3-8B's key scale)
+    nullspace_threshold: float = 0.01
     l2: float = 10.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.nullspace_threshold > 0 or self.l2 < 0:
             raise ConfigError("nullspace_threshold must be > 0 and l2 >= 0")
+        if self.mom2_weight is not None and self.mom2_weight < 0:
+            raise ConfigError("mom2_weight must be >= 0 (None: the key width)")
+
+
+def null_space(moment: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Orthonormal basis (d, free) of the directions whose eigenvalue is < threshold x mean."""
+    values, vectors = torch.linalg.eigh(moment)
+    return vectors[:, values < threshold * values.mean()]
 
 
 def projector(moment: torch.Tensor, threshold: float) -> torch.Tensor:
-    values, vectors = torch.linalg.eigh(moment)
-    free = vectors[:, values < threshold * values.mean()]
+    """Projection onto the null space, or the identity when the moment has none."""
+    free = null_space(moment, threshold)
+    if free.shape[1] == 0:
+        return torch.eye(moment.shape[0], dtype=moment.dtype)
     return free @ free.T
 
 
@@ -48,30 +74,36 @@ def alphaedit_update(
     residual: torch.Tensor,
     past: torch.Tensor,
     l2: float,
+    moment: torch.Tensor | None = None,
+    weight: float = 0.0,
 ) -> torch.Tensor:
     """dW (hidden, d_ff) acting only through ``projection``: solves
-    (P (K^T K + C_p) + l2 I) dW^T = P K^T R."""
+    (P (K^T K + C_p + weight C) + l2 I) dW^T = P K^T R."""
     eye = torch.eye(projection.shape[0], dtype=projection.dtype)
-    system = projection @ (keys.T @ keys + past) + l2 * eye
+    kept = keys.T @ keys + past
+    if moment is not None and weight:
+        kept = kept + weight * moment
+    system = projection @ kept + l2 * eye
     return torch.linalg.solve(system, projection @ keys.T @ residual).T
 
 
 def apply(ctx, requests) -> dict:
     config: AlphaEditConfig = ctx.config
     projectors = ctx.state.setdefault("projector", {})
+    free_dims = ctx.state.setdefault("nullspace_dims", {})
     previous = ctx.state.setdefault("edited_keys", {})
 
     def solve(layer: int, keys: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        moment = ctx.stats.covariance(layer)
         if layer not in projectors:
-            projectors[layer] = projector(ctx.stats.covariance(layer), config.nullspace_threshold)
-        p = projectors[layer]
-        past = previous.get(layer, torch.zeros_like(p))
-        return alphaedit_update(p, keys, residual, past, config.l2)
+            free_dims[layer] = null_space(moment, config.nullspace_threshold).shape[1]
+            projectors[layer] = projector(moment, config.nullspace_threshold)
+        past = previous.get(layer, torch.zeros_like(moment))
+        weight = keys.shape[1] if config.mom2_weight is None else config.mom2_weight
+        return alphaedit_update(projectors[layer], keys, residual, past, config.l2, moment, weight)
 
     result = spread(ctx, requests, solve)
     for layer, keys in result.pop("keys").items():
         previous[layer] = previous.get(layer, 0) + keys.T @ keys
-    result["nullspace_dims"] = {
-        layer: int(torch.trace(p).round()) for layer, p in projectors.items()
-    }
+    result["nullspace_dims"] = dict(free_dims)
     return result
