@@ -5,6 +5,7 @@
                                        edit quality vs the size of the key-statistics sample
     python bench/editing.py sequential [--edits 500] [--batch 10] [--methods alphaedit,memit]
                                        AlphaEdit vs MEMIT under the same sequential schedule
+    python bench/editing.py nullspace  does the key moment have a null space? (no edit applied)
     python bench/editing.py sequential-report
                                        bench/results/editing-sequential.{json,md} from the traces
 
@@ -164,6 +165,46 @@ def bench_sequential(args) -> None:
         _sequential_file(method).write_text(json.dumps(record, indent=1) + "\n")
 
 
+def _nullspace_lines(rows: list[dict]) -> list[str]:
+    lines = [
+        "## Is there a null space? (`python bench/editing.py nullspace`)",
+        "",
+        "Per edited layer: eigenvalues of the key moment relative to their mean; for each "
+        "threshold (fraction of the mean) the free directions and the share of key energy they "
+        "hold for text keys, edit keys (subject token, 40 requests) and retain keys (150 "
+        "chem-symbols prompts, every token).",
+        "",
+        "| layer | min/mean | max/mean | threshold | free | text | edit | retain |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        for t in row["thresholds"]:
+            lines.append(
+                f"| {row['layer']} | {row['min/mean']:.3f} | {row['max/mean']:.1f} "
+                f"| {t['threshold']} | {t['free']} | {t['text']:.3f} | {t['edit']:.3f} "
+                f"| {t['retain']:.3f} |"
+            )
+    lines += [
+        "",
+        "Solvers on the same edit keys, 4 sequential batches of 10 with random residuals (no "
+        "edit applied): capture = share of the residual written; damage/capture = output "
+        "change on retain keys per unit written (lower is better); old = change on the earlier "
+        "batches' keys (lower is better). Batch 1 / batch 4.",
+        "",
+        "| layer | solver | capture | damage/capture | old (batch 4) |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        for name, trace in row["solvers"].items():
+            first, last = trace[0], trace[-1]
+            lines.append(
+                f"| {row['layer']} | {name} | {first['capture']:.2f} / {last['capture']:.2f} "
+                f"| {first['damage/capture']:.3f} / {last['damage/capture']:.3f} "
+                f"| {last['old']:.3f} |"
+            )
+    return lines + [""]
+
+
 def sequential_report(args) -> None:
     """Merge the per-method traces into ``editing-sequential.json`` and a markdown table."""
     records = [
@@ -193,6 +234,34 @@ def sequential_report(args) -> None:
         f"{cell(original['mc_accuracy'])}, ppl {cell(original['perplexity'])}.",
         "",
     ]
+    lines += [
+        "| method | batches run | edits | eff. last batch score / tf | eff. all score / tf "
+        "| retain | MC | ppl |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| original | – | 0 | – | – | {cell(original['retain_accuracy'])} "
+        f"| {cell(original['mc_accuracy'])} | {cell(original['perplexity'])} |",
+    ]
+    for record in records:
+        last = record["trace"][-1] if record["trace"] else None
+        full = next((r for r in reversed(record["trace"]) if "efficacy_all" in r), None)
+        if last is None:
+            continue
+        lines.append(
+            f"| {record['method']} | {len(record['trace'])} | {last['edits']} "
+            f"| {cell(last['efficacy_batch']['score'])} / {cell(last['efficacy_batch']['tf'])} "
+            + (
+                f"| {cell(full['efficacy_all']['score'])} / {cell(full['efficacy_all']['tf'])} "
+                f"(after {full['edits']}) | {cell(last.get('retain_accuracy'))} "
+                f"| {cell(full.get('mc_accuracy'))} | {cell(full.get('perplexity'))} "
+                f"(after {full['edits']}) |"
+                if full
+                else f"| – | {cell(last.get('retain_accuracy'))} | – | – |"
+            )
+        )
+    lines.append("")
+    nullspace = RESULTS / "editing-nullspace.json"
+    if nullspace.is_file():
+        lines += _nullspace_lines(json.loads(nullspace.read_text()))
     for record in records:
         done = "finished" if record["finished"] else "stopped before the end (partial trace)"
         lines += [
@@ -217,9 +286,111 @@ def sequential_report(args) -> None:
     print("\n".join(lines))
 
 
+def bench_nullspace(args) -> None:
+    """Is there a null space to project onto? Per edited layer: the key moment's spectrum, how
+    many directions each threshold frees and what share of the energy of text keys, edit keys
+    (``--edits`` requests, subject token) and the chem-symbols retain prompts' keys (every token)
+    they hold; then, for 4 sequential batches of 10 edit keys with random residuals, each solver's
+    share of the residual written (capture) and the output change on retain keys per unit written
+    (damage/capture) and on the earlier batches' keys (old). No edit is applied."""
+    from excise.arch import block_part
+    from excise.data.tasks import load_task
+    from excise.editing.alphaedit import alphaedit_update, projector
+    from excise.editing.layers import default_layers
+    from excise.editing.locate import mean_by_owner, read_at
+    from excise.editing.memit import memit_update
+    from excise.editing.stats import key_stats
+    from excise.editing.targets import context_prefixes, request_rows
+
+    model, tokenizer, requests = _setup(args.threads, args.requests)
+    layers = default_layers(model)
+    stats = key_stats(model, tokenizer, layers, progress=False)
+    chosen = requests[: args.edits]
+    rows = request_rows(tokenizer, chosen, context_prefixes(2), "raw", target=False)
+    edit_keys = read_at(model, rows, layers, tokenizer.pad_token_id, what="key")
+    task = load_task("chem-symbols")
+    captured: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    hooks = [
+        block_part(model, layer, "mlp_out").register_forward_pre_hook(
+            lambda _m, a, layer=layer: captured[layer].append(a[0][0].double())
+        )
+        for layer in layers
+    ]
+    with torch.no_grad():
+        for fact in (task.forget_eval + task.retain_eval)[:150]:
+            model(tokenizer(fact.prompt, return_tensors="pt").input_ids)
+    for hook in hooks:
+        hook.remove()
+    generator = torch.Generator().manual_seed(0)
+    solvers = {
+        "memit": lambda c, k, r, past, d: memit_update(c, k, r, d),
+        "alphaedit thr 0.5, no C (before)": lambda c, k, r, past, d: alphaedit_update(
+            projector(c, 0.5), k, r, past, 10.0
+        ),
+        "alphaedit defaults (now)": lambda c, k, r, past, d: alphaedit_update(
+            projector(c, 0.01), k, r, past, 10.0, c, d
+        ),
+    }
+    out = []
+    for layer in layers:
+        moment = stats.covariance(layer).double()
+        width = moment.shape[0]
+        values, vectors = torch.linalg.eigh(moment)
+        edit = mean_by_owner(edit_keys[layer], rows, len(chosen)).double()
+        retain = torch.cat(captured[layer])
+        row = {
+            "layer": layer,
+            "min/mean": float(values[0] / values.mean()),
+            "max/mean": float(values[-1] / values.mean()),
+            "thresholds": [],
+            "solvers": {},
+        }
+        for threshold in (0.01, 0.1, 0.3, 0.5):
+            free = values < threshold * values.mean()
+            p = vectors[:, free] @ vectors[:, free].T
+
+            def share(keys, p=p) -> float:
+                return float(((keys @ p) * keys).sum() / (keys * keys).sum())
+
+            row["thresholds"].append(
+                {
+                    "threshold": threshold,
+                    "free": int(free.sum()),
+                    "text": float(values[free].sum() / values.sum()),
+                    "edit": share(edit),
+                    "retain": share(retain),
+                }
+            )
+        residual = torch.randn(len(chosen), 64, generator=generator, dtype=torch.float64)
+        for name, solve in solvers.items():
+            past = torch.zeros(width, width, dtype=torch.float64)
+            trace = []
+            for start in range(0, min(40, len(chosen)), 10):
+                keys, target = edit[start : start + 10], residual[start : start + 10]
+                update = solve(moment, keys, target, past, float(width))
+                size = target.pow(2).sum(1).mean().sqrt()
+                capture = float(((keys @ update.T) * target).sum() / target.pow(2).sum())
+                damage = float((retain @ update.T).pow(2).sum(1).mean().sqrt() / size)
+                old = edit[:start] @ update.T
+                trace.append(
+                    {
+                        "capture": capture,
+                        "damage/capture": damage / max(capture, 1e-12),
+                        "old": float(old.pow(2).sum(1).mean().sqrt() / size) if start else 0.0,
+                    }
+                )
+                past = past + keys.T @ keys
+            row["solvers"][name] = trace
+        out.append(row)
+        print(json.dumps(row), flush=True)
+    (RESULTS / "editing-nullspace.json").write_text(json.dumps(out, indent=1) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=("time", "stats", "sequential", "sequential-report"))
+    parser.add_argument(
+        "what", choices=("time", "stats", "sequential", "sequential-report", "nullspace")
+    )
     parser.add_argument("--edits", default=None)
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--batch", type=int, default=10)
@@ -236,6 +407,9 @@ def main() -> None:
     elif args.what == "stats":
         args.edits = int(args.edits or 30)
         bench_stats(args)
+    elif args.what == "nullspace":
+        args.edits = int(args.edits or 40)
+        bench_nullspace(args)
     elif args.what == "sequential":
         args.edits = int(args.edits or 500)
         bench_sequential(args)
