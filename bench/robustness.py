@@ -5,7 +5,7 @@
         [--relearn-variants forget_full] [--eval-items 40] [--full]
         [--options '{"tar": {"inner_steps": 4}, "chem-symbols/distill@a3": {"alpha": 0.3}}']
         [--train '{"tar": {"steps": 20}}'] [--teach '{"epochs": 5, "lr": 3e-4}']
-        [--out bench/results/robustness]
+        [--out bench/results/robustness] [--merge]
 
 For each task the original (for ``fictitious``: the model taught every fact) and, where the task
 has one, the gold model (taught only the retained facts) are loaded once; their relearning curves
@@ -21,6 +21,9 @@ the worst forget accuracy over the clean model and every attack (and which attac
 half-B accuracy along the relearning curve, the relearn ratio vs gold (with its bound), wall times.
 Writes OUT.json (all figures, budgets, curves) and OUT.md (the table) after every method.
 ``--full`` runs every attack and all four relearning variants at 64 evaluation items.
+``--merge`` adds (or replaces) the named methods' rows in an existing OUT.json and takes the
+reference models' rows and relearning curves from it instead of recomputing them (the relearn
+budget and attacks must match the stored ones).
 """
 
 from __future__ import annotations
@@ -143,19 +146,22 @@ def run_task(name: str, args, results: dict, write) -> None:
     if gold_source:
         references["gold"] = load_model(gold_source)[0]
     budget = make_budget("relearn", _relearn_budget(args))
-    start = time.perf_counter()
-    section = _relearn_section(tokenizer, task, budget, references)
-    section["seconds"] = round(time.perf_counter() - start, 1)
-    rows = {}
-    for role, model in references.items():
-        variant = budget.reference_variants[0]
-        rows[role] = {
-            "clean": _clean(model, tokenizer, task),
-            "relearn_peak_half_b": _peak(section["curves"][role], variant),
-        }
-    entry = {"task": name, "items": _sizes(task), "relearn": section, "references": rows}
-    entry["methods"] = {}
-    results["tasks"][name] = entry
+    entry = results["tasks"].get(name)
+    if entry is None:  # not merging into a stored table: measure the references
+        start = time.perf_counter()
+        section = _relearn_section(tokenizer, task, budget, references)
+        section["seconds"] = round(time.perf_counter() - start, 1)
+        rows = {}
+        for role, model in references.items():
+            variant = budget.reference_variants[0]
+            rows[role] = {
+                "clean": _clean(model, tokenizer, task),
+                "relearn_peak_half_b": _peak(section["curves"][role], variant),
+            }
+        entry = {"task": name, "items": _sizes(task), "relearn": section, "references": rows}
+        entry["methods"] = {}
+        results["tasks"][name] = entry
+    section, rows = entry["relearn"], entry["references"]
     write()
     original_retain = rows["original"]["clean"]["retain_accuracy"]
     for label in args.methods:
@@ -296,6 +302,9 @@ def main() -> None:
     )
     parser.add_argument("--full", action="store_true", help="every attack and relearn variant")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--merge", action="store_true", help="add rows to OUT.json, reusing its reference rows"
+    )
     parser.add_argument("--out", default="bench/results/robustness")
     args = parser.parse_args()
     if args.full:
@@ -315,6 +324,8 @@ def main() -> None:
         "command": "python bench/robustness.py " + " ".join(_argv()),
         "tasks": {},
     }
+    if args.merge:
+        results = _stored(out.with_suffix(".json"), results)
 
     def write() -> None:
         out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
@@ -323,9 +334,25 @@ def main() -> None:
     start = time.perf_counter()
     for name in args.tasks.split(","):
         run_task(name, args, results, write)
-    results["total_s"] = round(time.perf_counter() - start, 1)
+    key = "merged_total_s" if args.merge else "total_s"
+    results[key] = round(time.perf_counter() - start, 1)
     write()
     print(markdown(results))
+
+
+def _stored(path: Path, fresh: dict) -> dict:
+    """The stored results at ``path`` to add rows to; they must use the same attacks and budget."""
+    if not path.exists():
+        raise SystemExit(f"--merge: {path} does not exist; run without --merge first")
+    stored = json.loads(path.read_text())
+    for key in ("model", "attacks", "relearn_budget"):
+        if stored.get(key) != fresh[key]:
+            raise SystemExit(
+                f"--merge: {path} was measured with {key}={stored.get(key)!r}, "
+                f"this run uses {fresh[key]!r}; give the same settings or another --out"
+            )
+    stored.setdefault("merged_commands", []).append(fresh["command"])
+    return stored
 
 
 def _argv() -> list[str]:
