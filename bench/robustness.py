@@ -48,12 +48,30 @@ DEFAULT_OPTIONS = {
     # the 1% of weight entries most specific to the forget set, moved 80% of the way to a fresh init
     "fictitious/distill@ssd": {"init_method": "npo", "alpha": 0.8, "perturb_fraction": 0.01},
     "chem-symbols/distill@ssd": {"init_method": "rmu", "alpha": 0.8, "perturb_fraction": 0.01},
+    # the same with ordinary-text distillation (400 passages of the shipped sample, 32 tokens):
+    # perplexity 97 -> 35 at 0.3% of the entries, relearning still held down (bench/README.md)
+    "chem-symbols/distill@ssdtext": {
+        "init_method": "rmu",
+        "alpha": 0.8,
+        "perturb_fraction": 0.01,
+        "text_passages": 400,
+        "text_tokens": 32,
+    },
+    "chem-symbols/distill@ssd3text": {
+        "init_method": "rmu",
+        "alpha": 0.8,
+        "perturb_fraction": 0.003,
+        "text_passages": 400,
+        "text_tokens": 32,
+    },
 }
 DEFAULT_TRAIN = {
     "fictitious/tar": {"steps": 20},
     "chem-symbols/tar": {"steps": 20, "lr": 5e-5},
     "distill": {"steps": 100},
     "distill@ssd": {"steps": 100},
+    "distill@ssdtext": {"steps": 120},
+    "distill@ssd3text": {"steps": 120},
 }
 
 
