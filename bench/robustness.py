@@ -64,6 +64,15 @@ DEFAULT_OPTIONS = {
         "text_passages": 400,
         "text_tokens": 32,
     },
+    # 0.1% of the entries, 60 steps: measured with the half-A relearning attack only (forget 0.00,
+    # retain 0.74 of the original, ppl 29.0, half-B peak 0.075), not yet with the full audit
+    "chem-symbols/distill@ssd1text": {
+        "init_method": "rmu",
+        "alpha": 0.8,
+        "perturb_fraction": 0.001,
+        "text_passages": 240,
+        "text_tokens": 32,
+    },
 }
 DEFAULT_TRAIN = {
     "fictitious/tar": {"steps": 20},
@@ -72,6 +81,7 @@ DEFAULT_TRAIN = {
     "distill@ssd": {"steps": 100},
     "distill@ssdtext": {"steps": 120},
     "distill@ssd3text": {"steps": 120},
+    "distill@ssd1text": {"steps": 60},
 }
 
 
