@@ -94,8 +94,8 @@ def _efficacy(model, tokenizer, requests) -> dict[str, float]:
     }
 
 
-def _sequential_file(method: str) -> Path:
-    return RESULTS / f"editing-sequential-{method}.json"
+def _sequential_file(name: str) -> Path:
+    return RESULTS / f"editing-sequential-{name}.json"
 
 
 def bench_sequential(args) -> None:
@@ -119,8 +119,9 @@ def bench_sequential(args) -> None:
     batches = (len(chosen) + args.batch - 1) // args.batch
     for method in args.methods.split(","):
         trace: list[dict] = []
+        name = method + (f"-{args.label}" if args.label else "")
         record = {
-            "method": method,
+            "method": name,
             "options": options,
             "requests": args.requests,
             "edits": len(chosen),
@@ -132,7 +133,7 @@ def bench_sequential(args) -> None:
         }
         started = time.perf_counter()
 
-        def monitor(current, method=method, trace=trace, record=record, started=started) -> dict:
+        def monitor(current, name=name, trace=trace, record=record, started=started) -> dict:
             index = len(trace)
             edited = chosen[: (index + 1) * args.batch]
             row = {
@@ -146,8 +147,8 @@ def bench_sequential(args) -> None:
                 row.update(full(current))
                 row["efficacy_all"] = _efficacy(current, tokenizer, edited)
             trace.append(row)
-            print(json.dumps({"method": method, **row}), flush=True)
-            _sequential_file(method).write_text(json.dumps(record, indent=1) + "\n")
+            print(json.dumps({"method": name, **row}), flush=True)
+            _sequential_file(name).write_text(json.dumps(record, indent=1) + "\n")
             return {"retain_accuracy": row.get("retain_accuracy", float("nan"))}
 
         result = edit(
@@ -162,7 +163,7 @@ def bench_sequential(args) -> None:
             **options,
         )
         record.update(finished=True, config=result.config, seconds=time.perf_counter() - started)
-        _sequential_file(method).write_text(json.dumps(record, indent=1) + "\n")
+        _sequential_file(name).write_text(json.dumps(record, indent=1) + "\n")
 
 
 def _nullspace_lines(rows: list[dict]) -> list[str]:
@@ -208,9 +209,7 @@ def _nullspace_lines(rows: list[dict]) -> list[str]:
 def sequential_report(args) -> None:
     """Merge the per-method traces into ``editing-sequential.json`` and a markdown table."""
     records = [
-        json.loads(_sequential_file(m).read_text())
-        for m in args.methods.split(",")
-        if _sequential_file(m).is_file()
+        json.loads(path.read_text()) for path in sorted(RESULTS.glob("editing-sequential-*.json"))
     ]
     if not records:
         raise SystemExit("no traces: run `python bench/editing.py sequential` first")
@@ -400,6 +399,7 @@ def main() -> None:
     parser.add_argument("--requests", default="counterfact-mini")
     parser.add_argument("--options", default="{}", help="JSON options given to every method")
     parser.add_argument("--full-every", type=int, default=5)
+    parser.add_argument("--label", default="", help="suffix of the trace's name (other options)")
     args = parser.parse_args()
     if args.what == "time":
         args.edits = args.edits or "10,100"
