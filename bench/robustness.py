@@ -73,6 +73,14 @@ DEFAULT_OPTIONS = {
         "text_passages": 240,
         "text_tokens": 32,
     },
+    # 0.03%: half-A relearning peak 0.175 with ppl 26.0 and retain 0.80 of the original (proxy)
+    "chem-symbols/distill@ssd03text": {
+        "init_method": "rmu",
+        "alpha": 0.8,
+        "perturb_fraction": 0.0003,
+        "text_passages": 240,
+        "text_tokens": 32,
+    },
 }
 DEFAULT_TRAIN = {
     "fictitious/tar": {"steps": 20},
@@ -82,6 +90,7 @@ DEFAULT_TRAIN = {
     "distill@ssdtext": {"steps": 120},
     "distill@ssd3text": {"steps": 120},
     "distill@ssd1text": {"steps": 60},
+    "distill@ssd03text": {"steps": 60},
 }
 
 
