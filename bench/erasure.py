@@ -10,8 +10,9 @@ logistic regression cross-fitted on the held-out items, 95% interval clustered b
 perplexity on the fluency passages before and after. ``rounds`` 0 is LEACE's single direction
 (the class-mean difference); ``rounds`` k adds k INLP probe directions (excise.erasure.inlp).
 Tasks: ``chem-symbols`` (forget prompts vs retain prompts, filtered to what the model knows, raw
-template, as ``excise erase --task chem-symbols``) and ``harmful`` (builtin:harmful vs
-builtin:harmless, chat template, as the README's refusal example).
+template, as ``excise erase --task chem-symbols``), ``harmful`` (builtin:harmful vs
+builtin:harmless, chat template, as the README's refusal example) and ``bias`` (the bias use
+case's 2880 female / male minimal pairs, as ``excise erase --task bias``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ def concept(name: str, model, tokenizer) -> tuple[list, list, str, list[str]]:
     if name == "harmful":
         negative = _prompts("builtin:harmless", "negative")
         return _prompts("builtin:harmful", "positive"), negative, "chat", texts
+    if name == "bias":
+        from excise.usecases import bias_contrast
+
+        female, male = bias_contrast()
+        return female, male, "raw", texts
     task = resolve_task(model, tokenizer, task=name, template="auto")
     positive = [[q.prompt, *q.paraphrases] for q in task.forget_eval]
     negative = [[r.prompt, *r.paraphrases] for r in task.retain if isinstance(r, QA)]
@@ -47,6 +53,7 @@ def main() -> None:
     parser.add_argument("--positions", default="all", choices=("all", "last"))
     parser.add_argument("--form", default="folded", choices=("folded", "runtime"))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0, help="fit / held-out split")
     parser.add_argument("--json", help="also write every row here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -60,6 +67,7 @@ def main() -> None:
             model, tokenizer = load_model("smollm2-135m")
             positive, negative, template, texts = concept(name, model, tokenizer)
             options = {"rounds": rounds, "positions": args.positions, "form": args.form}
+            options["split_seed"] = args.seed
             if args.layer is not None:
                 options["layer"] = args.layer
             _, result = erase(
@@ -70,6 +78,7 @@ def main() -> None:
             row = {
                 "task": name,
                 "rounds": rounds,
+                "seed": args.seed,
                 "rank": result.details["rank"],
                 "layer": result.layer,
                 "form": args.form,

@@ -141,6 +141,7 @@ def test_use_case_metrics_on_a_tiny_model(tiny_tokenizer):
     assert all(0 <= toxicity[k] <= 1 for k in toxicity if k != "toxic_logodds")
     bias = metrics(model, tiny_tokenizer, load_task("bias"))
     assert 0 <= bias["stereotype_preference"] <= 1 and 0 <= bias["attribute_probe"] <= 1
+    assert 0 <= bias["attribute_probe_final"] <= 1
     assert bias["attribute_probe_chance"] == pytest.approx(0.5, abs=0.05)
 
 

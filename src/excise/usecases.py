@@ -249,20 +249,28 @@ def task_contrast(task: Task) -> tuple[list[str], list[str]] | None:
 
 def attribute_probe(model, tokenizer, task: Task) -> dict[str, float]:
     """Accuracy of a fresh probe for gender on the last prompt token (where the profession is
-    predicted) at the layer ``leace`` fits by default: trained on half of the contrast pairs
-    (drawn at random), tested on the other half."""
+    predicted), trained on half of the contrast pairs (drawn at random) and tested on the other
+    half: ``attribute_probe`` at the layer ``leace`` fits by default (a quarter of the depth),
+    ``attribute_probe_final`` after the last block."""
     from excise.arch import num_layers
     from excise.erasure.core import contrast
     from excise.erasure.states import alternate, probe_accuracy, residual_states
 
     data = contrast(*bias_contrast())
-    layer = max(0, round(num_layers(model) / 4) - 1)
+    depth = num_layers(model)
+    layers = {"": max(0, round(depth / 4) - 1), "_final": depth - 1}
     found = residual_states(
-        model, tokenizer, data.prompts, [layer], template=task.template, positions="last"
-    )
+        model, tokenizer, data.prompts, sorted(set(layers.values())), template=task.template,
+        positions="last",
+    )  # fmt: skip
     labels, groups = data.label[found.prompt], data.group[found.prompt]
-    accuracy, chance = probe_accuracy(found.by_layer[layer], labels, alternate(groups, labels))
-    return {"attribute_probe": accuracy, "attribute_probe_chance": chance}
+    side = alternate(groups, labels)
+    out: dict[str, float] = {}
+    for suffix, layer in layers.items():
+        accuracy, chance = probe_accuracy(found.by_layer[layer], labels, side)
+        out[f"attribute_probe{suffix}"] = accuracy
+    out["attribute_probe_chance"] = chance
+    return out
 
 
 # --- shared ------------------------------------------------------------------------------------
@@ -328,7 +336,12 @@ RECIPES: dict[str, dict[str, Any]] = {
         "model": "smollm2-135m",
         "task": "bias",
         "template": "raw",
-        "method": {"name": "leace", "options": {}},
+        # exact LEACE on the last prompt token of the last block, where the profession is
+        # predicted (block 7, the default, leaves the stereotype untouched: README Use cases)
+        "method": {
+            "name": "leace",
+            "options": {"form": "runtime", "positions": "last", "layer": 29},
+        },
         "out": "runs/bias-leace",
     },
     "privacy": {
@@ -362,6 +375,7 @@ SHOWN = {
         "stereotype_preference_profession",
         "stereotype_preference_pronoun",
         "attribute_probe",
+        "attribute_probe_final",
     ),
 }
 

@@ -126,6 +126,7 @@ def erase(
     template: str = "raw",
     texts: Sequence[str] | None = None,
     scorer: Callable[[Any], float] | None = None,
+    split_seed: int = 0,
     **options: Any,
 ) -> tuple[Any, ErasureResult]:
     """Bound the concept that separates ``positive`` from ``negative`` prompts in ``model``.
@@ -135,7 +136,8 @@ def erase(
     instead) or ``clamp`` (hold the projection on that direction at a value, folded, or inside a
     range, as a runtime hook). ``texts``: prose for perplexity (default: the built-in fluency set).
     ``scorer(model) -> float``: a held-out score to maximise when choosing the layer (ablate,
-    clamp); without it the layer is chosen by held-out separation. Options are the fields of the
+    clamp); without it the layer is chosen by held-out separation. ``split_seed`` draws the fit
+    and held-out halves of the items. Options are the fields of the
     method's config (:class:`~excise.erasure.concept.LeaceConfig`, ``AblateConfig``,
     ``ClampConfig``); unknown ones are refused. ``model`` is changed in place where possible; use
     the returned model.
@@ -148,7 +150,7 @@ def erase(
         from excise.data.tasks import load_task
 
         texts = [t.text for t in load_task("chem-symbols").fluency]
-    data = contrast(positive, negative)
+    data = contrast(positive, negative, seed=split_seed)
     if method == "leace":
         from excise.erasure import concept
 
