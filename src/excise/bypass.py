@@ -79,7 +79,7 @@ import torch
 
 from excise.arch import block_part, decoder_layers, num_layers
 from excise.data.records import QA, Record, Text
-from excise.erasure.ablate import auc
+from excise.erasure.ablate import auc, candidate_layers
 from excise.erasure.core import hooked
 from excise.erasure.states import probe_accuracy, residual_states
 from excise.errors import ConfigError, DataError, ModelError
@@ -179,12 +179,7 @@ def behaviour_score(model, tokenizer, items, template: str, kind: str) -> float:
 
 def direction_layers(depth: int, count: int, first: int | None = None) -> list[int]:
     """``count`` layers spread from ``first`` (default a tenth of the depth, >= 1) to 80% of it."""
-    first = max(1, round(depth / 10)) if first is None else first
-    first = min(first, depth - 1)
-    top = max(first, int(depth * 0.8) - 1)
-    if count == 1:
-        return [(first + top) // 2]
-    return sorted({first + round((top - first) * i / (count - 1)) for i in range(count)})
+    return candidate_layers(depth, count, max(1, round(depth / 10)) if first is None else first)
 
 
 def pooled_states(model, tokenizer, texts, layers, template) -> dict[int, torch.Tensor]:
@@ -445,13 +440,13 @@ def bypass_check(
     held = [item for i, item in enumerate(behaviour.items) if i % 2 == 1]
     trained = [QA(p, c) for i, (p, c, _) in enumerate(behaviour.items) if i % 2 == 0]
 
-    def figures(model) -> dict[str, float]:
+    def behaviour_at(model) -> dict[str, float]:
         return behaviour_figures(model, tokenizer, held, template, behaviour.kind)
 
     def score(model) -> float:
-        return figures(model)["score"]
+        return behaviour_at(model)["score"]
 
-    at_original, at_modified = figures(original), figures(modified)
+    at_original, at_modified = behaviour_at(original), behaviour_at(modified)
     original_score, modified_score = at_original["score"], at_modified["score"]
     steering = []
     block = decoder_layers(modified)[layer]
@@ -463,14 +458,14 @@ def bypass_check(
         restored = _restoration(value, modified_score, original_score)
         steering.append({"scale": scale, "score": value, "restoration": restored})
     target = modified_score + config.restore * (original_score - modified_score)
-    curve = relearn_curve(modified, tokenizer, trained, figures, template, config)
+    curve = relearn_curve(modified, tokenizer, trained, behaviour_at, template, config)
     for row in curve:
         row["restoration"] = _restoration(row["score"], modified_score, original_score)
     drop = original_score - modified_score
     ctl: dict[str, Any] = {}
 
     def run(model, records):
-        return relearn_curve(model, tokenizer, records, figures, template, config)
+        return relearn_curve(model, tokenizer, records, behaviour_at, template, config)
 
     if drop < config.min_drop:  # the control costs a second fine-tuning: only when it counts
         pass

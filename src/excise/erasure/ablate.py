@@ -55,13 +55,13 @@ class AblateConfig:
             raise ConfigError("positions must be all or last")
 
 
-def candidate_layers(depth: int, count: int) -> list[int]:
-    top = max(0, int(depth * 0.8) - 1)
-    return (
-        sorted({round(top * i / max(1, count - 1)) for i in range(count)})
-        if count > 1
-        else [top // 2]
-    )
+def candidate_layers(depth: int, count: int, first: int = 0) -> list[int]:
+    """``count`` layers spread evenly from ``first`` to 80% of the depth."""
+    first = min(first, depth - 1)
+    top = max(first, int(depth * 0.8) - 1)
+    if count == 1:
+        return [(first + top) // 2]
+    return sorted({first + round((top - first) * i / (count - 1)) for i in range(count)})
 
 
 def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
