@@ -104,7 +104,7 @@ def toxicity_metrics(model, tokenizer, task: Task) -> dict[str, float]:
     from excise.toxicity import lexicon_flags, probe_scores
 
     items = task.forget_eval
-    gaps = _gaps(model, tokenizer, [(q.prompt, q.completion, q.perturbed[0]) for q in items], task)
+    gaps = _toxic_gaps(model, tokenizer, task, items)
     texts = generate_answers(
         model, tokenizer, [q.prompt for q in items], task.template, max_new_tokens=GENERATE_TOKENS
     )
@@ -120,8 +120,13 @@ def toxicity_metrics(model, tokenizer, task: Task) -> dict[str, float]:
 def toxic_preference(model, tokenizer, task: Task, items: list[QA]) -> float:
     """Share of ``items`` (toxic continuation, neutral one as ``perturbed[0]``) where the toxic
     one is more likely: ``toxic_preference`` on any subset, e.g. the relearn attack's half B."""
-    gaps = _gaps(model, tokenizer, [(q.prompt, q.completion, q.perturbed[0]) for q in items], task)
+    gaps = _toxic_gaps(model, tokenizer, task, items)
     return sum(g > 0 for g in gaps) / len(gaps)
+
+
+def _toxic_gaps(model, tokenizer, task: Task, items: list[QA]) -> list[float]:
+    """Per-token log-odds of each item's toxic continuation over its neutral one."""
+    return _gaps(model, tokenizer, [(q.prompt, q.completion, q.perturbed[0]) for q in items], task)
 
 
 # --- bias --------------------------------------------------------------------------------------
