@@ -66,6 +66,8 @@ def _plain_unembedding(model) -> bool:
         and getattr(model, "base_model", None) is not None
         and model.base_model is not model
         and not any(getattr(config, name, None) for name in special)
+        # FSDP gathers the embeddings and head in the root's forward, which this path skips
+        and not getattr(model, "_is_fsdp_managed_module", False)
     )
 
 

@@ -18,9 +18,11 @@ batch B itself. Data parallel runs (DDP configs) keep the plain module and avera
 themselves (:func:`average_gradients`): a DDP wrapper would hide the module from methods that hook
 its layers or stop the forward early (RMU, RR) and would skip its gradient sync when a forward
 ends in an exception. Methods' caches are computed in ``prepare`` by every process on the whole
-model, and only the main process writes checkpoints. FSDP and DeepSpeed sharding are refused with
-a clear error: gathering sharded weights back into the caller's model, gradient clipping over
-partly frozen sharded parameters and sharded checkpoints are not handled (and not tested here). With ``lora`` (:mod:`excise.lora`) adapters go on the
+model, and only the main process writes checkpoints. FSDP configs (FSDP2) train a sharded copy
+made after ``prepare`` (:mod:`excise.sharding`): FSDP averages the gradients, checkpoints hold the
+whole tensors and the optimizer state by parameter name (gathered, written by the main process),
+and the trained weights are gathered back into the caller's model at the end. DeepSpeed is
+refused (see ``DEEPSPEED_REFUSAL``). With ``lora`` (:mod:`excise.lora`) adapters go on the
 layers the method trains, after ``prepare``; the model comes back with them in place.
 """
 
@@ -40,11 +42,12 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
-from accelerate import Accelerator, DistributedType
+from accelerate import Accelerator
 from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from excise import sharding
 from excise.data.encode import Example, collate
 from excise.data.records import Record
 from excise.errors import ConfigError, ExciseError
@@ -52,6 +55,12 @@ from excise.lora import LoraSettings, add_adapters
 from excise.models import fingerprint
 
 Batch = dict[str, dict[str, torch.Tensor] | None]
+
+DEEPSPEED_REFUSAL = (
+    "DeepSpeed is not supported: the loop does not drive a DeepSpeed engine (its backward, step "
+    "and ZeRO-3 parameter gathering); shard with FSDP2 instead (configs/accelerate/fsdp.yaml), "
+    "or run data parallel with configs/accelerate/ddp.yaml"
+)
 
 
 @dataclass
@@ -278,24 +287,51 @@ def _settings(config: TrainConfig, method_config: Any) -> dict[str, Any]:
 def _save_checkpoint(
     folder: Path,
     step: int,
-    named: dict[str, torch.nn.Parameter],
-    optimizer,
+    tensors: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
     settings: dict[str, Any] | None = None,
+    *,
+    by_name: bool = False,
 ) -> None:
+    """Write ``step``'s checkpoint; ``by_name``: the optimizer state is keyed by parameter name
+    (what FSDP runs write) rather than by position."""
     target = folder / f"step-{step}"
     tmp = folder / f".step-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(
-        {k: v.detach().contiguous().cpu() for k, v in named.items()}, tmp / "trainable.safetensors"
+        {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+        tmp / "trainable.safetensors",
     )
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(optimizer_state, tmp / "optimizer.pt")
     save_file({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "settings": settings}))
+    state = {"step": step, "settings": settings, "optimizer_by_name": by_name}
+    (tmp / "state.json").write_text(json.dumps(state))
     tmp.rename(target)
     for old in folder.glob("step-*"):  # keep only the newest
         if old != target:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_checkpoint(
+    folder: Path,
+    step: int,
+    named: dict[str, torch.nn.Parameter],
+    optimizer,
+    settings: dict[str, Any],
+    accelerator: Accelerator,
+    sharded: torch.nn.Module | None,
+) -> None:
+    """Every process calls this; the main process writes (under FSDP after gathering)."""
+    if sharded is None:  # every process holds the same weights
+        if accelerator.is_main_process:
+            _save_checkpoint(folder, step, named, optimizer.state_dict(), settings)
+    else:
+        tensors = sharding.gather(named)  # collectives: every process takes part
+        optimizer_state = sharding.optimizer_state(sharded, optimizer)
+        if accelerator.is_main_process:
+            _save_checkpoint(folder, step, tensors, optimizer_state, settings, by_name=True)
+    accelerator.wait_for_everyone()
 
 
 def _load_checkpoint(
@@ -303,8 +339,17 @@ def _load_checkpoint(
     named: dict[str, torch.nn.Parameter],
     optimizer,
     settings: dict[str, Any] | None = None,
+    sharded: torch.nn.Module | None = None,
 ) -> int:
     state = json.loads((path / "state.json").read_text())
+    if state.get("optimizer_by_name", False) != (sharded is not None):
+        written, running = (
+            ("an FSDP", "without FSDP") if sharded is None else ("a non-FSDP", "under FSDP")
+        )
+        raise ConfigError(
+            f"checkpoint {path} was written by {written} run and cannot be resumed {running}; "
+            "resume with the same kind of launch, or delete the checkpoint folder to start again"
+        )
     saved = state.get("settings")
     if settings is not None and saved is not None and saved != settings:
         changed = sorted(
@@ -322,11 +367,14 @@ def _load_checkpoint(
         raise ExciseError(
             f"checkpoint {path} was written for other trainable weights; cannot resume"
         )
-    with torch.no_grad():
-        for name, param in named.items():
-            param.copy_(tensors[name].to(param.device, param.dtype))
+    for name, param in named.items():
+        sharding.load_whole(param, tensors[name])
     # weights_only: the safe unpickler, which refuses arbitrary objects
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    optimizer_state = torch.load(path / "optimizer.pt", weights_only=True)
+    if sharded is None:
+        optimizer.load_state_dict(optimizer_state)
+    else:
+        sharding.load_optimizer_state(sharded, optimizer, optimizer_state)
     torch.set_rng_state(load_file(path / "rng.safetensors")["torch"])
     return int(state["step"])
 
@@ -364,12 +412,15 @@ def train(
             "instead of --lora"
         )
     set_seed(config.seed)
+    if sharding.deepspeed_requested():
+        raise ConfigError(DEEPSPEED_REFUSAL)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+    use_fsdp = sharding.fsdp_requested(accelerator)
+    if use_fsdp and not getattr(method, "shardable", True):
+        name = getattr(method, "name", "this method")
         raise ConfigError(
-            f"{accelerator.distributed_type.value} sharding is not supported; run data parallel "
-            "with configs/accelerate/ddp.yaml (each GPU holds the model; add --lora R to keep "
-            "gradients and optimizer state small)"
+            f"{name} cannot train a sharded model under FSDP (it runs the model on its own copies "
+            "of the weights); run it data parallel with configs/accelerate/ddp.yaml"
         )
     if config.batch_size % accelerator.num_processes:
         raise ConfigError(
@@ -392,7 +443,9 @@ def train(
                 "train it without --lora, or with init_method=None (and for distill alpha=0) so the weights stay"
             )
         add_adapters(model, lora)
-    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    # FSDP: a sharded copy made after prepare, so caches come from the whole model
+    sharded = sharding.shard(model, accelerator) if use_fsdp else None
+    named = {n: p for n, p in (sharded or model).named_parameters() if p.requires_grad}
     if not named:
         raise ExciseError("the method left no trainable parameters")
     decay = [p for n, p in named.items() if p.ndim >= 2]
@@ -409,8 +462,10 @@ def train(
             p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in named.values()
         ),
     )
-    data_parallel = accelerator.num_processes > 1
-    if data_parallel:  # the plain module; gradients averaged in _step
+    data_parallel = accelerator.num_processes > 1 and sharded is None
+    if sharded is not None:  # FSDP reduces the gradients; no accelerate wrappers
+        ctx.model = sharded
+    elif data_parallel:  # the plain module; gradients averaged in _step
         optimizer = accelerator.prepare(optimizer)
     else:
         ctx.model, optimizer = accelerator.prepare(model, optimizer)
@@ -419,7 +474,7 @@ def train(
     start = 0
     settings = _settings(config, method_config)
     if resume and checkpoint_dir is not None and (latest := _latest_checkpoint(checkpoint_dir)):
-        start = _load_checkpoint(latest, named, optimizer, settings)
+        start = _load_checkpoint(latest, named, optimizer, settings, sharded)
         with warnings.catch_warnings():  # replaying the schedule, not skipping a step
             warnings.simplefilter("ignore", UserWarning)
             for _ in range(start):
@@ -436,7 +491,16 @@ def train(
     with _stop_flag() as interrupted:
         for step in range(start, config.steps):
             totals = _step(
-                ctx, method, config, named, optimizer, scheduler, step, uses_retain, data_parallel
+                ctx,
+                method,
+                config,
+                named,
+                optimizer,
+                scheduler,
+                step,
+                uses_retain,
+                data_parallel,
+                sharded is not None,
             )
             log.append(totals)
             bar.set_postfix({k: f"{v:.3g}" for k, v in totals.items() if k not in ("step", "lr")})
@@ -445,19 +509,34 @@ def train(
                 on_step(step + 1, totals)
             periodic = config.checkpoint_every and (step + 1) % config.checkpoint_every == 0
             if checkpoint_dir is not None and (periodic or interrupted.is_set()):
-                if main:  # every process holds the same weights
-                    _save_checkpoint(checkpoint_dir, step + 1, named, optimizer, settings)
-                accelerator.wait_for_everyone()
+                _write_checkpoint(
+                    checkpoint_dir, step + 1, named, optimizer, settings, accelerator, sharded
+                )
             if interrupted.is_set():
                 bar.close()
+                _gather_into(model, named, sharded)
                 raise TrainingInterrupted(step + 1, checkpoint_dir)
     bar.close()
+    _gather_into(model, named, sharded)
+    if sharded is not None:  # finish (e.g. merging adapters) works on the caller's model
+        ctx.model = model
     if getattr(method, "finish", None) is not None:
         method.finish(ctx)
     for param in model.parameters():
         param.requires_grad_(True)
     model.eval()
     return log
+
+
+def _gather_into(
+    model: torch.nn.Module, named: dict[str, torch.nn.Parameter], sharded: torch.nn.Module | None
+) -> None:
+    """Under FSDP, copy the trained weights (gathered from every process) into ``model``."""
+    if sharded is None:
+        return
+    with torch.no_grad():
+        for name, whole in sharding.gather(named).items():
+            model.get_parameter(name).copy_(whole)
 
 
 def _step(
@@ -470,6 +549,7 @@ def _step(
     step: int,
     uses_retain: bool,
     data_parallel: bool = False,
+    sharded: bool = False,
 ) -> dict[str, float]:
     """One optimizer step of ``grad_accum`` micro-batches; returns the averaged loss terms."""
     accelerator, forget, retain = ctx.accelerator, ctx.forget, ctx.retain
@@ -501,7 +581,11 @@ def _step(
             )
             batch["retain"] = ctx.to_device(collate([retain[i] for i in retain_rows], ctx.pad_id))
         last = micro == config.grad_accum - 1
-        sync = contextlib.nullcontext() if last else accelerator.no_sync(ctx.model)
+        if sharded:  # FSDP reduce-scatters after the last micro-batch only
+            ctx.model.set_requires_gradient_sync(last)
+            sync = contextlib.nullcontext()
+        else:
+            sync = contextlib.nullcontext() if last else accelerator.no_sync(ctx.model)
         with sync:
             loss, terms = method.loss(ctx, batch)
             accelerator.backward(loss / config.grad_accum)
@@ -513,9 +597,12 @@ def _step(
         totals = dict(zip(keys, accelerator.reduce(local, "mean").tolist(), strict=True))
     if data_parallel:
         average_gradients(list(named.values()), accelerator.num_processes)
-    totals["grad_norm"] = float(
-        accelerator.clip_grad_norm_(list(named.values()), config.max_grad_norm)
-    )
+    if sharded:  # the norm over every shard
+        totals["grad_norm"] = sharding.clip_grad_norm(list(named.values()), config.max_grad_norm)
+    else:
+        totals["grad_norm"] = float(
+            accelerator.clip_grad_norm_(list(named.values()), config.max_grad_norm)
+        )
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)

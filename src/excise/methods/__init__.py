@@ -30,6 +30,7 @@ class MethodSpec:
     uses_retain: bool = True
     train_defaults: dict[str, Any] = field(default_factory=dict)  # tuned on the bundled model
     finish: Callable[[Any], None] | None = None  # after the last step (e.g. merge LoRA weights)
+    shardable: bool = True  # False: cannot train an FSDP-sharded model (runs its own weights)
 
 
 REGISTRY: dict[str, MethodSpec] = {}

@@ -171,5 +171,6 @@ SPEC = register(
         loss,
         train_defaults={"steps": 40, "lr": 2e-5},
         finish=forget_mark,
+        shardable=False,  # functional_call on its own weight copies bypasses FSDP's gathers
     )
 )

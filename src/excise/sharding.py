@@ -1,0 +1,126 @@
+"""Fully sharded data parallel (FSDP2, ``torch.distributed.fsdp.fully_shard``) for the training loop.
+
+Under ``accelerate launch --config_file configs/accelerate/fsdp.yaml`` (or ``fsdp-cpu.yaml``) the
+loop trains a sharded copy of the model: each decoder layer is its own FSDP unit and the rest
+(embeddings, final norm, head) the root unit, so each process holds 1/N of every weight, gradient
+and optimizer moment, and a forward gathers one layer at a time. Per-layer units also keep
+methods that stop the forward early (RMU, RR: :func:`excise.arch.run_until`) correct: the layers
+above the stop never gather, and those below gather and reduce as in a full forward.
+
+The copy is made after the method's ``prepare``, so caches (reference log-probs, frozen
+activations) come from the whole model as in a single process, and the caller's model keeps its
+class, hooks and adapters; :func:`gather` brings the trained weights back into it. Gradients are
+averaged across processes by FSDP's reduce-scatter (the manual average of the DDP path is not
+used).
+
+FSDP1 (``fsdp_version: 1``) is refused: it flattens parameters, which the methods' per-layer
+freezing and hooks do not expect.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import torch
+from accelerate import Accelerator, DistributedType
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from excise.arch import decoder_layers
+from excise.errors import ConfigError
+
+FULL = StateDictOptions(full_state_dict=True)
+
+
+def _env_flag(name: str, default: str) -> bool:
+    return os.environ.get(name, default).strip().lower() in ("true", "1", "yes")
+
+
+def fsdp_requested(accelerator: Accelerator) -> bool:
+    """True when ``accelerate launch`` runs an FSDP config with more than one process.
+
+    On GPUs accelerate reports ``DistributedType.FSDP``; on the CPU it reports MULTI_CPU but
+    still exports the config as ``ACCELERATE_USE_FSDP``, which is read here.
+    """
+    requested = accelerator.distributed_type == DistributedType.FSDP or _env_flag(
+        "ACCELERATE_USE_FSDP", "false"
+    )
+    if not requested or accelerator.num_processes < 2:
+        return False
+    if os.environ.get("FSDP_VERSION", "2").strip() != "2":
+        raise ConfigError(
+            "FSDP1 is not supported (it flattens parameters, which per-layer freezing and hooks "
+            "do not expect); set fsdp_version: 2 in the accelerate config, as "
+            "configs/accelerate/fsdp.yaml does"
+        )
+    if _env_flag("FSDP_OFFLOAD_PARAMS", "false"):
+        raise ConfigError(
+            "fsdp_offload_params is not supported; set it to false (or use --lora R to keep "
+            "gradients and optimizer state small)"
+        )
+    return True
+
+
+def deepspeed_requested() -> bool:
+    """True under ``accelerate launch`` with a DeepSpeed config (checked before an Accelerator is
+    made: without deepspeed installed that fails with an ImportError, and on the CPU accelerate
+    drops the config silently)."""
+    return _env_flag("ACCELERATE_USE_DEEPSPEED", "false")
+
+
+def shard(model: torch.nn.Module, accelerator: Accelerator) -> torch.nn.Module:
+    """A copy of ``model`` sharded across the processes, one FSDP unit per decoder layer."""
+    mesh = init_device_mesh(accelerator.device.type, (accelerator.num_processes,))
+    reshard = _env_flag("FSDP_RESHARD_AFTER_FORWARD", "true")
+    sharded = copy.deepcopy(model)  # FSDP converts in place; the caller's model stays whole
+    for layer in decoder_layers(sharded):
+        fully_shard(layer, mesh=mesh, reshard_after_forward=reshard)
+    fully_shard(sharded, mesh=mesh, reshard_after_forward=reshard)
+    return sharded
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    return isinstance(model, FSDPModule)
+
+
+def gather(params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    """Whole tensors of (possibly sharded) parameters; a collective: every process must call it."""
+    with torch.no_grad():
+        return {
+            name: (p.full_tensor() if isinstance(p, DTensor) else p).detach()
+            for name, p in params.items()
+        }
+
+
+@torch.no_grad()
+def load_whole(param: torch.nn.Parameter, whole: torch.Tensor) -> None:
+    """Copy a whole tensor into a parameter, keeping only this process's shard when sharded."""
+    whole = whole.to(param.device, param.dtype)
+    if isinstance(param, DTensor):  # every process holds the whole tensor: no communication
+        whole = distribute_tensor(whole, param.device_mesh, param.placements, src_data_rank=None)
+    param.copy_(whole)
+
+
+def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> float:
+    """Clip the global gradient norm (over all shards); return the norm before clipping."""
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+
+
+def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The whole optimizer state keyed by parameter name (a collective under FSDP)."""
+    return get_optimizer_state_dict(model, optimizer, options=FULL)
+
+
+def load_optimizer_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict
+) -> None:
+    """Load a state from :func:`optimizer_state`; each process keeps its shard."""
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state, options=FULL)
