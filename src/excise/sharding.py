@@ -79,10 +79,23 @@ def shard(model: torch.nn.Module, accelerator: Accelerator) -> torch.nn.Module:
     """A copy of ``model`` sharded across the processes, one FSDP unit per decoder layer."""
     mesh = init_device_mesh(accelerator.device.type, (accelerator.num_processes,))
     reshard = _env_flag("FSDP_RESHARD_AFTER_FORWARD", "true")
-    sharded = copy.deepcopy(model)  # FSDP converts in place; the caller's model stays whole
+    # FSDP converts a module in place, so it gets a copy (the caller's model stays whole) whose
+    # parameters are on the meta device: no second whole model in memory at any time
+    meta = {
+        id(p): torch.nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad)
+        for p in model.parameters()
+    }
+    sharded = copy.deepcopy(model, meta)
     for layer in decoder_layers(sharded):
         fully_shard(layer, mesh=mesh, reshard_after_forward=reshard)
     fully_shard(sharded, mesh=mesh, reshard_after_forward=reshard)
+    sharded.to_empty(device=accelerator.device)  # allocates this process's shards only
+    whole = dict(model.named_parameters())
+    for name, param in sharded.named_parameters():
+        load_whole(param, whole[name])
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():  # to_empty left them uninitialised
+            sharded.get_buffer(name).copy_(buffer)
     return sharded
 
 
