@@ -157,7 +157,7 @@ def test_fsdp_two_processes_equal_one(setup, tmp_path, method):
     )
 
 
-def train_one_step(model, tokenizer, method: str) -> None:
+def train_one_step(model, tokenizer, method: str, checkpoint_dir: Path | None = None) -> None:
     from excise.data.encode import encode_records
     from excise.data.records import QA
     from excise.methods import get_method
@@ -176,6 +176,8 @@ def train_one_step(model, tokenizer, method: str) -> None:
         forget_records=records,
         template="raw",
         config=TrainConfig(steps=1, progress=False),
+        checkpoint_dir=checkpoint_dir,
+        resume=checkpoint_dir is not None,
     )
 
 
@@ -195,6 +197,16 @@ def test_deepspeed_config_is_refused_not_ignored(monkeypatch, tiny_tokenizer, ti
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     with pytest.raises(ConfigError, match="DeepSpeed is not supported.*fsdp.yaml"):
         train_one_step(tiny_model, tiny_tokenizer, "npo")
+
+
+def test_fsdp_checkpoint_is_not_resumed_without_fsdp(tmp_path, tiny_tokenizer, tiny_model):
+    """Its optimizer state is keyed by name: a plain run must refuse it, not load it wrongly."""
+    from excise.errors import ConfigError
+    from excise.train import _save_checkpoint
+
+    _save_checkpoint(tmp_path, 1, {}, {}, None, by_name=True)
+    with pytest.raises(ConfigError, match="written by an FSDP run"):
+        train_one_step(tiny_model, tiny_tokenizer, "npo", checkpoint_dir=tmp_path)
 
 
 if __name__ == "__main__":

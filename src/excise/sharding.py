@@ -128,8 +128,11 @@ def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> float:
 
 
 def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """The whole optimizer state keyed by parameter name (a collective under FSDP)."""
-    return get_optimizer_state_dict(model, optimizer, options=FULL)
+    """The whole optimizer state keyed by parameter name, in CPU memory of the main process (a
+    collective under FSDP: every process calls it; the others get an empty dict)."""
+    return get_optimizer_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
 
 
 def load_optimizer_state(

@@ -98,7 +98,7 @@ class TrainConfig:
 class Context:
     """What a method sees: the model, its data, its config, and a place for cached tensors."""
 
-    model: torch.nn.Module  # as prepared by accelerate (may be wrapped for DDP)
+    model: torch.nn.Module  # the caller's in prepare; in loss under FSDP a sharded copy of it
     tokenizer: Any
     config: Any  # the method's own config dataclass
     forget: list[Example]
