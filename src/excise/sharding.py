@@ -9,9 +9,13 @@ above the stop never gather, and those below gather and reduce as in a full forw
 
 The copy is made after the method's ``prepare``, so caches (reference log-probs, frozen
 activations) come from the whole model as in a single process, and the caller's model keeps its
-class, hooks and adapters; :func:`gather` brings the trained weights back into it. Gradients are
-averaged across processes by FSDP's reduce-scatter (the manual average of the DDP path is not
-used).
+class, hooks and adapters; :func:`gather` brings the trained weights back into it. The copy is
+built on the meta device, so no process ever holds two whole models. Gradients are averaged
+across processes by FSDP's reduce-scatter (the manual average of the DDP path is not used).
+Methods must reach the model through ``ctx.model`` in ``loss`` and call its root forward (FSDP
+gathers the embeddings and head there): :func:`excise.scoring.forward_stats` takes the full-logits
+path on a sharded model for that reason, and a method that runs its own copies of the weights
+(``tar``, ``MethodSpec.shardable=False``) is refused.
 
 FSDP1 (``fsdp_version: 1``) is refused: it flattens parameters, which the methods' per-layer
 freezing and hooks do not expect.

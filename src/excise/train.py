@@ -445,7 +445,8 @@ def train(
         add_adapters(model, lora)
     # FSDP: a sharded copy made after prepare, so caches come from the whole model
     sharded = sharding.shard(model, accelerator) if use_fsdp else None
-    named = {n: p for n, p in (sharded or model).named_parameters() if p.requires_grad}
+    trained = model if sharded is None else sharded
+    named = {n: p for n, p in trained.named_parameters() if p.requires_grad}
     if not named:
         raise ExciseError("the method left no trainable parameters")
     decay = [p for n, p in named.items() if p.ndim >= 2]
