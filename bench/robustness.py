@@ -81,6 +81,34 @@ DEFAULT_OPTIONS = {
         "text_passages": 240,
         "text_tokens": 32,
     },
+    # the same 0.03%, ranked against retain + text Fisher (256 passages): the mask is almost all
+    # input-embedding entries of chemistry words; perturbing it alone keeps retain 0.97 (0.92).
+    # Full audit: ppl 24.6, worst forget 0.175, but the distillation costs held-out retain (0.73)
+    "chem-symbols/distill@ssd03textrank": {
+        "init_method": "rmu",
+        "alpha": 0.8,
+        "perturb_fraction": 0.0003,
+        "mask_text_passages": 256,
+        "text_passages": 240,
+        "text_tokens": 32,
+    },
+    # that mask on the rmu model with no distillation steps (rmu, then the text-ranked Fisher
+    # perturbation). Full audit: retain 0.95 of the original, ppl 24.7, worst forget 0.15 (relearn)
+    "chem-symbols/distill@ssd03rank": {
+        "init_method": "rmu",
+        "alpha": 0.8,
+        "perturb_fraction": 0.0003,
+        "mask_text_passages": 256,
+        "text_tokens": 32,
+    },
+    # 0.1% of the entries: relearning peak 0.05, but retain 0.88 and ppl 26.0 (bench/README.md)
+    "chem-symbols/distill@ssd1rank": {
+        "init_method": "rmu",
+        "alpha": 0.8,
+        "perturb_fraction": 0.001,
+        "mask_text_passages": 256,
+        "text_tokens": 32,
+    },
 }
 DEFAULT_TRAIN = {
     "fictitious/tar": {"steps": 20},
@@ -91,6 +119,9 @@ DEFAULT_TRAIN = {
     "distill@ssd3text": {"steps": 120},
     "distill@ssd1text": {"steps": 60},
     "distill@ssd03text": {"steps": 60},
+    "distill@ssd03textrank": {"steps": 60},
+    "distill@ssd03rank": {"steps": 0},
+    "distill@ssd1rank": {"steps": 0},
 }
 
 
