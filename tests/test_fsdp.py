@@ -190,15 +190,6 @@ def test_unshardable_method_is_refused(monkeypatch, tiny_tokenizer, tiny_model):
         train_one_step(tiny_model, tiny_tokenizer, "tar")
 
 
-def test_deepspeed_config_is_refused_not_ignored(monkeypatch, tiny_tokenizer, tiny_model):
-    """On the CPU accelerate drops a DeepSpeed config silently; excise must say it refuses it."""
-    from excise.errors import ConfigError
-
-    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    with pytest.raises(ConfigError, match="DeepSpeed is not supported.*fsdp.yaml"):
-        train_one_step(tiny_model, tiny_tokenizer, "npo")
-
-
 def test_fsdp_checkpoint_is_not_resumed_without_fsdp(tmp_path, tiny_tokenizer, tiny_model):
     """Its optimizer state is keyed by name: a plain run must refuse it, not load it wrongly."""
     from excise.errors import ConfigError

@@ -21,8 +21,10 @@ ends in an exception. Methods' caches are computed in ``prepare`` by every proce
 model, and only the main process writes checkpoints. FSDP configs (FSDP2) train a sharded copy
 made after ``prepare`` (:mod:`excise.sharding`): FSDP averages the gradients, checkpoints hold the
 whole tensors and the optimizer state by parameter name (gathered, written by the main process),
-and the trained weights are gathered back into the caller's model at the end. DeepSpeed is
-refused (see ``DEEPSPEED_REFUSAL``). With ``lora`` (:mod:`excise.lora`) adapters go on the
+and the trained weights are gathered back into the caller's model at the end. DeepSpeed ZeRO-3
+configs do the same with a partitioned copy driven by a DeepSpeed engine (its backward, step,
+accumulation, clipping and gradient norm; the batch sizes, accumulation and clipping of its config
+come from :class:`TrainConfig`). With ``lora`` (:mod:`excise.lora`) adapters go on the
 layers the method trains, after ``prepare``; the model comes back with them in place.
 """
 
@@ -55,12 +57,6 @@ from excise.lora import LoraSettings, add_adapters
 from excise.models import fingerprint
 
 Batch = dict[str, dict[str, torch.Tensor] | None]
-
-DEEPSPEED_REFUSAL = (
-    "DeepSpeed is not supported: the loop does not drive a DeepSpeed engine (its backward, step "
-    "and ZeRO-3 parameter gathering); shard with FSDP2 instead (configs/accelerate/fsdp.yaml), "
-    "or run data parallel with configs/accelerate/ddp.yaml"
-)
 
 
 @dataclass
@@ -98,7 +94,7 @@ class TrainConfig:
 class Context:
     """What a method sees: the model, its data, its config, and a place for cached tensors."""
 
-    model: torch.nn.Module  # the caller's in prepare; in loss under FSDP a sharded copy of it
+    model: torch.nn.Module  # the caller's in prepare; in loss under FSDP/ZeRO-3 a sharded copy
     tokenizer: Any
     config: Any  # the method's own config dataclass
     forget: list[Example]
@@ -292,9 +288,10 @@ def _save_checkpoint(
     settings: dict[str, Any] | None = None,
     *,
     by_name: bool = False,
+    launch: str | None = None,
 ) -> None:
     """Write ``step``'s checkpoint; ``by_name``: the optimizer state is keyed by parameter name
-    (what FSDP runs write) rather than by position."""
+    (what sharded runs write) rather than by position; ``launch``: see :func:`sharding.kind`."""
     target = folder / f"step-{step}"
     tmp = folder / f".step-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -305,7 +302,8 @@ def _save_checkpoint(
     )
     torch.save(optimizer_state, tmp / "optimizer.pt")
     save_file({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
-    state = {"step": step, "settings": settings, "optimizer_by_name": by_name}
+    launch = launch or ("fsdp" if by_name else "plain")
+    state = {"step": step, "settings": settings, "optimizer_by_name": by_name, "launch": launch}
     (tmp / "state.json").write_text(json.dumps(state))
     tmp.rename(target)
     for old in folder.glob("step-*"):  # keep only the newest
@@ -330,8 +328,23 @@ def _write_checkpoint(
         tensors = sharding.gather(named)  # collectives: every process takes part
         optimizer_state = sharding.optimizer_state(sharded, optimizer)
         if accelerator.is_main_process:
-            _save_checkpoint(folder, step, tensors, optimizer_state, settings, by_name=True)
+            _save_checkpoint(
+                folder,
+                step,
+                tensors,
+                optimizer_state,
+                settings,
+                by_name=True,
+                launch=sharding.kind(sharded),
+            )
     accelerator.wait_for_everyone()
+
+
+LAUNCHES = {  # sharding.kind: (who wrote a checkpoint, how a run goes)
+    "plain": ("an unsharded", "without sharding"),
+    "fsdp": ("an FSDP", "under FSDP"),
+    "deepspeed": ("a DeepSpeed ZeRO-3", "under DeepSpeed ZeRO-3"),
+}
 
 
 def _load_checkpoint(
@@ -342,13 +355,12 @@ def _load_checkpoint(
     sharded: torch.nn.Module | None = None,
 ) -> int:
     state = json.loads((path / "state.json").read_text())
-    if state.get("optimizer_by_name", False) != (sharded is not None):
-        written, running = (
-            ("an FSDP", "without FSDP") if sharded is None else ("a non-FSDP", "under FSDP")
-        )
+    written = state.get("launch") or ("fsdp" if state.get("optimizer_by_name") else "plain")
+    if written != sharding.kind(sharded):
         raise ConfigError(
-            f"checkpoint {path} was written by {written} run and cannot be resumed {running}; "
-            "resume with the same kind of launch, or delete the checkpoint folder to start again"
+            f"checkpoint {path} was written by {LAUNCHES[written][0]} run and cannot be resumed "
+            f"{LAUNCHES[sharding.kind(sharded)][1]}; resume with the same kind of launch, or "
+            "delete the checkpoint folder to start again"
         )
     saved = state.get("settings")
     if settings is not None and saved is not None and saved != settings:
@@ -412,15 +424,16 @@ def train(
             "instead of --lora"
         )
     set_seed(config.seed)
-    if sharding.deepspeed_requested():
-        raise ConfigError(DEEPSPEED_REFUSAL)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    use_fsdp = sharding.fsdp_requested(accelerator)
-    if use_fsdp and not getattr(method, "shardable", True):
+    with sharding.accelerate_without_deepspeed():  # the loop drives DeepSpeed itself
+        accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    use_deepspeed = sharding.deepspeed_requested() and accelerator.num_processes > 1
+    use_fsdp = not use_deepspeed and sharding.fsdp_requested(accelerator)
+    if (use_fsdp or use_deepspeed) and not getattr(method, "shardable", True):
         name = getattr(method, "name", "this method")
         raise ConfigError(
-            f"{name} cannot train a sharded model under FSDP (it runs the model on its own copies "
-            "of the weights); run it data parallel with configs/accelerate/ddp.yaml"
+            f"{name} cannot train a sharded model under FSDP or DeepSpeed ZeRO-3 (it runs the "
+            "model on its own copies of the weights); run it data parallel with "
+            "configs/accelerate/ddp.yaml"
         )
     if config.batch_size % accelerator.num_processes:
         raise ConfigError(
@@ -443,19 +456,32 @@ def train(
                 "train it without --lora, or with init_method=None (and for distill alpha=0) so the weights stay"
             )
         add_adapters(model, lora)
-    # FSDP: a sharded copy made after prepare, so caches come from the whole model
-    sharded = sharding.shard(model, accelerator) if use_fsdp else None
+    # FSDP and ZeRO-3: a sharded copy made after prepare, so caches come from the whole model
+    sharded, engine = None, None
+    if use_deepspeed:
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        ds_config = sharding.deepspeed_config(
+            accelerator.num_processes,
+            config.batch_size,
+            config.grad_accum,
+            config.max_grad_norm,
+            trainable[0].dtype if trainable else torch.float32,
+        )
+        sharded = sharding.zero3_copy(model, ds_config)
+    elif use_fsdp:
+        sharded = sharding.shard(model, accelerator)
     trained = model if sharded is None else sharded
     named = {n: p for n, p in trained.named_parameters() if p.requires_grad}
     if not named:
         raise ExciseError("the method left no trainable parameters")
     decay = [p for n, p in named.items() if p.ndim >= 2]
     no_decay = [p for n, p in named.items() if p.ndim < 2]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
+        [g for g in groups if g["params"] or not use_deepspeed],  # ZeRO-3 needs no empty group
         lr=config.lr,
         # one fused kernel instead of a loop over tensors: the optimizer step took 12-31% of a
         # full-model step on CPU and 0.11-0.22x of that fused (bench/README.md)
@@ -464,7 +490,10 @@ def train(
         ),
     )
     data_parallel = accelerator.num_processes > 1 and sharded is None
-    if sharded is not None:  # FSDP reduces the gradients; no accelerate wrappers
+    if use_deepspeed:  # the engine reduces, clips and steps; optimizer stays torch's (schedule)
+        engine = sharding.zero3_engine(sharded, optimizer, ds_config)
+        ctx.model = sharded
+    elif sharded is not None:  # FSDP reduces the gradients; no accelerate wrappers
         ctx.model = sharded
     elif data_parallel:  # the plain module; gradients averaged in _step
         optimizer = accelerator.prepare(optimizer)
@@ -502,6 +531,7 @@ def train(
                 uses_retain,
                 data_parallel,
                 sharded is not None,
+                engine,
             )
             log.append(totals)
             bar.set_postfix({k: f"{v:.3g}" for k, v in totals.items() if k not in ("step", "lr")})
@@ -515,10 +545,10 @@ def train(
                 )
             if interrupted.is_set():
                 bar.close()
-                _gather_into(model, named, sharded)
+                _gather_into(model, named, sharded, engine)
                 raise TrainingInterrupted(step + 1, checkpoint_dir)
     bar.close()
-    _gather_into(model, named, sharded)
+    _gather_into(model, named, sharded, engine)
     if sharded is not None:  # finish (e.g. merging adapters) works on the caller's model
         ctx.model = model
     if getattr(method, "finish", None) is not None:
@@ -530,14 +560,19 @@ def train(
 
 
 def _gather_into(
-    model: torch.nn.Module, named: dict[str, torch.nn.Parameter], sharded: torch.nn.Module | None
+    model: torch.nn.Module,
+    named: dict[str, torch.nn.Parameter],
+    sharded: torch.nn.Module | None,
+    engine=None,
 ) -> None:
-    """Under FSDP, copy the trained weights (gathered from every process) into ``model``."""
+    """When sharded, copy the trained weights (gathered from every process) into ``model``."""
     if sharded is None:
         return
     with torch.no_grad():
         for name, whole in sharding.gather(named).items():
             model.get_parameter(name).copy_(whole)
+    if engine is not None:  # its hooks and buffers go with the copy
+        engine.destroy()
 
 
 def _step(
@@ -551,6 +586,7 @@ def _step(
     uses_retain: bool,
     data_parallel: bool = False,
     sharded: bool = False,
+    engine=None,
 ) -> dict[str, float]:
     """One optimizer step of ``grad_accum`` micro-batches; returns the averaged loss terms."""
     accelerator, forget, retain = ctx.accelerator, ctx.forget, ctx.retain
@@ -582,31 +618,41 @@ def _step(
             )
             batch["retain"] = ctx.to_device(collate([retain[i] for i in retain_rows], ctx.pad_id))
         last = micro == config.grad_accum - 1
-        if sharded:  # FSDP reduce-scatters after the last micro-batch only
-            ctx.model.set_requires_gradient_sync(last)
-            sync = contextlib.nullcontext()
-        else:
-            sync = contextlib.nullcontext() if last else accelerator.no_sync(ctx.model)
-        with sync:
+        if engine is not None:  # DeepSpeed scales by 1/grad_accum and steps after the last
+            sharding.zero3_forward_begins(engine)
             loss, terms = method.loss(ctx, batch)
-            accelerator.backward(loss / config.grad_accum)
+            sharding.zero3_backward(engine, loss)
+        else:
+            if sharded:  # FSDP reduce-scatters after the last micro-batch only
+                ctx.model.set_requires_gradient_sync(last)
+                sync = contextlib.nullcontext()
+            else:
+                sync = contextlib.nullcontext() if last else accelerator.no_sync(ctx.model)
+            with sync:
+                loss, terms = method.loss(ctx, batch)
+                accelerator.backward(loss / config.grad_accum)
         for key, value in {"loss": float(loss.detach()), **terms}.items():
             totals[key] = totals.get(key, 0.0) + value / config.grad_accum
     if accelerator.num_processes > 1:  # log the mean over processes, as one process would see it
         keys = sorted(totals)
         local = torch.tensor([totals[k] for k in keys], device=accelerator.device)
         totals = dict(zip(keys, accelerator.reduce(local, "mean").tolist(), strict=True))
-    if data_parallel:
-        average_gradients(list(named.values()), accelerator.num_processes)
-    if sharded:  # the norm over every shard
-        totals["grad_norm"] = sharding.clip_grad_norm(list(named.values()), config.max_grad_norm)
+    if engine is not None:  # clipped and stepped by the engine; the norm is before clipping
+        totals["grad_norm"] = float(engine.get_global_grad_norm())
     else:
-        totals["grad_norm"] = float(
-            accelerator.clip_grad_norm_(list(named.values()), config.max_grad_norm)
-        )
-    optimizer.step()
+        if data_parallel:
+            average_gradients(list(named.values()), accelerator.num_processes)
+        if sharded:  # the norm over every shard
+            totals["grad_norm"] = sharding.clip_grad_norm(
+                list(named.values()), config.max_grad_norm
+            )
+        else:
+            totals["grad_norm"] = float(
+                accelerator.clip_grad_norm_(list(named.values()), config.max_grad_norm)
+            )
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
     scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
     totals["lr"] = scheduler.get_last_lr()[0]
     totals["step"] = step + 1
     return totals

@@ -1,0 +1,265 @@
+"""Two CPU processes under DeepSpeed ZeRO-3 (gloo, `accelerate launch` with
+configs/accelerate/deepspeed-zero3-cpu.yaml) give the single-process result on the same global
+batch, through an interruption and a resume.
+
+Each process must train a copy whose every parameter DeepSpeed partitions (half of each trainable
+weight per process), take its share of each global batch, let the engine average, accumulate and
+clip the gradients and step, write a checkpoint of whole tensors when stopped, resume from it, and
+hand the whole trained weights back to the caller's model. RMU stops the forward at one layer and
+hooks it. Data and comparisons are those of tests/test_distributed.py.
+
+DeepSpeed is the optional extra ``excise[deepspeed]``, which ``make test`` installs: without it
+these tests fail (they do not skip).
+
+This file is also the worker that `accelerate launch` runs (``python test_deepspeed.py MODEL DATA
+OUT METHOD BATCH ACCUM INTERRUPT_AT``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_distributed import STEPS, Recorder, logits, weights
+from test_distributed import setup as setup  # the module fixture: tiny model and data
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "accelerate" / "deepspeed-zero3-cpu.yaml"
+
+
+def require_deepspeed() -> None:
+    if importlib.util.find_spec("deepspeed") is None:
+        pytest.fail("deepspeed is not installed: pip install -e '.[deepspeed]' (make test does)")
+
+
+class PartitionRecorder(Recorder):
+    """Also records, per loss call, this process's and the whole sizes of the trainable weights."""
+
+    def loss(self, ctx, batch):
+        trainable = [p for p in ctx.model.parameters() if p.requires_grad]
+        partitioned = all(hasattr(p, "ds_id") for p in trainable)
+        local = sum(p.ds_tensor.numel() if partitioned else p.numel() for p in trainable)
+        whole = sum(p.ds_numel if partitioned else p.numel() for p in trainable)
+        self.seen.append({"local": local, "whole": whole})
+        return super().loss(ctx, batch)
+
+
+def worker(
+    model_dir: str, data_dir: str, out: str, method: str, batch: int, accum: int, interrupt_at: int
+) -> None:
+    """Train ``method`` for STEPS steps; with ``interrupt_at`` a SIGTERM after that step stops
+    the run (checkpoint) and a second call resumes it. Rank 0 writes the weights."""
+    from safetensors.torch import save_file
+
+    from excise.data.encode import encode_records
+    from excise.data.records import load_records
+    from excise.methods import get_method
+    from excise.models import load_model
+    from excise.train import TrainConfig, TrainingInterrupted, train
+
+    torch.set_num_threads(1)
+    forget = load_records(str(Path(data_dir) / "forget.jsonl"))
+    retain = load_records(str(Path(data_dir) / "retain.jsonl"))
+    spec = get_method(method)
+    recorder = PartitionRecorder(spec)
+    options = {"alpha": 10.0} if method == "rmu" else {}
+
+    def on_step(step: int, _terms) -> None:
+        if step == interrupt_at:
+            os.kill(os.getpid(), signal.SIGTERM)  # stops at this step's end, as Ctrl-C would
+
+    def run(resume: bool):
+        # a fresh model each time, as a resumed command loads it again (caches come from it)
+        model, tokenizer = load_model(model_dir)
+        log = train(
+            model,
+            tokenizer,
+            recorder,
+            spec.config_cls(**options),
+            forget=encode_records(tokenizer, forget, "raw"),
+            retain=encode_records(tokenizer, retain, "raw"),
+            forget_records=forget,
+            template="raw",
+            config=TrainConfig(
+                steps=STEPS, batch_size=batch, grad_accum=accum, lr=1e-2, progress=False
+            ),
+            checkpoint_dir=Path(out) / "checkpoints",
+            resume=resume,
+            on_step=on_step,
+        )
+        return model, log
+
+    try:
+        model, log = run(resume=False)
+        stopped = 0
+    except TrainingInterrupted as stop:
+        stopped = stop.step
+        model, log = run(resume=True)
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    rank = int(os.environ.get("RANK", "0"))
+    # later from_pretrained calls in the process must build ordinary models
+    zero3_left_on = is_deepspeed_zero3_enabled()
+    (Path(out) / f"{method}-rank{rank}.json").write_text(
+        json.dumps({"seen": recorder.seen, "log": log, "stopped": stopped, "zero3": zero3_left_on})
+    )
+    if rank == 0:
+        state = {k: v.clone().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(Path(out) / f"{method}.safetensors"))
+
+
+def launch(root: Path, out: Path, method: str, batch: int, accum: int, interrupt_at: int) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}",
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(CONFIG),
+        __file__,
+        *(str(a) for a in (root / "tiny", root, out, method, batch, accum, interrupt_at)),
+    ]
+    # from the repository root: the yaml names its DeepSpeed config file by a relative path
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    first_error = max(0, done.stderr.find("Traceback"))  # the workers' own error, not torchrun's
+    assert done.returncode == 0, done.stderr[first_error : first_error + 4000]
+
+
+@pytest.mark.parametrize("method", ["npo", "rmu"])
+def test_zero3_two_processes_equal_one(setup, tmp_path, method):
+    require_deepspeed()
+    two, one = tmp_path / "two", tmp_path / "one"
+    two.mkdir()
+    one.mkdir()
+    # 2 processes x batch 2 x 2 micro-batches = one process x batch 1 x 4 micro-batches
+    launch(setup, two, method, batch=4, accum=2, interrupt_at=2)
+    worker(str(setup / "tiny"), str(setup), str(one), method, 2, 4, 0)
+
+    ranks = [json.loads((two / f"{method}-rank{r}.json").read_text()) for r in (0, 1)]
+    single = json.loads((one / f"{method}-rank0.json").read_text())
+    assert [r["stopped"] for r in ranks] == [2, 2]  # interrupted, then resumed
+    assert [r["zero3"] for r in ranks] == [False, False]
+    assert len(ranks[0]["log"]) == STEPS - 2
+    sizes = ranks[0]["seen"][0::2]  # PartitionRecorder's entries, before each Recorder entry
+    assert all(s["local"] * 2 <= s["whole"] + 64 for s in sizes)  # each process held ~half
+    assert all(s["whole"] > 0 for s in sizes)
+    assert single["seen"][0]["local"] == single["seen"][0]["whole"]
+    for mine, theirs in zip(ranks[0]["log"], single["log"][2:], strict=True):
+        assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-4)
+        assert mine["grad_norm"] == pytest.approx(theirs["grad_norm"], rel=1e-3)
+        assert mine["lr"] == pytest.approx(theirs["lr"])
+    assert ranks[0]["log"] == ranks[1]["log"]
+    base = weights(setup / "tiny" / "model.safetensors")
+    trained_two = weights(two / f"{method}.safetensors")
+    trained_one = weights(one / f"{method}.safetensors")
+    moved = max(float((trained_one[k] - base[k]).abs().max()) for k in base)
+    assert moved > 1e-3  # training did something
+    gap = max(float((trained_one[k] - trained_two[k]).abs().max()) for k in base)
+    assert gap < 0.02 * moved, (gap, moved)
+    torch.testing.assert_close(
+        logits(setup, trained_two), logits(setup, trained_one), atol=1e-3, rtol=1e-3
+    )
+
+
+def ds_config(monkeypatch, tmp_path, config: dict, batch: int = 4) -> dict:
+    """:func:`excise.sharding.deepspeed_config` for a launch with this DeepSpeed config file."""
+    from excise import sharding
+
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(config))
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(path))
+    return sharding.deepspeed_config(2, batch, 3, 0.5, torch.float32)
+
+
+ZERO3 = {"zero_optimization": {"stage": 3}}
+
+
+def test_excise_options_fill_the_deepspeed_config(monkeypatch, tmp_path):
+    require_deepspeed()
+    ds = ds_config(monkeypatch, tmp_path, {**ZERO3, "train_micro_batch_size_per_gpu": "auto"})
+    assert ds["train_micro_batch_size_per_gpu"] == 2  # batch 4 over 2 processes
+    assert ds["gradient_accumulation_steps"] == 3
+    assert ds["train_batch_size"] == 12
+    assert ds["gradient_clipping"] == 0.5
+    assert ds["bf16"] == {"enabled": False}
+    assert ds["zero_optimization"]["memory_efficient_linear"] is False
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"zero_optimization": {"stage": 2}}, "ZeRO stage 2 is not supported"),
+        (
+            {"zero_optimization": {"stage": 3, "offload_param": {"device": "cpu"}}},
+            "offload_param is not supported",
+        ),
+        ({**ZERO3, "optimizer": {"type": "Adam"}}, "'optimizer' section"),
+        ({**ZERO3, "train_micro_batch_size_per_gpu": 8}, "train_micro_batch_size_per_gpu=8"),
+        ({**ZERO3, "bf16": {"enabled": True}}, "bf16.enabled but the model is torch.float32"),
+    ],
+)
+def test_unsupported_deepspeed_configs_are_refused(monkeypatch, tmp_path, config, message):
+    require_deepspeed()
+    from excise.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        ds_config(monkeypatch, tmp_path, config)
+
+
+def test_missing_deepspeed_is_a_config_error(monkeypatch):
+    from excise import sharding
+    from excise.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # import deepspeed raises ImportError
+    with pytest.raises(ConfigError, match=r"pip install 'excise\[deepspeed\]'"):
+        sharding.deepspeed_config(2, 4, 1, 1.0, torch.float32)
+
+
+def test_one_process_deepspeed_launch_trains_the_model_itself(
+    monkeypatch, tiny_tokenizer, tiny_model
+):
+    """One process has nothing to partition: the model trains in place (no engine), the launch
+    flag is left as it was, and transformers is not left in ZeRO-3 mode."""
+    require_deepspeed()
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    from test_fsdp import train_one_step
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    train_one_step(tiny_model, tiny_tokenizer, "npo")
+    assert any(not torch.equal(v, before[k]) for k, v in tiny_model.state_dict().items())
+    assert not is_deepspeed_zero3_enabled()
+    assert os.environ["ACCELERATE_USE_DEEPSPEED"] == "true"
+
+
+def test_deepspeed_checkpoint_is_not_resumed_without_it(tmp_path, tiny_tokenizer, tiny_model):
+    """A plain run must refuse a ZeRO-3 checkpoint (optimizer state by name), not load it."""
+    from excise.errors import ConfigError
+    from excise.train import _save_checkpoint
+    from test_fsdp import train_one_step
+
+    _save_checkpoint(tmp_path, 1, {}, {}, None, by_name=True, launch="deepspeed")
+    with pytest.raises(ConfigError, match="written by a DeepSpeed ZeRO-3 run"):
+        train_one_step(tiny_model, tiny_tokenizer, "npo", checkpoint_dir=tmp_path)
+
+
+if __name__ == "__main__":
+    model_dir, data_dir, out, method, batch, accum, interrupt_at = sys.argv[1:8]
+    worker(model_dir, data_dir, out, method, int(batch), int(accum), int(interrupt_at))
