@@ -2,17 +2,18 @@
 configs/accelerate/deepspeed-zero3-cpu.yaml) give the single-process result on the same global
 batch, through an interruption and a resume.
 
-Each process must train a copy whose every parameter DeepSpeed partitions (half of each trainable
+Each process must train a copy whose every parameter DeepSpeed partitions (1/N of each trainable
 weight per process), take its share of each global batch, let the engine average, accumulate and
-clip the gradients and step, write a checkpoint of whole tensors when stopped, resume from it, and
-hand the whole trained weights back to the caller's model. RMU stops the forward at one layer and
-hooks it. Data and comparisons are those of tests/test_distributed.py.
+clip the gradients and step, write a checkpoint of whole tensors when stopped, resume from it (on
+the same or another process count), and hand the whole trained weights back to the caller's
+model. RMU stops the forward at one layer and hooks it. Data and comparisons are those of
+tests/test_distributed.py.
 
 DeepSpeed is the optional extra ``excise[deepspeed]``, which ``make test`` installs: without it
 these tests fail (they do not skip).
 
 This file is also the worker that `accelerate launch` runs (``python test_deepspeed.py MODEL DATA
-OUT METHOD BATCH ACCUM INTERRUPT_AT``).
+OUT METHOD BATCH ACCUM INTERRUPT_AT MODE``).
 """
 
 from __future__ import annotations
@@ -53,10 +54,18 @@ class PartitionRecorder(Recorder):
 
 
 def worker(
-    model_dir: str, data_dir: str, out: str, method: str, batch: int, accum: int, interrupt_at: int
+    model_dir: str,
+    data_dir: str,
+    out: str,
+    method: str,
+    batch: int,
+    accum: int,
+    interrupt_at: int,
+    mode: str = "both",
 ) -> None:
     """Train ``method`` for STEPS steps; with ``interrupt_at`` a SIGTERM after that step stops
-    the run (checkpoint) and a second call resumes it. Rank 0 writes the weights."""
+    the run (checkpoint) and a second call resumes it (``mode`` both), or the launch ends there
+    (stop) and the next one only resumes (resume). Rank 0 writes the weights."""
     from safetensors.torch import save_file
 
     from excise.data.encode import encode_records
@@ -97,11 +106,13 @@ def worker(
         )
         return model, log
 
+    stopped = 0
     try:
-        model, log = run(resume=False)
-        stopped = 0
+        model, log = run(resume=mode == "resume")
     except TrainingInterrupted as stop:
         stopped = stop.step
+        if mode == "stop":
+            return
         model, log = run(resume=True)
     from transformers.integrations import is_deepspeed_zero3_enabled
 
@@ -116,7 +127,16 @@ def worker(
         save_file(state, str(Path(out) / f"{method}.safetensors"))
 
 
-def launch(root: Path, out: Path, method: str, batch: int, accum: int, interrupt_at: int) -> None:
+def launch(
+    root: Path,
+    out: Path,
+    method: str,
+    batch: int,
+    accum: int,
+    interrupt_at: int,
+    mode: str = "both",
+    processes: int = 2,
+) -> None:
     env = {
         **os.environ,
         "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}",
@@ -130,8 +150,10 @@ def launch(root: Path, out: Path, method: str, batch: int, accum: int, interrupt
         "accelerate.commands.launch",
         "--config_file",
         str(CONFIG),
+        "--num_processes",
+        str(processes),
         __file__,
-        *(str(a) for a in (root / "tiny", root, out, method, batch, accum, interrupt_at)),
+        *(str(a) for a in (root / "tiny", root, out, method, batch, accum, interrupt_at, mode)),
     ]
     # from the repository root: the yaml names its DeepSpeed config file by a relative path
     done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
@@ -139,40 +161,69 @@ def launch(root: Path, out: Path, method: str, batch: int, accum: int, interrupt
     assert done.returncode == 0, done.stderr[first_error : first_error + 4000]
 
 
-@pytest.mark.parametrize("method", ["npo", "rmu"])
-def test_zero3_two_processes_equal_one(setup, tmp_path, method):
+def check_equal(base, trained_one, trained_many, single_log, many_log) -> None:
+    for mine, theirs in zip(many_log, single_log[2:], strict=True):
+        assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-4)
+        assert mine["grad_norm"] == pytest.approx(theirs["grad_norm"], rel=1e-3)
+        assert mine["lr"] == pytest.approx(theirs["lr"])
+    moved = max(float((trained_one[k] - base[k]).abs().max()) for k in base)
+    assert moved > 1e-3  # training did something
+    gap = max(float((trained_one[k] - trained_many[k]).abs().max()) for k in base)
+    assert gap < 0.02 * moved, (gap, moved)
+
+
+def test_zero3_two_processes_equal_one_rmu(setup, tmp_path):
+    """RMU (a truncated, hooked forward) with 2 accumulated micro-batches, through a resume."""
     require_deepspeed()
     two, one = tmp_path / "two", tmp_path / "one"
     two.mkdir()
     one.mkdir()
-    # 2 processes x batch 2 x 2 micro-batches = one process x batch 1 x 4 micro-batches
-    launch(setup, two, method, batch=4, accum=2, interrupt_at=2)
-    worker(str(setup / "tiny"), str(setup), str(one), method, 2, 4, 0)
+    # 2 processes x 2 examples x 2 micro-batches = one process x 2 examples x 4 micro-batches
+    launch(setup, two, "rmu", batch=4, accum=2, interrupt_at=2)
+    worker(str(setup / "tiny"), str(setup), str(one), "rmu", 2, 4, 0)
 
-    ranks = [json.loads((two / f"{method}-rank{r}.json").read_text()) for r in (0, 1)]
-    single = json.loads((one / f"{method}-rank0.json").read_text())
+    ranks = [json.loads((two / f"rmu-rank{r}.json").read_text()) for r in (0, 1)]
+    single = json.loads((one / "rmu-rank0.json").read_text())
     assert [r["stopped"] for r in ranks] == [2, 2]  # interrupted, then resumed
     assert [r["zero3"] for r in ranks] == [False, False]
     assert len(ranks[0]["log"]) == STEPS - 2
     sizes = ranks[0]["seen"][0::2]  # PartitionRecorder's entries, before each Recorder entry
-    assert all(s["local"] * 2 <= s["whole"] + 64 for s in sizes)  # each process held ~half
-    assert all(s["whole"] > 0 for s in sizes)
+    assert all(0 < s["local"] * 2 <= s["whole"] + 64 for s in sizes)  # each process held ~half
     assert single["seen"][0]["local"] == single["seen"][0]["whole"]
-    for mine, theirs in zip(ranks[0]["log"], single["log"][2:], strict=True):
-        assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-4)
-        assert mine["grad_norm"] == pytest.approx(theirs["grad_norm"], rel=1e-3)
-        assert mine["lr"] == pytest.approx(theirs["lr"])
     assert ranks[0]["log"] == ranks[1]["log"]
     base = weights(setup / "tiny" / "model.safetensors")
-    trained_two = weights(two / f"{method}.safetensors")
-    trained_one = weights(one / f"{method}.safetensors")
-    moved = max(float((trained_one[k] - base[k]).abs().max()) for k in base)
-    assert moved > 1e-3  # training did something
-    gap = max(float((trained_one[k] - trained_two[k]).abs().max()) for k in base)
-    assert gap < 0.02 * moved, (gap, moved)
+    trained_two = weights(two / "rmu.safetensors")
+    trained_one = weights(one / "rmu.safetensors")
+    check_equal(base, trained_one, trained_two, single["log"], ranks[0]["log"])
     torch.testing.assert_close(
         logits(setup, trained_two), logits(setup, trained_one), atol=1e-3, rtol=1e-3
     )
+
+
+def test_zero3_resumes_on_another_process_count_npo(setup, tmp_path):
+    """NPO stopped on 2 processes resumes on 3 (whole-tensor checkpoints; the tiny model's
+    sizes do not divide by 3, so partitions are padded). NPO averages over examples, so every
+    process count gives the single-process step on the same global batch."""
+    require_deepspeed()
+    many, one = tmp_path / "many", tmp_path / "one"
+    many.mkdir()
+    one.mkdir()
+    launch(setup, many, "npo", batch=6, accum=1, interrupt_at=2, mode="stop")
+    assert not (many / "npo.safetensors").exists()  # stopped without resuming
+    launch(setup, many, "npo", batch=6, accum=1, interrupt_at=0, mode="resume", processes=3)
+    worker(str(setup / "tiny"), str(setup), str(one), "npo", 6, 1, 0)
+
+    ranks = [json.loads((many / f"npo-rank{r}.json").read_text()) for r in (0, 1, 2)]
+    single = json.loads((one / "npo-rank0.json").read_text())
+    assert [r["log"][0]["step"] for r in ranks] == [3, 3, 3]  # resumed after step 2
+    assert [r["zero3"] for r in ranks] == [False, False, False]
+    sizes = ranks[0]["seen"][0::2]
+    assert all(0 < s["local"] * 3 <= s["whole"] + 64 for s in sizes)  # each held ~a third
+    assert ranks[0]["log"] == ranks[2]["log"]
+    base = weights(setup / "tiny" / "model.safetensors")
+    trained_one = weights(one / "npo.safetensors")
+    trained_many = weights(many / "npo.safetensors")
+    check_equal(base, trained_one, trained_many, single["log"], ranks[0]["log"])
 
 
 def ds_config(monkeypatch, tmp_path, config: dict, batch: int = 4) -> dict:
@@ -261,5 +312,5 @@ def test_deepspeed_checkpoint_is_not_resumed_without_it(tmp_path, tiny_tokenizer
 
 
 if __name__ == "__main__":
-    model_dir, data_dir, out, method, batch, accum, interrupt_at = sys.argv[1:8]
-    worker(model_dir, data_dir, out, method, int(batch), int(accum), int(interrupt_at))
+    model_dir, data_dir, out, method, batch, accum, interrupt_at, mode = sys.argv[1:9]
+    worker(model_dir, data_dir, out, method, int(batch), int(accum), int(interrupt_at), mode)

@@ -148,11 +148,11 @@ def load_whole(param: torch.nn.Parameter, whole: torch.Tensor) -> None:
     whole = whole.to(param.device, param.dtype)
     if _is_zero3(param):  # a collective: the model's partition and the fp32 master copy
         import deepspeed
-        from deepspeed.utils import safe_set_full_fp32_param
+        from deepspeed.utils import safe_set_local_fp32_param
 
         with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
             param.copy_(whole)
-        safe_set_full_fp32_param(param, whole.float())
+        safe_set_local_fp32_param(param, _local_piece(param, whole.float()))
         return
     if isinstance(param, DTensor):  # every process holds the whole tensor: no communication
         whole = distribute_tensor(whole, param.device_mesh, param.placements, src_data_rank=None)
@@ -373,7 +373,7 @@ def _zero3_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimi
 def _load_zero3_optimizer_state(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict
 ) -> None:
-    from deepspeed.utils import safe_set_full_optimizer_state
+    from deepspeed.utils import safe_set_local_optimizer_state
 
     saved, named = state.get("state", {}), _trainable(model)
     if not saved:  # written before the first step
@@ -391,4 +391,14 @@ def _load_zero3_optimizer_state(
     for name, param in named.items():
         for key, value in saved[name].items():
             if value.ndim:
-                safe_set_full_optimizer_state(param, value.to(param.device, torch.float32), key)
+                piece = _local_piece(param, value.to(param.device, torch.float32))
+                safe_set_local_optimizer_state(param, piece, key)
+
+
+def _local_piece(param: torch.nn.Parameter, whole: torch.Tensor) -> torch.Tensor:
+    """This process's ZeRO-3 partition of a whole tensor, zero-padded like DeepSpeed's own (its
+    safe_set_full_* setters read past the end when the size does not divide evenly)."""
+    size = param.ds_tensor.numel()
+    start = torch.distributed.get_rank(group=param.ds_process_group) * size
+    piece = whole.flatten()[start : start + size]
+    return torch.cat([piece, piece.new_zeros(size - piece.numel())])
