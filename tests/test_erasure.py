@@ -349,3 +349,52 @@ def test_cli_errors_exit_2(tmp_path, tiny_dir, capsys):
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (extra, err)
     assert not (tmp_path / "out").exists()
+
+
+def test_runtime_ablate_equalises_class_means_at_every_block(tmp_path, tiny_tokenizer):
+    """form=runtime: one direction per block, each fitted on the stream the earlier ones leave
+    (one replayed pass). Attached as hooks to a reloaded model, every block's fit-side class means
+    are equal; a single folded direction leaves them apart at the blocks it was not fitted on."""
+    from excise.arch import num_layers
+    from excise.erasure import adapter
+    from excise.erasure.core import contrast
+    from excise.erasure.states import residual_states
+
+    model = make_tiny_model(tiny_tokenizer)
+    depth = num_layers(model)
+    data = contrast(POSITIVE, NEGATIVE)
+    same, result = erase(
+        model, tiny_tokenizer, "ablate", POSITIVE, NEGATIVE, texts=TEXTS, form="runtime",
+        positions="last",
+    )  # fmt: skip
+    assert not result.folded and [h["layer"] for h in result.adapter["hooks"]] == list(range(depth))
+    save_model(same, tiny_tokenizer, tmp_path / "runtime")
+    adapter.save(tmp_path / "runtime", result.adapter["hooks"], result.tensors)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "runtime").eval()
+
+    def gaps(current) -> list[float]:
+        found = residual_states(
+            current, tiny_tokenizer, data.prompts, list(range(depth)), positions="last"
+        )
+        labels, fit = data.label[found.prompt], data.fit[found.prompt]
+        out = []
+        for layer in range(depth):
+            x = found.by_layer[layer][fit].double()
+            gap = x[labels[fit] == 1].mean(0) - x[labels[fit] == 0].mean(0)
+            out.append(float(gap.norm() / x.norm(dim=-1).mean()))
+        return out
+
+    before = gaps(plain)
+    handles = attach(plain, tmp_path / "runtime")
+    after = gaps(plain)
+    for handle in handles:
+        handle.remove()
+    assert min(before) > 1e-2
+    assert max(after) < 1e-4, after  # the replayed fit matches a real forward with the hooks
+    metrics = result.metrics
+    assert metrics["perplexity_after"] > 0 and 0 <= metrics["probe_after_max"] <= 1
+    folded, _ = erase(
+        make_tiny_model(tiny_tokenizer), tiny_tokenizer, "ablate", POSITIVE, NEGATIVE,
+        texts=TEXTS, layer=1, positions="last",
+    )  # fmt: skip
+    assert max(gaps(folded)) > 1e-2  # one direction everywhere: means still apart somewhere
