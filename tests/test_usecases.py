@@ -11,6 +11,7 @@ import yaml
 
 from conftest import make_tiny_model, teach
 from excise.cli import main
+from excise.data.benchmarks import benchmark_contrast
 from excise.data.records import QA
 from excise.data.tasks import BUILTIN_TASKS, load_task
 from excise.errors import ExciseError
@@ -25,7 +26,6 @@ from excise.usecases import (
     metrics,
     stereotype_pairs,
     stereotype_score,
-    task_contrast,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,8 +85,8 @@ def test_bias_erasure_contrast_is_many_minimal_pairs_and_only_for_bias():
         )
         turned = re.sub(r"\b(she|She|her)\b", lambda m: swap[m.group(1)], turned)
         assert turned == male[k] and female[k] != male[k]
-    assert task_contrast(load_task("bias")) == (female, male)
-    assert task_contrast(load_task("toxicity")) is None
+    assert benchmark_contrast(load_task("bias")) == (female, male)
+    assert benchmark_contrast(load_task("toxicity")) is None
 
 
 def test_lexicon_flags_the_toxic_rows_and_not_the_neutral_ones():

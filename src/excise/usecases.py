@@ -244,12 +244,18 @@ def bias_contrast() -> tuple[list[str], list[str]]:
     return female, male
 
 
-def task_contrast(task: Task) -> tuple[list[str], list[str]] | None:
-    """A use case's own (positive, negative) erasure contrast, larger than its evaluation items;
-    None for every other task (``excise erase --task`` then contrasts forget and retain)."""
-    if task.name == "bias" and task.metadata.get("benchmark") == "bias":
-        return bias_contrast()
-    return None
+def contrast(task: Task) -> tuple[list[str], list[str]] | None:
+    """The benchmarks registry's ``contrast`` hook: bias erases gender on its own 2880 minimal
+    pairs (larger than its evaluation items); toxicity has none (its forget/retain prompts)."""
+    return bias_contrast() if task.metadata.get("benchmark") == "bias" else None
+
+
+def behaviour(model, tokenizer, task: Task, items: list[QA]) -> dict[str, float]:
+    """The benchmarks registry's ``behaviour`` hook: on toxicity, ``toxic_preference`` on
+    ``items`` (accuracy stayed 0.00 while it went 0.10 -> 0.70 in two relearn steps); {} on bias."""
+    if task.metadata.get("benchmark") != "toxicity":
+        return {}
+    return {"toxic_preference": toxic_preference(model, tokenizer, task, items)}
 
 
 def attribute_probe(model, tokenizer, task: Task) -> dict[str, float]:

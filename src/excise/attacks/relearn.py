@@ -13,9 +13,10 @@ that even unrelated (retain-style) data brings knowledge back. Variants, each on
   B to any model, so the half-A variants cannot separate hidden knowledge from none.
 Every variant is measured on half B (odd positions, never trained on) at the checkpoints of the
 schedule, through the training loop's ``on_step`` callback (no restarts).
-On the ``toxicity`` task each checkpoint also scores ``toxic_preference`` on half B (share of
-prompts whose toxic continuation is the more likely one), and the attacked metrics report its
-highest point: the behaviour's own measure, beside the accuracy of the toxic continuations.
+A task with a behaviour measure of its own (the benchmarks registry's ``behaviour`` hook; on
+``toxicity``, ``toxic_preference``: share of prompts whose toxic continuation is the more likely
+one) has it scored on half B at each checkpoint too, and the attacked metrics report its highest
+point: the behaviour's own measure, beside the accuracy of the toxic continuations.
 
 Budget defaults: checkpoints 0, 5, 10, 25, 50 steps; lr 1e-4 (full) and 1e-3 (LoRA rank 8,
 alpha 16, on the MLP input/output and attention output projections, injected into a copy); batch
@@ -36,6 +37,7 @@ from typing import Any
 from excise.arch import layout
 from excise.attacks import AttackSpec, register
 from excise.attacks.base import AttackResult, accuracy, budget_dict, halves
+from excise.data.benchmarks import behaviour_scores
 from excise.data.encode import encode_records
 from excise.data.records import QA, Record, Text
 from excise.data.tasks import Task
@@ -162,10 +164,8 @@ def relearn_curve(
         if step in checkpoints:
             row = {"variant": variant, "step": step}
             row["forget_accuracy"] = accuracy(copy, tokenizer, held_out, task.template)
-            if task.benchmark == "toxicity":  # the behaviour's own measure, not only accuracy
-                from excise.usecases import toxic_preference
-
-                row["toxic_preference"] = toxic_preference(copy, tokenizer, task, held_out)
+            # the task's own measure of the behaviour (toxicity: toxic_preference), not only accuracy
+            row.update(behaviour_scores(copy, tokenizer, task, held_out))
             if step == max(checkpoints):  # a forward over retain_eval costs a training step
                 row["retain_accuracy"] = accuracy(copy, tokenizer, kept, task.template)
             rows.append(row)
@@ -217,8 +217,9 @@ def run(
             "retain_accuracy"
         ],  # after that variant's training
     }
-    if "toxic_preference" in worst:  # the highest toxic preference any attacking curve reached
-        metrics["toxic_preference"] = max(r["toxic_preference"] for r in attacking or curve)
+    for key in set(worst) - {"variant", "step", "forget_accuracy", "retain_accuracy"}:
+        # a behaviour measure (toxic_preference): the highest any attacking curve reached
+        metrics[key] = max(r[key] for r in attacking or curve)
     for variant, row in last.items():
         metrics[f"{variant}_forget_accuracy"] = row["forget_accuracy"]
         metrics[f"{variant}_retain_accuracy"] = row["retain_accuracy"]

@@ -7,7 +7,7 @@
 erasers), ``DIR/report.json`` and ``DIR/manifest.json``. With a task (built-in or forget/retain
 files) positives are the forget prompts (with paraphrases), negatives the retain prompts, and the
 report gives forget/retain/multiple-choice accuracy and perplexity before and after (a use case
-with a contrast set of its own, ``bias``, is fitted on that: :func:`excise.usecases.task_contrast`); the layer of
+with a contrast set of its own, ``bias``, is fitted on that: :func:`excise.data.benchmarks.benchmark_contrast`); the layer of
 ``ablate``/``clamp`` is then chosen by held-out retain minus forget accuracy. Imports stay light.
 """
 
@@ -127,9 +127,9 @@ def run(args: argparse.Namespace) -> int:
         positive = [[q.prompt, *q.paraphrases] for q in task.forget_eval]
         negative = [[r.prompt, *r.paraphrases] for r in task.retain if isinstance(r, QA)]
         negative = negative or [[q.prompt, *q.paraphrases] for q in task.retain_eval]
-        from excise.usecases import task_contrast
+        from excise.data.benchmarks import benchmark_contrast
 
-        own = task_contrast(task)  # a use case with a contrast set of its own (bias)
+        own = benchmark_contrast(task)  # a task with a contrast set of its own (bias)
         if own is not None:
             positive, negative = own
         scorer = _scorer(tokenizer, task)

@@ -6,7 +6,10 @@ whose ``benchmark`` field holds the benchmark's own evaluation sets. Each module
 benchmark) has ``SPLITS``, ``load(split, data_dir)``, ``metrics(model, tokenizer, task,
 reference)`` with the benchmark's published definitions, and ``reference(model, tokenizer,
 task)``: the statistics of a model never trained on the forget set (TOFU's retain model, MUSE's
-retrain model) that forget quality and PrivLeak are relative to.
+retrain model) that forget quality and PrivLeak are relative to. Two optional hooks let a task
+carry what shared mechanisms would otherwise have to special-case: ``contrast(task)`` (its own
+erasure contrast set, for ``excise erase --task``) and ``behaviour(model, tokenizer, task, items)``
+(its behaviour measured on a subset of its forget items, for the relearn attack's checkpoints).
 """
 
 from __future__ import annotations
@@ -78,3 +81,16 @@ def benchmark_metrics(
     """The benchmark's own metrics for ``task`` ({} for tasks that are no benchmark)."""
     module = _module(task)
     return {} if module is None else module.metrics(model, tokenizer, task, reference)
+
+
+def benchmark_contrast(task) -> tuple[list[str], list[str]] | None:
+    """The task's own (positive, negative) erasure contrast set, or None (then erase contrasts
+    the forget and retain prompts)."""
+    own = getattr(_module(task), "contrast", None)
+    return None if own is None else own(task)
+
+
+def behaviour_scores(model, tokenizer, task, items: list) -> dict[str, float]:
+    """The task's own behaviour measures on ``items`` (a subset of its forget items), or {}."""
+    own = getattr(_module(task), "behaviour", None)
+    return {} if own is None else own(model, tokenizer, task, items)
