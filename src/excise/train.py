@@ -106,7 +106,13 @@ class Context:
 
     @property
     def unwrapped(self) -> torch.nn.Module:
-        return self.accelerator.unwrap_model(self.model)
+        # accelerate's unwrap_model imports deepspeed whenever it is installed (2.7 s and a
+        # warning in every run); only a wrapper (DDP, torch.compile) needs it
+        if isinstance(self.model, torch.nn.parallel.DistributedDataParallel) or hasattr(
+            self.model, "_orig_mod"
+        ):
+            return self.accelerator.unwrap_model(self.model)
+        return self.model
 
     @property
     def pad_id(self) -> int:
