@@ -24,29 +24,10 @@ import torch
 from tqdm.auto import tqdm
 
 from excise.arch import decoder_layers, run_until
-from excise.data.encode import prompt_ids
 from excise.erasure.leace import LeaceEraser
+from excise.erasure.states import encode_prompts
 
 Fit = Callable[[torch.Tensor, torch.Tensor], LeaceEraser]
-
-
-def _batches(tokenizer, prompts: Sequence[str], template: str, positions: str, size: int):
-    """(input_ids, attention_mask, keep) per batch of ``size`` prompts, right-padded; ``keep``
-    marks the rows an eraser is fitted on."""
-    for start in range(0, len(prompts), size):
-        encoded = [prompt_ids(tokenizer, p, template) for p in prompts[start : start + size]]
-        width = max(len(ids) for ids in encoded)
-        input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        keep = torch.zeros(len(encoded), width, dtype=torch.bool)
-        for row, ids in enumerate(encoded):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            mask[row, : len(ids)] = 1
-            if positions == "last" or len(ids) == 1:
-                keep[row, len(ids) - 1] = True
-            else:
-                keep[row, 1 : len(ids)] = True
-        yield input_ids, mask, keep
 
 
 def _record(model, input_ids, mask, last: int) -> tuple[torch.Tensor, list[tuple[tuple, dict]]]:
@@ -105,7 +86,9 @@ def fit_per_block(
     model.eval()
     stream, calls, kept = [], [], []
     try:
-        for input_ids, mask, keep in _batches(tokenizer, prompts, template, positions, batch_size):
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            input_ids, mask, keep = encode_prompts(tokenizer, chunk, template, positions)
             hidden, recorded = _record(model, input_ids.to(device), mask.to(device), wanted[-1])
             stream.append(hidden)
             calls.append(recorded)

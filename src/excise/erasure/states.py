@@ -52,6 +52,26 @@ def block_states(model, batch: dict[str, torch.Tensor], layers: Sequence[int]):
     return {layer: captured[layer] for layer in layers}
 
 
+def encode_prompts(
+    tokenizer, prompts: Sequence[str], template: str, positions: Positions
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, keep) of ``prompts``, right-padded; ``keep`` marks the rows
+    ``positions`` selects."""
+    encoded = [prompt_ids(tokenizer, p, template) for p in prompts]
+    width = max(len(ids) for ids in encoded)
+    input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    keep = torch.zeros(len(encoded), width, dtype=torch.bool)
+    for row, ids in enumerate(encoded):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        mask[row, : len(ids)] = 1
+        if positions == "last" or len(ids) == 1:
+            keep[row, len(ids) - 1] = True
+        else:
+            keep[row, 1 : len(ids)] = True
+    return input_ids, mask, keep
+
+
 @torch.no_grad()
 def residual_states(
     model,
@@ -70,20 +90,8 @@ def residual_states(
     owners: list[torch.Tensor] = []
     try:
         for start in range(0, len(prompts), batch_size):
-            encoded = [
-                prompt_ids(tokenizer, p, template) for p in prompts[start : start + batch_size]
-            ]
-            width = max(len(ids) for ids in encoded)
-            input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(input_ids)
-            keep = torch.zeros(len(encoded), width, dtype=torch.bool)
-            for row, ids in enumerate(encoded):
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                mask[row, : len(ids)] = 1
-                if positions == "last" or len(ids) == 1:
-                    keep[row, len(ids) - 1] = True
-                else:
-                    keep[row, 1 : len(ids)] = True
+            chunk = prompts[start : start + batch_size]
+            input_ids, mask, keep = encode_prompts(tokenizer, chunk, template, positions)
             batch = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
             states = block_states(model, batch, layers)
             for layer in layers:
