@@ -21,8 +21,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -31,6 +29,8 @@ import torch
 
 from test_distributed import STEPS, Recorder, logits, weights
 from test_distributed import setup as setup  # the module fixture: tiny model and data
+from test_fsdp import launch as launch_with
+from test_fsdp import worker as worker_with
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "accelerate" / "deepspeed-zero3-cpu.yaml"
@@ -53,112 +53,12 @@ class PartitionRecorder(Recorder):
         return super().loss(ctx, batch)
 
 
-def worker(
-    model_dir: str,
-    data_dir: str,
-    out: str,
-    method: str,
-    batch: int,
-    accum: int,
-    interrupt_at: int,
-    mode: str = "both",
-) -> None:
-    """Train ``method`` for STEPS steps; with ``interrupt_at`` a SIGTERM after that step stops
-    the run (checkpoint) and a second call resumes it (``mode`` both), or the launch ends there
-    (stop) and the next one only resumes (resume). Rank 0 writes the weights."""
-    from safetensors.torch import save_file
-
-    from excise.data.encode import encode_records
-    from excise.data.records import load_records
-    from excise.methods import get_method
-    from excise.models import load_model
-    from excise.train import TrainConfig, TrainingInterrupted, train
-
-    torch.set_num_threads(1)
-    forget = load_records(str(Path(data_dir) / "forget.jsonl"))
-    retain = load_records(str(Path(data_dir) / "retain.jsonl"))
-    spec = get_method(method)
-    recorder = PartitionRecorder(spec)
-    options = {"alpha": 10.0} if method == "rmu" else {}
-
-    def on_step(step: int, _terms) -> None:
-        if step == interrupt_at:
-            os.kill(os.getpid(), signal.SIGTERM)  # stops at this step's end, as Ctrl-C would
-
-    def run(resume: bool):
-        # a fresh model each time, as a resumed command loads it again (caches come from it)
-        model, tokenizer = load_model(model_dir)
-        log = train(
-            model,
-            tokenizer,
-            recorder,
-            spec.config_cls(**options),
-            forget=encode_records(tokenizer, forget, "raw"),
-            retain=encode_records(tokenizer, retain, "raw"),
-            forget_records=forget,
-            template="raw",
-            config=TrainConfig(
-                steps=STEPS, batch_size=batch, grad_accum=accum, lr=1e-2, progress=False
-            ),
-            checkpoint_dir=Path(out) / "checkpoints",
-            resume=resume,
-            on_step=on_step,
-        )
-        return model, log
-
-    stopped = 0
-    try:
-        model, log = run(resume=mode == "resume")
-    except TrainingInterrupted as stop:
-        stopped = stop.step
-        if mode == "stop":
-            return
-        model, log = run(resume=True)
-    from transformers.integrations import is_deepspeed_zero3_enabled
-
-    rank = int(os.environ.get("RANK", "0"))
-    # later from_pretrained calls in the process must build ordinary models
-    zero3_left_on = is_deepspeed_zero3_enabled()
-    (Path(out) / f"{method}-rank{rank}.json").write_text(
-        json.dumps({"seen": recorder.seen, "log": log, "stopped": stopped, "zero3": zero3_left_on})
-    )
-    if rank == 0:
-        state = {k: v.clone().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(Path(out) / f"{method}.safetensors"))
+def worker(*args, **kwargs) -> None:
+    worker_with(*args, **kwargs, recorder_class=PartitionRecorder)
 
 
-def launch(
-    root: Path,
-    out: Path,
-    method: str,
-    batch: int,
-    accum: int,
-    interrupt_at: int,
-    mode: str = "both",
-    processes: int = 2,
-) -> None:
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}",
-        "OMP_NUM_THREADS": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(CONFIG),
-        "--num_processes",
-        str(processes),
-        __file__,
-        *(str(a) for a in (root / "tiny", root, out, method, batch, accum, interrupt_at, mode)),
-    ]
-    # from the repository root: the yaml names its DeepSpeed config file by a relative path
-    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
-    first_error = max(0, done.stderr.find("Traceback"))  # the workers' own error, not torchrun's
-    assert done.returncode == 0, done.stderr[first_error : first_error + 4000]
+def launch(*args, **kwargs) -> None:
+    launch_with(*args, **kwargs, config=CONFIG, script=__file__)
 
 
 def check_equal(base, trained_one, trained_many, single_log, many_log) -> None:

@@ -2,31 +2,18 @@
 
 import pytest
 import torch
-from accelerate import Accelerator
 
-from excise.data.encode import encode_records
 from excise.errors import ConfigError
-from excise.methods import get_method, make_config
 from excise.methods.distill import DistillConfig, fisher, forget_specific, text_examples
-from excise.train import Context
 from tests.conftest import make_tiny_model, teach, tiny_task
+from tests.test_tamper import context
 
 
 def _context(tokenizer, options):
     task = tiny_task()
     model = make_tiny_model(tokenizer)
     teach(model, tokenizer, task.forget + task.retain, steps=20)
-    spec = get_method("distill")
-    return Context(
-        model,
-        tokenizer,
-        make_config(spec.config_cls, options),
-        encode_records(tokenizer, task.forget, "raw"),
-        encode_records(tokenizer, task.retain, "raw"),
-        task.forget,
-        "raw",
-        Accelerator(cpu=True),
-    )
+    return context(model, tokenizer, "distill", task, options)
 
 
 def _share(masks, weights) -> float:

@@ -119,7 +119,9 @@ def setup(tmp_path_factory, tiny_tokenizer):
     return root
 
 
-def launch(root: Path, out: Path, method: str) -> None:
+def accelerate_launch(config: Path, script: str, args: list, processes: int | None = None) -> None:
+    """``accelerate launch`` ``script`` (a test file whose main is the worker) with ``config``,
+    from the repository root (a yaml may name a DeepSpeed config file by a relative path)."""
     env = {
         **os.environ,
         "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}",
@@ -127,22 +129,19 @@ def launch(root: Path, out: Path, method: str) -> None:
         "CUDA_VISIBLE_DEVICES": "",
         "TOKENIZERS_PARALLELISM": "false",
     }
+    count = [] if processes is None else ["--num_processes", str(processes)]
     command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "configs" / "accelerate" / "ddp-cpu.yaml"),
-        __file__,
-        str(root / "tiny"),
-        str(root),
-        str(out),
-        method,
-        "4",
-        "1",
-    ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), *count,
+        script, *(str(a) for a in args),
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    first_error = max(0, done.stderr.find("Traceback"))  # the workers' own error, not torchrun's
+    assert done.returncode == 0, done.stderr[first_error : first_error + 4000]
+
+
+def launch(root: Path, out: Path, method: str) -> None:
+    config = ROOT / "configs" / "accelerate" / "ddp-cpu.yaml"
+    accelerate_launch(config, __file__, [root / "tiny", root, out, method, 4, 1])
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:

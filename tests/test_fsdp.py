@@ -8,7 +8,8 @@ to the caller's model. RMU stops the forward at one layer and hooks it, so layer
 gather. Data and comparisons are those of tests/test_distributed.py.
 
 This file is also the worker that `accelerate launch` runs (``python test_fsdp.py MODEL DATA OUT
-METHOD BATCH ACCUM INTERRUPT_AT``).
+METHOD BATCH ACCUM INTERRUPT_AT MODE``); tests/test_deepspeed.py launches the same worker and
+launcher with its own config and recorder.
 """
 
 from __future__ import annotations
@@ -16,17 +17,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from test_distributed import STEPS, Recorder, logits, weights
+from test_distributed import STEPS, Recorder, accelerate_launch, logits, weights
 from test_distributed import setup as setup  # the module fixture: tiny model and data
 
 ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "accelerate" / "fsdp-cpu.yaml"
 
 
 class ShardRecorder(Recorder):
@@ -44,10 +45,20 @@ class ShardRecorder(Recorder):
 
 
 def worker(
-    model_dir: str, data_dir: str, out: str, method: str, batch: int, accum: int, interrupt_at: int
+    model_dir: str,
+    data_dir: str,
+    out: str,
+    method: str,
+    batch: int,
+    accum: int,
+    interrupt_at: int,
+    mode: str = "both",
+    recorder_class: type = None,
 ) -> None:
-    """Train ``method`` for STEPS steps; with ``interrupt_at`` a SIGTERM after that step stops
-    the run (checkpoint) and a second call resumes it. Rank 0 writes the weights."""
+    """Train ``method`` for STEPS steps (recording with ``recorder_class``, default
+    :class:`ShardRecorder`); with ``interrupt_at`` a SIGTERM after that step stops
+    the run (checkpoint) and a second call resumes it (``mode`` both), or the launch ends there
+    (stop) and the next one only resumes (resume). Rank 0 writes the weights."""
     from safetensors.torch import save_file
 
     from excise.data.encode import encode_records
@@ -60,7 +71,7 @@ def worker(
     forget = load_records(str(Path(data_dir) / "forget.jsonl"))
     retain = load_records(str(Path(data_dir) / "retain.jsonl"))
     spec = get_method(method)
-    recorder = ShardRecorder(spec)
+    recorder = (recorder_class or ShardRecorder)(spec)
     options = {"alpha": 10.0} if method == "rmu" else {}
 
     def on_step(step: int, _terms) -> None:
@@ -88,41 +99,44 @@ def worker(
         )
         return model, log
 
+    stopped = 0
     try:
-        model, log = run(resume=False)
-        stopped = 0
+        model, log = run(resume=mode == "resume")
     except TrainingInterrupted as stop:
         stopped = stop.step
+        if mode == "stop":
+            return
         model, log = run(resume=True)
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
     rank = int(os.environ.get("RANK", "0"))
+    # later from_pretrained calls in the process must build ordinary models
+    zero3_left_on = is_deepspeed_zero3_enabled()
     (Path(out) / f"{method}-rank{rank}.json").write_text(
-        json.dumps({"seen": recorder.seen, "log": log, "stopped": stopped})
+        json.dumps({"seen": recorder.seen, "log": log, "stopped": stopped, "zero3": zero3_left_on})
     )
     if rank == 0:
         state = {k: v.clone().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(Path(out) / f"{method}.safetensors"))
 
 
-def launch(root: Path, out: Path, method: str, batch: int, accum: int, interrupt_at: int) -> None:
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}",
-        "OMP_NUM_THREADS": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "configs" / "accelerate" / "fsdp-cpu.yaml"),
-        __file__,
-        *(str(a) for a in (root / "tiny", root, out, method, batch, accum, interrupt_at)),
-    ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
-    first_error = max(0, done.stderr.find("Traceback"))  # the workers' own error, not torchrun's
-    assert done.returncode == 0, done.stderr[first_error : first_error + 4000]
+def launch(
+    root: Path,
+    out: Path,
+    method: str,
+    batch: int,
+    accum: int,
+    interrupt_at: int,
+    mode: str = "both",
+    processes: int = 2,
+    *,
+    config: Path = CONFIG,
+    script: str = __file__,
+) -> None:
+    """``accelerate launch`` ``processes`` workers (``script``, a test file whose main calls
+    :func:`worker`) with ``config``."""
+    args = [root / "tiny", root, out, method, batch, accum, interrupt_at, mode]
+    accelerate_launch(config, script, args, processes)
 
 
 @pytest.mark.parametrize("method", ["npo", "rmu"])
@@ -201,5 +215,5 @@ def test_fsdp_checkpoint_is_not_resumed_without_fsdp(tmp_path, tiny_tokenizer, t
 
 
 if __name__ == "__main__":
-    model_dir, data_dir, out, method, batch, accum, interrupt_at = sys.argv[1:8]
-    worker(model_dir, data_dir, out, method, int(batch), int(accum), int(interrupt_at))
+    model_dir, data_dir, out, method, batch, accum, interrupt_at, mode = sys.argv[1:9]
+    worker(model_dir, data_dir, out, method, int(batch), int(accum), int(interrupt_at), mode)
