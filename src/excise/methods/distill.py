@@ -195,8 +195,9 @@ def prepare(ctx) -> None:
         return
     masks = None
     if config.perturb_fraction < 1:  # ranked on the model that still knows the forget set
-        texts = text_examples(ctx.tokenizer, config.mask_text_passages, config.text_tokens)
-        masks = forget_specific(ctx, config.perturb_fraction, texts if texts else ())
+        count = config.mask_text_passages
+        texts = text_examples(ctx.tokenizer, count, config.text_tokens) if count else []
+        masks = forget_specific(ctx, config.perturb_fraction, texts)
     if config.init_method:
         unlearn_first(ctx, config.init_method, config.init_options, config.init_train)
     ctx.state["retain_teacher"] = teacher_table(ctx, ctx.retain, config.top_k)
