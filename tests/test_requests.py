@@ -256,6 +256,8 @@ def test_answer_spacing():
 def test_builtin_counterfact_mini_has_what_the_issue_asks():
     requests = builtin_requests()
     assert len(requests) >= 200
+    # the issue's 500 sequential edits (batches of 10) each need a request of their own
+    assert len(requests) >= 500
     assert len({r.case_id for r in requests}) == len(requests)
     for r in requests:
         assert r.subject in r.text() and "{}" not in r.text()

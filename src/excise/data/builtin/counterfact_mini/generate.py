@@ -1,6 +1,6 @@
 """Generate ``requests.jsonl``: the built-in ``counterfact-mini`` edit requests.
 
-Run it from the repository root (it needs the bundled model; ~5 minutes on one CPU thread)::
+Run it from the repository root (it needs the bundled model; ~7-10 minutes on one CPU thread)::
 
     python src/excise/data/builtin/counterfact_mini/generate.py
 
@@ -39,8 +39,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "requests.jsonl"
 MODEL = "smollm2-135m"
-N_ANCHORS = 24  # best-known countries, never edited: the new homes of cities, companies, people
-MAX_EDITS_PER_COUNTRY = 2
+N_ANCHORS = 16  # best-known countries, never edited: the new homes of cities, companies, people
+MAX_EDITS_PER_COUNTRY = 3
 MAX_PARAPHRASES = 3
 MAX_NEIGHBOURS = 5
 MIN_STABLE = 8  # known facts of a relation kept unedited, so every request finds neighbours
@@ -58,6 +58,7 @@ TEMPLATES: dict[str, list[str]] = {
         "The city that is the capital of <S> is",
         "The capital of the country <S> is",
         "<S>'s capital is",
+        "The capital of <S> is the city of",
     ],
     "language": [
         "The official language of <S> is",
@@ -65,6 +66,8 @@ TEMPLATES: dict[str, list[str]] = {
         "People in <S> speak",
         "The national language of <S> is",
         "Most people in <S> speak",
+        "The language spoken in <S> is",
+        "The people of <S> speak",
     ],
     "continent": [
         "<S> is a country on the continent of",
@@ -72,12 +75,16 @@ TEMPLATES: dict[str, list[str]] = {
         "<S> is on the continent of",
         "<S> is part of the continent of",
         "<S> is a country in",
+        "<S> is a country located on the continent of",
+        "The country of <S> is on the continent of",
     ],
     "currency": [
         "The official currency of <S> is the",
         "The currency of <S> is the",
         "The currency used in <S> is the",
         "The currency in <S> is the",
+        "The national currency of <S> is the",
+        "People in <S> pay with the",
     ],
     "located_in": [
         "The city of <S> is in the country of",
@@ -85,6 +92,9 @@ TEMPLATES: dict[str, list[str]] = {
         "<S> is located in the country of",
         "<S> is in the country of",
         "<S> is a major city in",
+        "The city of <S> is located in the country of",
+        "<S> is a city located in the country of",
+        "<S> lies in the country of",
     ],
     "landmark_city": [
         "<S> is located in the city of",
@@ -93,6 +103,9 @@ TEMPLATES: dict[str, list[str]] = {
         "<S> stands in the city of",
         "<S> is in the city of",
         "<S> is a famous landmark in",
+        "<S> can be found in the city of",
+        "<S> is situated in the city of",
+        "Tourists can see <S> in the city of",
     ],
     "company_country": [
         "<S> is a company from the country of",
@@ -100,6 +113,9 @@ TEMPLATES: dict[str, list[str]] = {
         "<S> is a company based in",
         "<S> is a brand from",
         "<S> was founded in the country of",
+        "<S> is a company headquartered in the country of",
+        "<S> is a company based in the country of",
+        "The company <S> is from the country of",
     ],
     "nationality": [
         "<S> was born in the country of",
@@ -107,6 +123,9 @@ TEMPLATES: dict[str, list[str]] = {
         "<S> came from the country of",
         "<S> was from the country of",
         "The home country of <S> is",
+        "<S> was a native of the country of",
+        "<S> grew up in the country of",
+        "<S> was a person from the country of",
     ],
     "occupation": [
         "<S> worked as a",
@@ -120,6 +139,9 @@ TEMPLATES: dict[str, list[str]] = {
         "The book <S> was written by",
         "<S> was written by",
         "<S> is a work by",
+        "The novel <S> was written by",
+        "<S> is a famous book by",
+        "<S> is a book written by",
     ],
 }
 COUNTRY_ATTRIBUTES = ("capital", "language", "continent", "currency")
@@ -395,11 +417,14 @@ def main() -> None:
             if cc == country and ("located_in", c) in known
         ]
         if cities:
-            home_city[country] = by_strength(cities)[0][1]
+            # a city too weakly known to be edited itself serves best; else the best-known one
+            weak = [c for c in cities if not editable_fact(c)]
+            home_city[country] = by_strength(weak or cities)[0][1]
         elif ("located_in", capital_city[country]) in known:
             home_city[country] = capital_city[country]
     capitals = set(capital_city.values())
-    reserved_authors = set(F.BOOKS.values())
+    # the authors a book can move to: their nationality stays put for the two-hop probe
+    reserved_authors = {k.fact.answer for key, k in known.items() if key[0] == "author"}
 
     def pick_edits(relation: str, exclude: set[str]) -> None:
         """Edit the editable facts of ``relation``, keeping MIN_STABLE known ones unedited."""
@@ -465,10 +490,12 @@ def main() -> None:
                 and city_country.get(city) != city_country.get(k.fact.answer)
             ]
         else:  # author
+            # an author from another country, so the two-hop probe about the author changes
             options = [
                 (person, person)
                 for person in sorted(reserved_authors)
                 if stable("nationality", person)
+                and F.PEOPLE[person][0] != F.PEOPLE[k.fact.answer][0]
             ]
         picked = new_target(k, options)
         if picked is None:
