@@ -113,7 +113,7 @@ def bench_sequential(args) -> None:
         raise SystemExit(f"{args.requests} has {len(requests)} requests, fewer than --edits")
     chosen = requests[: args.edits]
     options = json.loads(args.options)
-    quick, full = utility_probe(model, tokenizer)
+    quick, full, retain_items = utility_probe(model, tokenizer, chosen)
     original = {**full(model), "efficacy_all": _efficacy(model, tokenizer, chosen)}
     print(json.dumps({"method": "original", **original}), flush=True)
     batches = (len(chosen) + args.batch - 1) // args.batch
@@ -127,6 +127,7 @@ def bench_sequential(args) -> None:
             "edits": len(chosen),
             "batch": args.batch,
             "threads": args.threads,
+            "retain_items": retain_items,
             "original": original,
             "trace": trace,
             "finished": False,

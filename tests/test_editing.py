@@ -300,3 +300,41 @@ def test_edit_cli_errors(argv, words, taught, tiny_tokenizer, tmp_path, capsys):
     assert code == 2
     assert words in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_unrelated_knowledge_drops_facts_that_name_an_edited_subject():
+    from excise.data.records import QA
+    from excise.editing.pipeline import unrelated
+
+    facts = [
+        QA("The capital of Iran is", " Tehran"),
+        QA("The capital of Iraq is", " Baghdad"),  # not "Iran" as a word
+        QA("Tirana is the capital of", " Albania"),  # "Iran" inside a word
+        QA("People in Iran speak", " Persian"),
+        QA("The element iron has the symbol", " Fe"),
+    ]
+    edits = [EditRequest("a", "The capital of {} is", "Iran", "Paris", "Tehran")]
+    kept = [f.prompt for f in unrelated(facts, edits)]
+    assert kept == [
+        "The capital of Iraq is",
+        "Tirana is the capital of",
+        "The element iron has the symbol",
+    ]
+    assert unrelated(facts, []) == facts
+
+
+def test_default_statistics_corpus_takes_general_and_encyclopedic_text_in_turn():
+    from excise.editing.stats import ENCYCLOPEDIC, SAMPLE, read_corpus
+
+    general, encyclopedic = read_corpus(SAMPLE), read_corpus(ENCYCLOPEDIC)
+    mixed = read_corpus(None)
+    assert len(mixed) == len(general) + len(encyclopedic)
+    assert mixed[:4] == [general[0], encyclopedic[0], general[1], encyclopedic[1]]
+    assert sorted(mixed) == sorted(general + encyclopedic)
+    # one passage per encyclopedia topic, each opening on its topic
+    topics = (ENCYCLOPEDIC.parent / "topics.txt").read_text().split("\n")
+    topics = [t for t in topics if t.strip()]
+    assert len(encyclopedic) == len(topics) >= 400
+    assert all(
+        t.split()[-1].lower() in text.lower() for t, text in zip(topics, encyclopedic, strict=True)
+    )

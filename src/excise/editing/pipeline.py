@@ -9,6 +9,7 @@ perplexity), the per-batch trace of a sequential run, and any refused edit.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from html import escape
 from pathlib import Path
@@ -17,15 +18,33 @@ from typing import Any
 from excise.errors import ConfigError, ExciseError
 
 
-def utility_probe(model, tokenizer):
-    """Unrelated knowledge and utility, measured the same way before, during and after editing."""
+def unrelated(facts: list, requests: list) -> list:
+    """The facts whose prompt names no subject of ``requests``: what editing must leave alone.
+
+    A fact about an edited subject is the edit's business (an edit may change it on purpose, or
+    spread to it: relation specificity, reported with the edit metrics), not unrelated knowledge.
+    Subjects match as whole words."""
+    subjects = sorted({r.subject for r in requests}, key=len, reverse=True)
+    if not subjects:
+        return list(facts)
+    pattern = re.compile("|".join(rf"(?<!\w){re.escape(s)}(?!\w)" for s in subjects))
+    return [f for f in facts if not pattern.search(f.prompt)]
+
+
+def utility_probe(model, tokenizer, requests: list | None = None):
+    """Unrelated knowledge and utility, measured the same way before, during and after editing.
+
+    Knowledge is the ``chem-symbols`` facts (element facts and world facts) the model answers,
+    less those that name a subject of ``requests`` (all of them, so a sequential trace measures
+    one fixed set). Returns the quick probe (retain accuracy, for monitoring), the full one
+    (plus multiple choice and perplexity) and the number of facts measured."""
     from excise.data.tasks import filter_known, load_task
     from excise.metrics import mc_accuracy, perplexity, qa_metrics
 
     task = load_task("chem-symbols")
     try:
         known = filter_known(task, model, tokenizer)
-        facts = known.forget_eval + known.retain_eval
+        facts = unrelated(known.forget_eval + known.retain_eval, requests or [])
     except ExciseError:  # a model that knows none of them (a tiny test model, say)
         facts = []
     texts = [t.text for t in task.fluency]
@@ -43,7 +62,7 @@ def utility_probe(model, tokenizer):
             "perplexity": perplexity(current, tokenizer, texts),
         }
 
-    return quick, full
+    return quick, full, len(facts)
 
 
 def run_edit(
@@ -88,7 +107,7 @@ def run_edit(
         make_config(method, options).layers_for(model)  # layers out of range fail here
         model_hash = fingerprint(model)
         stats = import_stats(stats_file, model_hash=model_hash) if stats_file else None
-        quick, full = utility_probe(model, tokenizer)
+        quick, full, retain_items = utility_probe(model, tokenizer, requests)
 
     def measure(current, context=None) -> dict[str, float]:
         return edit_metrics(
@@ -131,6 +150,7 @@ def run_edit(
         "method": {"name": method, "options": result.config},
         "model_sha": model_hash,
         "requests": len(requests),
+        "retain_items": retain_items,  # unrelated facts measured (none names an edited subject)
         "applied": result.applied,
         "sequential": sequential,
         "before": before,
@@ -212,7 +232,9 @@ actually writes. The in-context column is the unedited model told the new fact i
 <section><h2>Edit metrics</h2><table><tr><th>category</th>{head}</tr>{rows}</table>
 <p>fluency (n-gram entropy): before {before.get("fluency", 0):.3f}, edited {
         after.get("fluency", 0):.3f}</p></section>
-<section><h2>Unrelated knowledge and utility</h2><table><tr><th>metric</th><th>before</th><th>after</th></tr>{
+<section><h2>Unrelated knowledge and utility</h2><p>retain: {
+        report.get("retain_items", 0)
+    } chem-symbols facts the model knew that name no edited subject</p><table><tr><th>metric</th><th>before</th><th>after</th></tr>{
         utility
     }</table></section>
 {trace}

@@ -47,11 +47,11 @@ class TargetConfig:
 def context_prefixes(count: int, words: int = 8) -> list[str]:
     """``""`` plus ``count`` short openings of ordinary text (from the shipped text sample),
     so an edit holds when the fact is asked mid-text, not only at the start."""
-    from excise.editing.stats import read_corpus
+    from excise.editing.stats import SAMPLE, read_corpus
 
     if count == 0:
         return [""]
-    texts = read_corpus(None)
+    texts = read_corpus(SAMPLE)  # general text: an encyclopedic opening would name entities
     prefixes = [""]
     for text in texts:
         opening = text.replace("{", " ").replace("}", " ").split()[:words]
