@@ -122,6 +122,16 @@ class Context:
         return {k: v.to(self.accelerator.device) for k, v in batch.items()}
 
 
+@dataclass(frozen=True)
+class Launch:
+    """How a step's gradients are reduced, clipped and applied: ``plain`` (one process),
+    ``ddp`` (every process holds the weights; gradients averaged here), ``fsdp`` (FSDP
+    reduce-scatters; the norm is over all shards) or ``deepspeed`` (``engine`` does it all)."""
+
+    kind: Literal["plain", "ddp", "fsdp", "deepspeed"] = "plain"
+    engine: Any = None
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """SIGINT/SIGTERM stopped training at a step boundary; ``checkpoint`` is where it was saved
     (or None)."""
@@ -495,16 +505,16 @@ def train(
             p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in named.values()
         ),
     )
-    data_parallel = accelerator.num_processes > 1 and sharded is None
     if use_deepspeed:  # the engine reduces, clips and steps; optimizer stays torch's (schedule)
         engine = sharding.zero3_engine(sharded, optimizer, ds_config)
-        ctx.model = sharded
+        ctx.model, launch = sharded, Launch("deepspeed", engine)
     elif sharded is not None:  # FSDP reduces the gradients; no accelerate wrappers
-        ctx.model = sharded
-    elif data_parallel:  # the plain module; gradients averaged in _step
-        optimizer = accelerator.prepare(optimizer)
+        ctx.model, launch = sharded, Launch("fsdp")
+    elif accelerator.num_processes > 1:  # the plain module; gradients averaged in _step
+        optimizer, launch = accelerator.prepare(optimizer), Launch("ddp")
     else:
         ctx.model, optimizer = accelerator.prepare(model, optimizer)
+        launch = Launch()
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
 
     start = 0
@@ -535,9 +545,7 @@ def train(
                 scheduler,
                 step,
                 uses_retain,
-                data_parallel,
-                sharded is not None,
-                engine,
+                launch,
             )
             log.append(totals)
             bar.set_postfix({k: f"{v:.3g}" for k, v in totals.items() if k not in ("step", "lr")})
@@ -590,9 +598,7 @@ def _step(
     scheduler,
     step: int,
     uses_retain: bool,
-    data_parallel: bool = False,
-    sharded: bool = False,
-    engine=None,
+    launch: Launch = Launch(),
 ) -> dict[str, float]:
     """One optimizer step of ``grad_accum`` micro-batches; returns the averaged loss terms."""
     accelerator, forget, retain = ctx.accelerator, ctx.forget, ctx.retain
@@ -624,12 +630,12 @@ def _step(
             )
             batch["retain"] = ctx.to_device(collate([retain[i] for i in retain_rows], ctx.pad_id))
         last = micro == config.grad_accum - 1
-        if engine is not None:  # DeepSpeed scales by 1/grad_accum and steps after the last
-            sharding.zero3_forward_begins(engine)
+        if launch.kind == "deepspeed":  # scales by 1/grad_accum and steps after the last
+            sharding.zero3_forward_begins(launch.engine)
             loss, terms = method.loss(ctx, batch)
-            sharding.zero3_backward(engine, loss)
+            sharding.zero3_backward(launch.engine, loss)
         else:
-            if sharded:  # FSDP reduce-scatters after the last micro-batch only
+            if launch.kind == "fsdp":  # FSDP reduce-scatters after the last micro-batch only
                 ctx.model.set_requires_gradient_sync(last)
                 sync = contextlib.nullcontext()
             else:
@@ -643,12 +649,12 @@ def _step(
         keys = sorted(totals)
         local = torch.tensor([totals[k] for k in keys], device=accelerator.device)
         totals = dict(zip(keys, accelerator.reduce(local, "mean").tolist(), strict=True))
-    if engine is not None:  # clipped and stepped by the engine; the norm is before clipping
-        totals["grad_norm"] = float(engine.get_global_grad_norm())
+    if launch.kind == "deepspeed":  # clipped and stepped by the engine; norm before clipping
+        totals["grad_norm"] = float(launch.engine.get_global_grad_norm())
     else:
-        if data_parallel:
+        if launch.kind == "ddp":
             average_gradients(list(named.values()), accelerator.num_processes)
-        if sharded:  # the norm over every shard
+        if launch.kind == "fsdp":  # the norm over every shard
             totals["grad_norm"] = sharding.clip_grad_norm(
                 list(named.values()), config.max_grad_norm
             )
