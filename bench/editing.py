@@ -227,8 +227,9 @@ def sequential_report(args) -> None:
         f"{records[0]['batch']}, {records[0]['threads']} CPU thread(s). Efficacy: new target more "
         "likely than the true one (score) / every new-target token the argmax (tf), teacher "
         "forced. `batch` = the batch just edited, `all` = every edit so far. Retain: the "
-        "chem-symbols facts the original model answers (336); MC: general multiple choice; "
-        "ppl: perplexity of the fluency texts.",
+        "chem-symbols facts the original model answers that name no subject of the requests "
+        f"({records[0].get('retain_items', '?')}); MC: general multiple choice; ppl: perplexity "
+        "of the fluency texts.",
         "",
         f"Original model: retain {cell(original['retain_accuracy'])}, MC "
         f"{cell(original['mc_accuracy'])}, ppl {cell(original['perplexity'])}.",
@@ -262,6 +263,10 @@ def sequential_report(args) -> None:
     nullspace = RESULTS / "editing-nullspace.json"
     if nullspace.is_file():
         lines += _nullspace_lines(json.loads(nullspace.read_text()))
+        lines += [
+            "(Measured with the earlier default statistics, the general text sample alone.)",
+            "",
+        ]
     for record in records:
         done = "finished" if record["finished"] else "stopped before the end (partial trace)"
         lines += [

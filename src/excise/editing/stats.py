@@ -50,9 +50,10 @@ def read_corpus(path: str | Path | None) -> list[str]:
     """Texts from a .jsonl (``text`` field) or .txt (one passage per blank-line block) file.
 
     ``None`` is the shipped default: the general sample and the encyclopedic one, a passage of
-    each in turn, so any token budget takes them in equal parts. Entity-dense text matters: with
-    the general sample alone, directions that keys at entity positions share are cheap to write
-    along, and an edit of one subject spreads to others of its kind (bench/README.md)."""
+    each in turn, so any token budget takes them in about equal parts. Entity-dense text
+    matters: with the general sample alone, directions that keys at entity positions share are
+    cheap to write along, and an edit of one subject spreads to others of its kind
+    (bench/README.md)."""
     if path is None:
         general, encyclopedic = read_corpus(SAMPLE), read_corpus(ENCYCLOPEDIC)
         mixed = [t for pair in zip(general, encyclopedic, strict=False) for t in pair]
