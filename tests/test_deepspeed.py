@@ -206,7 +206,7 @@ def test_deepspeed_checkpoint_is_not_resumed_without_it(tmp_path, tiny_tokenizer
     from excise.train import _save_checkpoint
     from test_fsdp import train_one_step
 
-    _save_checkpoint(tmp_path, 1, {}, {}, None, by_name=True, launch="deepspeed")
+    _save_checkpoint(tmp_path, 1, {}, {}, None, launch="deepspeed")
     with pytest.raises(ConfigError, match="written by a DeepSpeed ZeRO-3 run"):
         train_one_step(tiny_model, tiny_tokenizer, "npo", checkpoint_dir=tmp_path)
 

@@ -209,7 +209,7 @@ def test_fsdp_checkpoint_is_not_resumed_without_fsdp(tmp_path, tiny_tokenizer, t
     from excise.errors import ConfigError
     from excise.train import _save_checkpoint
 
-    _save_checkpoint(tmp_path, 1, {}, {}, None, by_name=True)
+    _save_checkpoint(tmp_path, 1, {}, {}, None, launch="fsdp")
     with pytest.raises(ConfigError, match="written by an FSDP run"):
         train_one_step(tiny_model, tiny_tokenizer, "npo", checkpoint_dir=tmp_path)
 

@@ -303,11 +303,10 @@ def _save_checkpoint(
     optimizer_state: dict[str, Any],
     settings: dict[str, Any] | None = None,
     *,
-    by_name: bool = False,
-    launch: str | None = None,
+    launch: str = "plain",
 ) -> None:
-    """Write ``step``'s checkpoint; ``by_name``: the optimizer state is keyed by parameter name
-    (what sharded runs write) rather than by position; ``launch``: see :func:`sharding.kind`."""
+    """Write ``step``'s checkpoint; ``launch`` (:func:`sharding.kind`) says who wrote it: a
+    sharded run's optimizer state is keyed by parameter name, a plain run's by position."""
     target = folder / f"step-{step}"
     tmp = folder / f".step-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -318,7 +317,7 @@ def _save_checkpoint(
     )
     torch.save(optimizer_state, tmp / "optimizer.pt")
     save_file({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
-    launch = launch or ("fsdp" if by_name else "plain")
+    by_name = launch != "plain"  # also read by checkpoints written before "launch" was
     state = {"step": step, "settings": settings, "optimizer_by_name": by_name, "launch": launch}
     (tmp / "state.json").write_text(json.dumps(state))
     tmp.rename(target)
@@ -350,7 +349,6 @@ def _write_checkpoint(
                 tensors,
                 optimizer_state,
                 settings,
-                by_name=True,
                 launch=sharding.kind(sharded),
             )
     accelerator.wait_for_everyone()
@@ -473,7 +471,7 @@ def train(
             )
         add_adapters(model, lora)
     # FSDP and ZeRO-3: a sharded copy made after prepare, so caches come from the whole model
-    sharded, engine = None, None
+    sharded = None
     if use_deepspeed:
         trainable = [p for p in model.parameters() if p.requires_grad]
         ds_config = sharding.deepspeed_config(
@@ -559,10 +557,10 @@ def train(
                 )
             if interrupted.is_set():
                 bar.close()
-                _gather_into(model, named, sharded, engine)
+                _gather_into(model, named, sharded, launch.engine)
                 raise TrainingInterrupted(step + 1, checkpoint_dir)
     bar.close()
-    _gather_into(model, named, sharded, engine)
+    _gather_into(model, named, sharded, launch.engine)
     if sharded is not None:  # finish (e.g. merging adapters) works on the caller's model
         ctx.model = model
     if getattr(method, "finish", None) is not None:

@@ -38,14 +38,11 @@ def _record(model, input_ids, mask, last: int) -> tuple[torch.Tensor, list[tuple
 
     def keep(index: int):
         def hook(_module, args, kwargs):
-            if args:
-                if index == 0:
-                    first.append(args[0])
-                calls[index] = (args[1:], dict(kwargs))
-            else:
-                if index == 0:
-                    first.append(kwargs["hidden_states"])
-                calls[index] = ((), {k: v for k, v in kwargs.items() if k != "hidden_states"})
+            rest = dict(kwargs)
+            hidden = args[0] if args else rest.pop("hidden_states")
+            if index == 0:
+                first.append(hidden)
+            calls[index] = (args[1:], rest)
 
         return hook
 

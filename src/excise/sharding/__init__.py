@@ -84,7 +84,7 @@ def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> float:
 def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """The whole optimizer state keyed by parameter name, in CPU memory of the main process (a
     collective when sharded: every process calls it; the others get an empty dict)."""
-    if is_sharded(model) and not isinstance(model, FSDPModule):
+    if _zero3(model.parameters()):
         return zero3.optimizer_state(model, optimizer)
     return fsdp.optimizer_state(model, optimizer)
 
@@ -93,7 +93,7 @@ def load_optimizer_state(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict
 ) -> None:
     """Load a state from :func:`optimizer_state`; each process keeps its shard."""
-    if is_sharded(model) and not isinstance(model, FSDPModule):
+    if _zero3(model.parameters()):
         zero3.load_optimizer_state(model, optimizer, state)
     else:
         fsdp.load_optimizer_state(model, optimizer, state)

@@ -88,7 +88,6 @@ def shard(model: torch.nn.Module, accelerator: Accelerator) -> torch.nn.Module:
     with torch.no_grad():
         for name, param in sharded.named_parameters():
             load_whole(param, whole[name].to(param.device, param.dtype))
-    with torch.no_grad():
         for name, buffer in model.named_buffers():  # to_empty left them uninitialised
             sharded.get_buffer(name).copy_(buffer)
     return sharded
