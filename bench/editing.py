@@ -128,6 +128,7 @@ def bench_sequential(args) -> None:
             "batch": args.batch,
             "threads": args.threads,
             "retain_items": retain_items,
+            "preserve": args.preserve,
             "original": original,
             "trace": trace,
             "finished": False,
@@ -161,9 +162,15 @@ def bench_sequential(args) -> None:
             monitor=monitor,
             progress=False,
             prefixes=args.prefixes,
+            preserve=args.preserve,
             **options,
         )
-        record.update(finished=True, config=result.config, seconds=time.perf_counter() - started)
+        record.update(
+            finished=True,
+            config=result.config,
+            preserved=result.preserved,
+            seconds=time.perf_counter() - started,
+        )
         _sequential_file(name).write_text(json.dumps(record, indent=1) + "\n")
 
 
@@ -406,6 +413,9 @@ def main() -> None:
     parser.add_argument("--options", default="{}", help="JSON options given to every method")
     parser.add_argument("--full-every", type=int, default=5)
     parser.add_argument("--label", default="", help="suffix of the trace's name (other options)")
+    parser.add_argument(
+        "--preserve", help="preservation set (facts, none, a file; default: the method's)"
+    )
     args = parser.parse_args()
     if args.what == "time":
         args.edits = args.edits or "10,100"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,6 +58,19 @@ def test_memit_update_writes_edited_keys_and_preserves_ordinary_ones():
         for w in (1.0, 1e2, 1e4)
     ]
     assert moved[0] > moved[1] > moved[2]
+
+
+def test_memit_update_keeps_the_preservation_set_it_is_given():
+    moment, _ = _moment(2000, 32)
+    _, kept_keys = _moment(40, 32, rank=6, seed=1)  # 40 keys in a 6-dim subspace
+    keys = torch.randn(5, 32, dtype=torch.float64) * 3
+    residual = torch.randn(5, 12, dtype=torch.float64)
+    plain = memit_update(moment, keys, residual, 1.0)
+    kept = memit_update(moment, keys, residual, 1.0, 1e6 * kept_keys.T @ kept_keys)
+    assert float((plain @ kept_keys.T).norm()) > 1.0
+    assert float((kept @ kept_keys.T).norm()) < 1e-3 * float((plain @ kept_keys.T).norm())
+    # the edit still lands: 26 free directions take the 5 residuals
+    assert float((kept @ keys.T - residual.T).norm()) < 0.1 * float(residual.norm())
 
 
 def test_alphaedit_update_is_zero_on_preserved_keys():
@@ -167,6 +181,60 @@ def test_edit_raises_the_new_target_and_reverts_exactly(
     assert torch.equal(after_again, after)
 
 
+@pytest.mark.parametrize("method", ["memit", "alphaedit"])
+def test_preservation_set_keeps_its_keys_outputs(
+    method, taught, tiny_tokenizer, corpus_file, tmp_path, monkeypatch
+):
+    from excise.editing import edit
+    from excise.editing.preserve import preserved_moments
+
+    monkeypatch.setenv("EXCISE_HOME", str(tmp_path / "home"))
+    kept = ["The capital of Italy is Rome", "The capital of Germany is Berlin"]
+    options = dict(layers=[0, 1], stats_tokens=4000, prefixes=0, v_steps=25, l2=1e-2)
+    if method == "memit":
+        options.pop("l2")
+    moments, count = preserved_moments(taught, tiny_tokenizer, [0, 1], kept, progress=False)
+    assert count > 8 and all(float(torch.trace(m)) > 0 for m in moments.values())
+
+    def moved(result) -> float:  # sum over layers and kept keys of |dW k|^2
+        total = 0.0
+        for layer in (0, 1):
+            delta = result.deltas[f"model.layers.{layer}.mlp.down_proj.weight"]
+            total += float(torch.trace(delta @ moments[layer] @ delta.T))
+        return total
+
+    common = dict(stats_corpus=str(corpus_file), progress=False, **options)
+    plain = edit(taught, tiny_tokenizer, _requests()[:1], method, **common)
+    guarded = edit(
+        taught,
+        tiny_tokenizer,
+        _requests()[:1],
+        method,
+        preserve=kept,
+        preserve_weight=1e4,
+        **common,
+    )
+    assert moved(guarded) < 0.05 * moved(plain), (moved(guarded), moved(plain))
+
+
+def test_preservation_set_errors(taught, tiny_tokenizer, tmp_path):
+    from excise.editing import edit
+    from excise.editing.preserve import preservation_texts
+    from excise.errors import ConfigError, DataError
+
+    with pytest.raises(ConfigError, match="preservation set"):
+        edit(taught, tiny_tokenizer, _requests()[:1], "rome", preserve=["x y"], progress=False)
+    with pytest.raises(ConfigError, match="preserve_weight"):
+        edit(taught, tiny_tokenizer, _requests()[:1], "memit", preserve_weight=-1, progress=False)
+    path = tmp_path / "keep.jsonl"
+    rows = [{"prompt": "The capital of Italy is", "completion": " Rome"}, {"text": "Plain words."}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert preservation_texts(str(path)) == ["The capital of Italy is Rome", "Plain words."]
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError):
+        preservation_texts(str(tmp_path / "empty.jsonl"))
+
+
 def test_sequential_alphaedit_keeps_earlier_keys_and_monitor_stops(
     taught, tiny_tokenizer, corpus_file, tmp_path, monkeypatch
 ):
@@ -225,14 +293,18 @@ def test_edit_cli_writes_model_delta_and_report_and_revert_restores(
         )
         + "\n"
     )
+    keep = tmp_path / "keep.jsonl"
+    keep.write_text(json.dumps({"prompt": "The capital of Italy is", "completion": " Rome"}) + "\n")
     out = tmp_path / "edited"
     code = main([
         "edit", "--model", str(base), "--requests", str(requests), "--method", "memit",
         "--stats-corpus", str(corpus_file), "--set", "layers=[1,2]", "--set", "stats_tokens=4000",
-        "--set", "prefixes=0", "--set", "mom2_weight=1", "--out", str(out), "--quiet",
+        "--set", "prefixes=0", "--set", "mom2_weight=1", "--preserve", str(keep),
+        "--out", str(out), "--quiet",
     ])  # fmt: skip
     assert code == 0
     report = json.loads((out / "report.json").read_text())
+    assert report["preserve"] == {"source": str(keep), "texts": 1}
     assert report["after"]["edit"]["efficacy_score"] == 1.0
     assert {"efficacy_tf", "efficacy_gen"} <= set(report["after"]["edit"])
     assert "efficacy_tf" in report["in_context"]
@@ -265,6 +337,8 @@ def test_edit_cli_writes_model_delta_and_report_and_revert_restores(
         (["--set", "layers=[99]"], "out of range"),
         (["--set", "bogus=1"], "unknown option"),
         (["--limit", "0"], "--limit"),
+        (["--method", "rome", "--preserve", "facts"], "preservation set works with"),
+        (["--preserve", "missing.jsonl"], "not found"),
     ],
 )
 def test_edit_cli_errors(argv, words, taught, tiny_tokenizer, tmp_path, capsys):
@@ -321,6 +395,36 @@ def test_unrelated_knowledge_drops_facts_that_name_an_edited_subject():
         "The element iron has the symbol",
     ]
     assert unrelated(facts, []) == facts
+
+
+def test_builtin_preservation_facts_leave_out_edited_and_measured_subjects():
+    import json as json_
+
+    from excise.editing.preserve import FACTS, builtin_facts, preservation_texts
+
+    rows = [json_.loads(line) for line in FACTS.read_text().splitlines()]
+    assert len(rows) > 1000 and all(r["subject"] in r["text"] for r in rows)
+    chem = Path(__file__).parents[1] / "src/excise/data/builtin/chem_symbols"
+    subjects = {
+        json_.loads(line)["subject"]
+        for name in ("forget.jsonl", "retain.jsonl")
+        for line in (chem / name).read_text().splitlines()
+    }
+    assert not subjects & {r["subject"] for r in rows}  # retain figures stay held out
+    every = builtin_facts()
+    assert every == [r["text"] for r in rows]
+    request = EditRequest(
+        "a",
+        "The city of {} is in the country of",
+        "Lyon",
+        "Spain",
+        "France",
+        neighborhood=(Probe("Marseille is a city in the country of", "France", "neighborhood"),),
+    )
+    kept = preservation_texts("facts", [request])
+    assert len(kept) < len(every)
+    assert not any("Lyon" in t or "Marseille" in t for t in kept)
+    assert any("Toulouse" in t for t in kept)
 
 
 def test_default_statistics_corpus_takes_general_and_encyclopedic_text_in_turn():

@@ -61,6 +61,7 @@ def _run(model, tokenizer, stats, threshold: float):
         batch_size=1,  # four sequential batches
         stats=stats,
         progress=False,
+        preserve="none",  # the null space alone: its guarantee is what is checked
         layers=LAYERS,
         nullspace_threshold=threshold,
         l2=1e-2,

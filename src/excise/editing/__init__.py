@@ -65,6 +65,7 @@ class EditResult:
     batches: list[dict[str, Any]]
     refused: list[dict[str, Any]]
     stopped: str | None = None  # why a sequential run stopped early, if it did
+    preserved: int = 0  # texts in the preservation set
 
     @property
     def applied(self) -> int:
@@ -100,6 +101,7 @@ def edit(
     batch_size: int | None = None,
     stats: Any = None,
     stats_corpus: str | None = None,
+    preserve: str | Sequence[str] | None = None,
     monitor: Callable[[Any], dict[str, float]] | None = None,
     monitor_key: str | None = None,
     min_monitor: float | None = None,
@@ -110,12 +112,17 @@ def edit(
 ) -> EditResult:
     """Apply ``requests`` with ``method``; ``batch_size`` splits them into sequential batches.
 
-    ``in_place=False`` (default) edits a copy and leaves ``model`` untouched; ``True`` changes
+    ``preserve`` (memit, alphaedit): texts whose keys at the edited layers, every token, the
+    update must keep (each weighted ``preserve_weight``; read on the model before any edit), or
+    a source (``"facts"``, built in; a records file; ``"none"``); ``None`` is the method's
+    default (:mod:`excise.editing.preserve`). ``in_place=False`` (default) edits a copy and leaves ``model`` untouched; ``True`` changes
     ``model`` itself. After each batch ``monitor(model)`` (if given) is recorded; when
     ``monitor[monitor_key]`` falls below ``min_monitor`` the run stops (``on_drop="stop"``) or
     warns and continues (``"warn"``).
     """
     from excise.editing.delta import difference, merge, snapshot
+    from excise.editing.preserve import preserved_moments
+    from excise.editing.preserve import resolve as resolve_preserve
     from excise.editing.stats import key_stats
     from excise.editing.targets import context_prefixes
     from excise.models import clone_model
@@ -128,6 +135,7 @@ def edit(
         raise ConfigError("batch_size (--sequential) must be >= 1")
     module, _ = editor(method)
     config = make_config(method, options)
+    kept = resolve_preserve(method, preserve, requests)
     target = model if in_place else clone_model(model)
     layers = config.layers_for(target)
     if stats is None and method in NEEDS_STATS:
@@ -141,6 +149,10 @@ def edit(
         )
     prefixes = context_prefixes(getattr(config, "prefixes", 0))
     ctx = EditContext(target, tokenizer, config, template, stats, prefixes)
+    if kept:
+        ctx.state["preserved"] = preserved_moments(
+            target, tokenizer, layers, kept, progress=progress
+        )
     names = [
         f"{name}.weight"
         for name, module_ in target.named_modules()
@@ -200,4 +212,5 @@ def edit(
         batches,
         refused,
         stopped,
+        len(kept),
     )

@@ -9,7 +9,8 @@ directions the preserved keys do not use. With the keys of earlier edits accumul
 
     (P (K^T K + C_p + lambda C) + l2 I) dW^T = P K^T R,
 
-whose solution satisfies ``dW = dW P`` exactly, so ``dW K0 = 0`` for keys in ``C``'s null space
+(``C_p`` also holds the keys of any texts the user asked to preserve, as in
+:mod:`excise.editing.memit`), whose solution satisfies ``dW = dW P`` exactly, so ``dW K0 = 0`` for keys in ``C``'s null space
 (the paper's guarantee; tested on a tiny model to float precision).
 
 ``lambda C`` (``mom2_weight``, MEMIT's preservation term; default the key width, as in
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from excise.editing.memit import MemitConfig, spread
+from excise.editing.memit import MemitConfig, preserved, spread
 from excise.errors import ConfigError
 
 
@@ -99,6 +100,9 @@ def apply(ctx, requests) -> dict:
             free_dims[layer] = null_space(moment, config.nullspace_threshold).shape[1]
             projectors[layer] = projector(moment, config.nullspace_threshold)
         past = previous.get(layer, torch.zeros_like(moment))
+        kept = preserved(ctx, layer)
+        if kept is not None:
+            past = past + kept
         weight = keys.shape[1] if config.mom2_weight is None else config.mom2_weight
         return alphaedit_update(projectors[layer], keys, residual, past, config.l2, moment, weight)
 

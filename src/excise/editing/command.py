@@ -38,6 +38,14 @@ def add_parser(commands, add_common) -> None:
     )
     edit.add_argument("--stats-corpus", help="text for key statistics (.jsonl with 'text' or .txt)")
     edit.add_argument(
+        "--preserve",
+        metavar="SOURCE",
+        help="memit/alphaedit: what the edit must keep, every token's key: 'facts' (built-in "
+        "world facts; alphaedit's default), 'none', or a records file (QA, text or MC; "
+        ".jsonl/.json/.csv/.parquet); per-key weight --set preserve_weight=W (default 1, "
+        "shared out when the set has more than 2 x key-width keys)",
+    )
+    edit.add_argument(
         "--min-retain",
         type=float,
         help="sequential: stop (or warn) when retain accuracy falls below this",
@@ -106,6 +114,7 @@ def run_edit(args: argparse.Namespace) -> int:
         sequential=args.sequential,
         stats_file=args.stats,
         stats_corpus=args.stats_corpus,
+        preserve=args.preserve,
         min_retain=args.min_retain,
         on_drop=args.on_drop,
         generation=not args.no_generation,

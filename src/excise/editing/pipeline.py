@@ -9,7 +9,6 @@ perplexity), the per-batch trace of a sequential run, and any refused edit.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from html import escape
 from pathlib import Path
@@ -24,10 +23,11 @@ def unrelated(facts: list, requests: list) -> list:
     A fact about an edited subject is the edit's business (an edit may change it on purpose, or
     spread to it: relation specificity, reported with the edit metrics), not unrelated knowledge.
     Subjects match as whole words."""
-    subjects = sorted({r.subject for r in requests}, key=len, reverse=True)
-    if not subjects:
+    from excise.editing.preserve import naming
+
+    pattern = naming(r.subject for r in requests)
+    if pattern is None:
         return list(facts)
-    pattern = re.compile("|".join(rf"(?<!\w){re.escape(s)}(?!\w)" for s in subjects))
     return [f for f in facts if not pattern.search(f.prompt)]
 
 
@@ -76,6 +76,7 @@ def run_edit(
     sequential: int | None = None,
     stats_file: str | None = None,
     stats_corpus: str | None = None,
+    preserve: str | None = None,
     min_retain: float | None = None,
     on_drop: str = "stop",
     generation: bool = True,
@@ -87,6 +88,8 @@ def run_edit(
     from excise.editing import edit, make_config
     from excise.editing.delta import save_delta
     from excise.editing.metrics import edit_metrics, in_context_prefix
+    from excise.editing.preserve import DEFAULTS
+    from excise.editing.preserve import resolve as resolve_preserve
     from excise.editing.stats import import_stats
     from excise.fsutil import atomic_dir, check_output, write_manifest
     from excise.models import fingerprint, load_model, save_model
@@ -99,6 +102,7 @@ def run_edit(
     make_config(method, options)  # unknown options fail before any long work
     if min_retain is not None and not sequential:
         raise ConfigError("--min-retain monitors sequential editing: give --sequential N too")
+    kept = resolve_preserve(method, preserve, requests)  # a bad source fails before any work
     timer = Timer(echo)
     with timer.stage("load"):
         model, tokenizer = load_model(model_spec, dtype=dtype)
@@ -128,6 +132,7 @@ def run_edit(
             batch_size=sequential,
             stats=stats,
             stats_corpus=stats_corpus,
+            preserve=kept,
             monitor=quick if sequential else None,
             monitor_key="retain_accuracy",
             min_monitor=min_retain,
@@ -151,6 +156,7 @@ def run_edit(
         "model_sha": model_hash,
         "requests": len(requests),
         "retain_items": retain_items,  # unrelated facts measured (none names an edited subject)
+        "preserve": {"source": preserve or DEFAULTS.get(method, "none"), "texts": len(kept)},
         "applied": result.applied,
         "sequential": sequential,
         "before": before,

@@ -316,6 +316,49 @@ class Draft:
         return self.known.fact
 
 
+PRESERVE_OUT = HERE / "preserve.jsonl"
+CHEM = HERE.parent / "chem_symbols"
+
+
+def preservation_facts() -> list[dict[str, str]]:
+    """Every fact of ``facts.py`` as one cloze prompt without its answer (a template among its
+    relation's first three, chosen by hash), for ``excise edit --preserve facts``: what an edit
+    must keep is the keys at the subject in its relation's context, which need no answer and no
+    model to be written. Facts whose subject a chem-symbols item names are left out, so the
+    retain figure of an edit report (those items) stays held out."""
+    import re
+
+    subjects = {
+        json.loads(line)["subject"]
+        for name in ("forget.jsonl", "retain.jsonl")
+        for line in (CHEM / name).read_text().splitlines()
+    }
+    names = re.compile(
+        "|".join(rf"(?<!\w){re.escape(s)}(?!\w)" for s in sorted(subjects, key=len, reverse=True))
+    )
+    rows = []
+    for fact in build_facts():
+        bare = fact.subject[4:] if fact.subject.startswith("the ") else fact.subject
+        if names.search(fact.subject):
+            continue
+        choices = TEMPLATES[fact.relation][:3]
+        pattern = min(choices, key=lambda c: rank("preserve", fact.subject, c))
+        rows.append(
+            {
+                "text": fill(pattern, fact.subject),
+                "subject": bare,
+                "relation": fact.relation,
+            }
+        )
+    return rows
+
+
+def write_preservation(path: Path = PRESERVE_OUT) -> int:
+    rows = preservation_facts()
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return len(rows)
+
+
 def main() -> None:
     import torch
 
@@ -324,7 +367,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--cache", type=Path, help="keep model scores here between runs")
+    parser.add_argument(
+        "--preserve",
+        action="store_true",
+        help="write only preserve.jsonl (the facts for `--preserve facts`; no model needed)",
+    )
     args = parser.parse_args()
+    if args.preserve:
+        print(f"wrote {write_preservation()} facts to {PRESERVE_OUT}")
+        return
     torch.set_num_threads(1)
     started = time.time()
     model, tokenizer = load_model(MODEL)
