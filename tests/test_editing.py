@@ -305,6 +305,7 @@ def test_edit_cli_writes_model_delta_and_report_and_revert_restores(
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert report["preserve"] == {"source": str(keep), "texts": 1}
+    assert f"preservation set: `{keep}` (1 texts" in (out / "model" / "README.md").read_text()
     assert report["after"]["edit"]["efficacy_score"] == 1.0
     assert {"efficacy_tf", "efficacy_gen"} <= set(report["after"]["edit"])
     assert "efficacy_tf" in report["in_context"]

@@ -233,7 +233,8 @@ def edit_html(report: dict[str, Any]) -> str:
 <body><h1>{escape(title)}</h1>
 <p>{report["applied"]} of {report["requests"]} edits applied{
         f", sequential batches of {report['sequential']}" if report.get("sequential") else ""
-    }. Teacher-forced scores read the answer's probability; generated scores check what the model
+    }; preservation set: {escape(_preserve_line(report.get("preserve")).replace("`", ""))}.
+Teacher-forced scores read the answer's probability; generated scores check what the model
 actually writes. The in-context column is the unedited model told the new fact in its prompt.</p>
 <section><h2>Edit metrics</h2><table><tr><th>category</th>{head}</tr>{rows}</table>
 <p>fluency (n-gram entropy): before {before.get("fluency", 0):.3f}, edited {
@@ -249,6 +250,12 @@ actually writes. The in-context column is the unedited model told the new fact i
 """
 
 
+def _preserve_line(preserve: dict[str, Any] | None) -> str:
+    if not preserve or not preserve.get("texts"):
+        return "none"
+    return f"`{preserve['source']}` ({preserve['texts']} texts whose keys the edit kept)"
+
+
 def edit_card(report: dict[str, Any]) -> str:
     after, before = report["after"]["edit"], report["before"]["edit"]
     rows = "\n".join(
@@ -262,6 +269,7 @@ tags: [excise, model-editing]
 
 - base model: `{report.get("model")}` (weights fingerprint `{report.get("model_sha")}`)
 - method: `{report["method"]["name"]}`, {report["applied"]} of {report["requests"]} edits applied
+- preservation set: {_preserve_line(report.get("preserve"))}
 - excise {report.get("excise_version")}, {report.get("created")}
 
 A standard Hugging Face checkpoint. `../delta.safetensors` holds the exact weight changes:
