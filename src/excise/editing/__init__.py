@@ -115,8 +115,8 @@ def edit(
     ``preserve`` (memit, alphaedit): texts whose keys at the edited layers, every token, the
     update must keep (each weighted ``preserve_weight``; read on the model before any edit), or
     a source (``"facts"``, built in; a records file; ``"none"``); ``None`` is the method's
-    default (:mod:`excise.editing.preserve`). ``in_place=False`` (default) edits a copy and leaves ``model`` untouched; ``True`` changes
-    ``model`` itself. After each batch ``monitor(model)`` (if given) is recorded; when
+    default (:mod:`excise.editing.preserve`). ``in_place=False`` (default) edits a copy and
+    leaves ``model`` untouched; ``True`` changes ``model`` itself. After each batch ``monitor(model)`` (if given) is recorded; when
     ``monitor[monitor_key]`` falls below ``min_monitor`` the run stops (``on_drop="stop"``) or
     warns and continues (``"warn"``).
     """

@@ -9,9 +9,9 @@ directions the preserved keys do not use. With the keys of earlier edits accumul
 
     (P (K^T K + C_p + lambda C) + l2 I) dW^T = P K^T R,
 
-(``C_p`` also holds the keys of any texts the user asked to preserve, as in
-:mod:`excise.editing.memit`), whose solution satisfies ``dW = dW P`` exactly, so ``dW K0 = 0`` for keys in ``C``'s null space
-(the paper's guarantee; tested on a tiny model to float precision).
+(``C_p`` also holds the keys of the preservation set, :mod:`excise.editing.preserve`; by default
+the built-in world facts), whose solution satisfies ``dW = dW P`` exactly, so ``dW K0 = 0`` for
+keys in ``C``'s null space (the paper's guarantee; tested on a tiny model to float precision).
 
 ``lambda C`` (``mom2_weight``, MEMIT's preservation term; default the key width, as in
 :mod:`excise.editing.memit`) is our addition. Where a true null space exists it costs nothing
