@@ -214,6 +214,17 @@ def _nullspace_lines(rows: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def _preserved(record: dict) -> str:
+    from excise.editing.preserve import DEFAULTS
+
+    if "preserve" not in record:
+        return "none (run before preservation sets existed)"
+    method = record["method"].split("-")[0]
+    source = record["preserve"] or DEFAULTS.get(method, "none")
+    count = f", {record['preserved']} texts" if "preserved" in record else ""
+    return f"`{source}`{count}" + ("" if record["preserve"] else " (the method's default)")
+
+
 def sequential_report(args) -> None:
     """Merge the per-method traces into ``editing-sequential.json`` and a markdown table."""
     records = [
@@ -279,7 +290,7 @@ def sequential_report(args) -> None:
         lines += [
             f"## {record['method']} ({len(record['trace'])} batches, {done})",
             "",
-            f"options: `{json.dumps(record['options'])}`",
+            f"options: `{json.dumps(record['options'])}`; preservation set: {_preserved(record)}",
             "",
             "| batch | edits | eff. batch score | eff. batch tf | eff. all score | retain | MC "
             "| ppl | s |",
