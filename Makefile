@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DS_STAMP := $(VENV)/.installed-deepspeed
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test test-gpu lint venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,6 +30,11 @@ demo: $(STAMP)
 
 test: $(STAMP) $(DS_STAMP)
 	$(BIN)/python -m pytest -q -ra
+
+# The GPU paths (tests/test_gpu.py), on a machine with a GPU and a CUDA build of PyTorch in the
+# environment; the rest of the suite hides the GPU (tests/conftest.py).
+test-gpu: $(STAMP)
+	EXCISE_TEST_GPU=1 $(BIN)/python -m pytest -q -ra tests/test_gpu.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -192,6 +192,24 @@ def rmu_naive(spec, *, frozen_model: bool):
     return prepare, loss
 
 
+def timed_method(name: str):
+    """The registry's spec, its default config and the timed method for a benchmark row name
+    (a method, or ``npo-naive`` / ``rmu-naive`` / ``rmu-fullforward``)."""
+    from excise.methods import get_method, make_config
+
+    base = name.split("-")[0]
+    spec = get_method(base)
+    options = {"init_method": None} if base in NO_WARM_START else {}
+    method_config = make_config(spec.config_cls, options)
+    if name == "npo-naive":
+        prepare, loss = npo_naive(spec)
+    elif name in ("rmu-naive", "rmu-fullforward"):
+        prepare, loss = rmu_naive(spec, frozen_model=name == "rmu-naive")
+    else:
+        prepare, loss = spec.prepare, spec.loss
+    return spec, method_config, Timed(prepare, loss, spec.finish)
+
+
 def optimizer_worker(args) -> dict:
     """Seconds per AdamW step over every weight of the model: the loop's default (single-tensor
     on CPU) vs foreach vs fused kernels, same gradients."""
@@ -242,7 +260,6 @@ def worker(name: str, args) -> dict:
     from excise.data.encode import encode_records
     from excise.data.tasks import load_task
     from excise.lora import LoraSettings
-    from excise.methods import get_method, make_config
     from excise.models import load_model
     from excise.train import TrainConfig, train
 
@@ -252,17 +269,7 @@ def worker(name: str, args) -> dict:
             param.sum()
     loaded_mib = _resident_mib()
     params = sum(p.numel() for p in model.parameters())
-    base = name.split("-")[0]
-    spec = get_method(base)
-    options = {"init_method": None} if base in NO_WARM_START else {}
-    method_config = make_config(spec.config_cls, options)
-    if name == "npo-naive":
-        prepare, loss = npo_naive(spec)
-    elif name in ("rmu-naive", "rmu-fullforward"):
-        prepare, loss = rmu_naive(spec, frozen_model=name == "rmu-naive")
-    else:
-        prepare, loss = spec.prepare, spec.loss
-    method = Timed(prepare, loss, spec.finish)
+    spec, method_config, method = timed_method(name)
     task = load_task(TASK)
     stamps: list[float] = []
     lr = spec.train_defaults.get("lr", 1e-5)

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import torch
+# The suite runs on the CPU, also on a machine with a GPU: its tests compare weights and caches
+# with copies made on the CPU, and CI has no GPU. tests/test_gpu.py checks the GPU paths; run it
+# with `make test-gpu` (EXCISE_TEST_GPU=1 keeps the GPU visible). Set before CUDA initialises.
+if os.environ.get("EXCISE_TEST_GPU") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # tiny models run fastest on one thread, and do not stall when another process holds the cores

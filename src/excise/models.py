@@ -170,18 +170,28 @@ def resolve(spec: str, *, allow_pickle: bool = False) -> str:
     return spec  # a hub id
 
 
+def default_device() -> str:
+    """``cuda:LOCAL_RANK`` when a GPU is visible (one per process under ``accelerate launch``),
+    else ``cpu``. ``CUDA_VISIBLE_DEVICES=""`` keeps every command on the CPU."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+
+
 def load_model(
     spec: str,
     *,
     dtype: str = "float32",
-    device: str | None = None,
+    device: str | None = "auto",
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
 ) -> tuple[PreTrainedModel, object]:
     """Load a causal LM and its tokenizer in eval mode, with a pad token set.
 
     ``spec`` is ``smollm2-135m`` (bundled), a local HF folder, a ``.gguf`` file or a hub id.
-    A tokenizer without a pad token gets its end-of-sequence token as pad.
+    A tokenizer without a pad token gets its end-of-sequence token as pad. ``device="auto"``
+    places the model on this process's GPU when one is visible (:func:`default_device`), where
+    training would move it anyway; ``None`` leaves it on the CPU.
     """
     if dtype not in DTYPES:
         raise ModelError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
@@ -234,6 +244,8 @@ def load_model(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if device == "auto":
+        device = default_device()
     if device:
         model.to(device)
     model.eval()

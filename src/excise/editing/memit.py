@@ -78,7 +78,7 @@ def spread(ctx, requests, solve: Solver) -> dict:
         update = solve(layer, keys, residual)  # (hidden, d_ff)
         weight = out_in(block_part(ctx.model, layer, "mlp_out"))
         with torch.no_grad():
-            weight.add_(update.to(weight.dtype))
+            weight.add_(update.to(weight))  # solved on the CPU in float64
         keys_used[layer] = keys
     return {"target_nll": nll, "refused": [], "keys": keys_used}
 

@@ -77,6 +77,6 @@ def apply(ctx, requests) -> dict:
             )
             continue
         with torch.no_grad():
-            weight.add_(update.to(weight.dtype))
+            weight.add_(update.to(weight))  # solved on the CPU in float64
         nlls.extend(nll)
     return {"target_nll": nlls, "refused": refused}
