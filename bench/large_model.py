@@ -15,8 +15,8 @@ Every method runs in its own subprocess through the one training loop (excise.tr
 its naive form for npo and rmu (bench/train_step.py says what those are), and reports:
 - step time (median of the measured steps, each ended by a device synchronisation),
 - tokens/s (non-pad tokens of the step's forget + retain batches),
-- peak GPU memory (torch.cuda.max_memory_allocated over the run, the model's own weights included)
-  and the weights' size,
+- peak GPU memory (torch.cuda.max_memory_allocated over the run, the model's own weights included;
+  on a CPU the process's resident peak) and the weights' size,
 - achieved TFLOP/s = 6 * parameters * tokens / step time and its fraction of the bf16 matmul rate
   measured in this run (8192^3 products), for methods that run the whole model forward and backward
   once per example.
@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -48,6 +49,15 @@ PRESETS = {
         "num_key_value_heads": 8,
         "tie_word_embeddings": True,
         "rope_theta": 500000.0,
+    },
+    # activation memory on a CPU: a 49k-vocabulary head on a small body
+    "small": {
+        "hidden_size": 256,
+        "intermediate_size": 1024,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "tie_word_embeddings": True,
     },
     # for trying the script on a CPU
     "tiny": {
@@ -137,6 +147,8 @@ def worker(name: str, args) -> dict:
 
     if args.any_attention:  # PyTorch's own choice of attention kernel (cuDNN first on Hopper)
         excise.train.ATTENTION = None
+    if args.one_backward:  # one backward of the whole loss, both batches' activations alive
+        excise.train.EARLY_BACKWARD = False
 
     dtype = getattr(torch, args.dtype)
     tokenizer = load_tokenizer(args.tokenizer)
@@ -195,7 +207,10 @@ def worker(name: str, args) -> dict:
     tokens = sum(b["tokens"] for b in measured) / args.steps
     padded = sum(b["padded"] for b in measured) / args.steps
     step_s = statistics.median(steps)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    if torch.cuda.is_available():
+        peak = torch.cuda.max_memory_allocated() / 2**30
+    else:  # the process's resident peak (its own process: the model, libraries and all)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return {
         "method": name,
         "params": params,
@@ -220,6 +235,7 @@ def run_worker(name: str, args) -> dict | None:
     command += ["--tokenizer", args.tokenizer] if args.tokenizer else []
     command += ["--profile"] if args.profile else []
     command += ["--any-attention"] if args.any_attention else []
+    command += ["--one-backward"] if args.one_backward else []
     done = subprocess.run(command, capture_output=True, text=True)
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -261,6 +277,11 @@ def main() -> None:
         action="store_true",
         help="let PyTorch pick any attention kernel (cuDNN too) instead of the loop's choice",
     )
+    parser.add_argument(
+        "--one-backward",
+        action="store_true",
+        help="one backward of the whole loss instead of the forget part first (Context.release)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.warmup < 1 or args.steps < 1:
@@ -275,7 +296,8 @@ def main() -> None:
         f"machine: {machine_line()}\nmodel: {args.preset} ({args.dtype}, random weights), batch "
         f"{args.batch_size} forget + {args.batch_size} retain texts of <= {args.max_length} "
         f"tokens, {args.warmup} warm-up + {args.steps} measured steps"
-        + (", any attention kernel" if args.any_attention else ", the loop's attention kernels"),
+        + (", any attention kernel" if args.any_attention else ", the loop's attention kernels")
+        + (", one backward" if args.one_backward else ", backward in parts"),
         flush=True,
     )
     peak_before = matmul_tflops(dtype) if torch.cuda.is_available() else None

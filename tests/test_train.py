@@ -88,3 +88,74 @@ def test_all_parameters_trainable_again_after_rmu(tiny_tokenizer):
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed == {"model.layers.1.mlp.down_proj.weight", "model.layers.2.mlp.down_proj.weight"}
     assert all(p.requires_grad for p in model.parameters())
+
+
+def _train_tiny(tokenizer, name: str, grad_accum: int = 1, options=None):
+    task = tiny_task()
+    model = make_tiny_model(tokenizer)
+    spec = get_method(name)
+    log = train(
+        model,
+        tokenizer,
+        spec,
+        spec.config_cls(**(options or {})),
+        forget=encode_records(tokenizer, task.forget, "raw"),
+        retain=encode_records(tokenizer, task.retain, "raw"),
+        forget_records=task.forget,
+        template="raw",
+        config=TrainConfig(steps=3, lr=1e-3, batch_size=2, grad_accum=grad_accum, progress=False),
+        uses_retain=spec.uses_retain,
+    )
+    return model, log
+
+
+@pytest.mark.parametrize(
+    "name, options, accum",
+    [
+        ("graddiff", None, 1),
+        ("npo", None, 2),
+        ("simnpo", None, 1),
+        ("idk", None, 1),
+        ("rmu", {"layer": 2, "update_layers": 2}, 2),
+        ("npo", {"retain_weight": 0.0}, 1),  # nothing left to backward after the release
+    ],
+)
+def test_backward_in_parts_gives_the_same_training(
+    tiny_tokenizer, monkeypatch, name, options, accum
+):
+    import excise.train
+
+    parts, parts_log = _train_tiny(tiny_tokenizer, name, accum, options)
+    monkeypatch.setattr(excise.train, "EARLY_BACKWARD", False)
+    whole, whole_log = _train_tiny(tiny_tokenizer, name, accum, options)
+    for (n, a), b in zip(parts.named_parameters(), whole.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), n
+    assert [e["loss"] for e in parts_log] == pytest.approx([e["loss"] for e in whole_log], rel=1e-5)
+    assert any(not torch.equal(a, b) for a, b in zip(parts.parameters(), make_tiny_model(tiny_tokenizer).parameters(), strict=True))  # fmt: skip
+
+
+def test_forget_part_is_backwarded_before_the_retain_forward(tiny_tokenizer):
+    """The point of Context.release: when the retain batch runs forward, the forget batch's
+    gradients are already in (its activations freed), in every micro-batch."""
+    model = make_tiny_model(tiny_tokenizer)
+    seen: list[bool] = []
+    embed = model.get_input_embeddings()
+    handle = embed.register_forward_pre_hook(
+        lambda _m, _a: seen.append(embed.weight.grad is not None and bool(embed.weight.grad.any()))
+    )
+    task = tiny_task()
+    spec = get_method("graddiff")
+    train(
+        model,
+        tiny_tokenizer,
+        spec,
+        spec.config_cls(),
+        forget=encode_records(tiny_tokenizer, task.forget, "raw"),
+        retain=encode_records(tiny_tokenizer, task.retain, "raw"),
+        forget_records=task.forget,
+        template="raw",
+        config=TrainConfig(steps=2, lr=1e-3, batch_size=2, progress=False),
+    )
+    handle.remove()
+    # per step: forget forward (no gradient yet), retain forward (forget's gradient in)
+    assert seen == [False, True, False, True]

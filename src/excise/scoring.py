@@ -97,8 +97,10 @@ def nll(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def with_retain_nll(ctx, batch, loss: torch.Tensor, terms: dict[str, float], weight: float):
-    """``loss + weight * NLL(retain batch)``, the retain term most removal methods share."""
+    """``loss + weight * NLL(retain batch)``, the retain term most removal methods share
+    (``loss`` is backwarded before the retain forward where the training loop allows it)."""
     if weight > 0:
+        loss = ctx.release(loss)
         retain_nll = nll(ctx.model, batch["retain"])
         loss = loss + weight * retain_nll
         terms["retain_nll"] = float(retain_nll.detach())

@@ -29,8 +29,9 @@ def prepare(ctx) -> None:
 
 def loss(ctx, batch):
     forget_nll = nll(ctx.model, batch["forget"])
+    forget_term = ctx.release(-forget_nll)  # backwarded now where the loop allows it
     retain_nll = nll(ctx.model, batch["retain"])
-    total = -forget_nll + ctx.config.retain_weight * retain_nll
+    total = forget_term + ctx.config.retain_weight * retain_nll
     return total, {
         "forget_nll": float(forget_nll.detach()),
         "retain_nll": float(retain_nll.detach()),

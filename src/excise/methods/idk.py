@@ -56,8 +56,9 @@ def loss(ctx, batch):
     rows = batch["forget"]["index"].tolist()
     refusal_batch = ctx.to_device(collate([ctx.state["idk"][i] for i in rows], ctx.pad_id))
     refusal_nll = nll(ctx.model, refusal_batch)
+    refusal_term = ctx.release(refusal_nll)  # backwarded now where the loop allows it
     retain_nll = nll(ctx.model, batch["retain"])
-    total = refusal_nll + ctx.config.retain_weight * retain_nll
+    total = refusal_term + ctx.config.retain_weight * retain_nll
     return total, {"idk_nll": float(refusal_nll.detach()), "retain_nll": float(retain_nll.detach())}
 
 

@@ -134,6 +134,7 @@ def loss(ctx, batch):
     terms = {"forget_mse": float(forget_loss.detach())}
     total = forget_loss
     if ctx.config.alpha > 0:
+        total = ctx.release(total)  # backwarded now where the loop allows it
         retain = batch["retain"]
         retain_hidden = hidden_at(ctx.model, layer, retain)
         frozen = padded(
