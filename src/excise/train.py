@@ -26,6 +26,11 @@ configs do the same with a partitioned copy driven by a DeepSpeed engine (its ba
 accumulation, clipping and gradient norm; the batch sizes, accumulation and clipping of its config
 come from :class:`TrainConfig`). With ``lora`` (:mod:`excise.lora`) adapters go on the
 layers the method trains, after ``prepare``; the model comes back with them in place.
+
+A loss with a forget and a retain part hands the first to ``ctx.release`` before it runs the
+retain forward: in one process or data parallel the loop backwards it at once (one batch's
+activations held at a time, same gradients); under FSDP and DeepSpeed it is left in the sum. On a
+GPU the loop keeps cuDNN's attention out (:data:`ATTENTION`).
 """
 
 from __future__ import annotations
