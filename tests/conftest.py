@@ -201,3 +201,41 @@ def teach(model, tokenizer, records, steps: int = 60, lr: float = 3e-3):
         uses_retain=False,
     )
     return model
+
+
+def train_tiny(
+    model,
+    tokenizer,
+    method: str,
+    lora=None,
+    steps: int = 8,
+    options=None,
+    checkpoint_dir=None,
+    resume=False,
+    on_step=None,
+    **train_options,
+):
+    """``method`` trained on the tiny task through the one loop (``lora``: LoraSettings or None)."""
+    from excise.data.encode import encode_records
+    from excise.methods import get_method
+    from excise.train import TrainConfig, train
+
+    task = tiny_task()
+    spec = get_method(method)
+    settings = {"steps": steps, "lr": 1e-2, "batch_size": 4, "progress": False, **train_options}
+    return train(
+        model,
+        tokenizer,
+        spec,
+        spec.config_cls(**(options or {})),
+        forget=encode_records(tokenizer, task.forget, "raw"),
+        retain=encode_records(tokenizer, task.retain, "raw"),
+        forget_records=task.forget,
+        template="raw",
+        config=TrainConfig(**settings),
+        uses_retain=spec.uses_retain,
+        lora=lora,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        on_step=on_step,
+    )

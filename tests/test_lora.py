@@ -10,48 +10,14 @@ import torch
 from safetensors.torch import load_file
 
 from excise.cli import main
-from excise.data.encode import encode_records
 from excise.errors import ConfigError
 from excise.lora import LoraSettings, has_adapters, merge_adapters
 from excise.methods import UNLEARNING, get_method
 from excise.models import save_model
-from excise.train import TrainConfig, train
 from tests.conftest import make_tiny_model, tiny_task
+from tests.conftest import train_tiny as run
 
 pytest.importorskip("peft")
-
-
-def run(
-    model,
-    tokenizer,
-    method: str,
-    lora: LoraSettings,
-    steps: int = 8,
-    options=None,
-    checkpoint_dir=None,
-    resume=False,
-    on_step=None,
-    **train_options,
-):
-    task = tiny_task()
-    spec = get_method(method)
-    settings = {"steps": steps, "lr": 1e-2, "batch_size": 4, "progress": False, **train_options}
-    return train(
-        model,
-        tokenizer,
-        spec,
-        spec.config_cls(**(options or {})),
-        forget=encode_records(tokenizer, task.forget, "raw"),
-        retain=encode_records(tokenizer, task.retain, "raw"),
-        forget_records=task.forget,
-        template="raw",
-        config=TrainConfig(**settings),
-        uses_retain=spec.uses_retain,
-        lora=lora,
-        checkpoint_dir=checkpoint_dir,
-        resume=resume,
-        on_step=on_step,
-    )
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from excise.data.encode import encode_records
 from excise.methods import get_method
 from excise.models import fingerprint
 from excise.train import TrainConfig, batch_indices, train
-from tests.conftest import make_tiny_model, tiny_task
+from tests.conftest import make_tiny_model, tiny_task, train_tiny
 
 
 def test_batches_are_a_function_of_seed_and_draw():
@@ -90,25 +90,6 @@ def test_all_parameters_trainable_again_after_rmu(tiny_tokenizer):
     assert all(p.requires_grad for p in model.parameters())
 
 
-def _train_tiny(tokenizer, name: str, grad_accum: int = 1, options=None):
-    task = tiny_task()
-    model = make_tiny_model(tokenizer)
-    spec = get_method(name)
-    log = train(
-        model,
-        tokenizer,
-        spec,
-        spec.config_cls(**(options or {})),
-        forget=encode_records(tokenizer, task.forget, "raw"),
-        retain=encode_records(tokenizer, task.retain, "raw"),
-        forget_records=task.forget,
-        template="raw",
-        config=TrainConfig(steps=3, lr=1e-3, batch_size=2, grad_accum=grad_accum, progress=False),
-        uses_retain=spec.uses_retain,
-    )
-    return model, log
-
-
 @pytest.mark.parametrize(
     "name, options, accum",
     [
@@ -125,9 +106,14 @@ def test_backward_in_parts_gives_the_same_training(
 ):
     import excise.train
 
-    parts, parts_log = _train_tiny(tiny_tokenizer, name, accum, options)
+    def run():
+        model = make_tiny_model(tiny_tokenizer)
+        settings = {"steps": 3, "options": options, "grad_accum": accum, "lr": 1e-3}
+        return model, train_tiny(model, tiny_tokenizer, name, batch_size=2, **settings)
+
+    parts, parts_log = run()
     monkeypatch.setattr(excise.train, "EARLY_BACKWARD", False)
-    whole, whole_log = _train_tiny(tiny_tokenizer, name, accum, options)
+    whole, whole_log = run()
     for (n, a), b in zip(parts.named_parameters(), whole.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), n
     assert [e["loss"] for e in parts_log] == pytest.approx([e["loss"] for e in whole_log], rel=1e-5)
@@ -143,19 +129,7 @@ def test_forget_part_is_backwarded_before_the_retain_forward(tiny_tokenizer):
     handle = embed.register_forward_pre_hook(
         lambda _m, _a: seen.append(embed.weight.grad is not None and bool(embed.weight.grad.any()))
     )
-    task = tiny_task()
-    spec = get_method("graddiff")
-    train(
-        model,
-        tiny_tokenizer,
-        spec,
-        spec.config_cls(),
-        forget=encode_records(tiny_tokenizer, task.forget, "raw"),
-        retain=encode_records(tiny_tokenizer, task.retain, "raw"),
-        forget_records=task.forget,
-        template="raw",
-        config=TrainConfig(steps=2, lr=1e-3, batch_size=2, progress=False),
-    )
+    train_tiny(model, tiny_tokenizer, "graddiff", steps=2, lr=1e-3, batch_size=2)
     handle.remove()
     # per step: forget forward (no gradient yet), retain forward (forget's gradient in)
     assert seen == [False, True, False, True]
