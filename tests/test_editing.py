@@ -111,8 +111,8 @@ def _requests() -> list[EditRequest]:
     ]
 
 
-@pytest.fixture
-def taught(tiny_tokenizer):
+def teach_capitals(tokenizer):
+    """A tiny model taught four capitals (the facts the requests edit and probe)."""
     from excise.data.records import QA
 
     facts = [
@@ -121,18 +121,40 @@ def taught(tiny_tokenizer):
         QA("The capital of Italy is", " Rome"),
         QA("The capital of Germany is", " Berlin"),
     ]
-    return teach(make_tiny_model(tiny_tokenizer), tiny_tokenizer, facts, steps=80)
+    return teach(make_tiny_model(tokenizer), tokenizer, facts, steps=80)
 
 
-@pytest.fixture
-def corpus_file(tmp_path):
+def write_corpus(path):
     from tests.conftest import corpus
 
-    path = tmp_path / "corpus.jsonl"
     # ordinary text that does not state the edited facts (their keys should be free to move)
     texts = [t for t in corpus() if "capital" not in t]
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts * 30))
     return path
+
+
+def edit_options(method: str) -> dict:
+    """Each method's options for the tiny model's edits."""
+    options = {"layer": 0} if method in ("rome", "ft") else {"layers": [0, 1]}
+    if method == "rome":  # a random tiny model's weights are small next to the edit
+        options["max_update"] = 100.0
+    if method != "ft":
+        options.update(stats_tokens=4000, prefixes=0, v_steps=25)
+    else:
+        options.update(norm_constraint=0.05, lr=1e-2, steps=20)
+    if method == "alphaedit":  # keys of a 64-wide model are short: scale the ridge to them
+        options["l2"] = 1e-2
+    return options
+
+
+@pytest.fixture
+def taught(tiny_tokenizer):
+    return teach_capitals(tiny_tokenizer)
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    return write_corpus(tmp_path / "corpus.jsonl")
 
 
 @pytest.mark.parametrize("method", ["rome", "memit", "alphaedit", "ft"])
@@ -148,15 +170,6 @@ def test_edit_raises_the_new_target_and_reverts_exactly(
     pairs = [(r.text(), " " + r.target_new) for r in requests]
     before = score_pairs(taught, tiny_tokenizer, pairs, "raw").logprob
     original = {k: v.clone() for k, v in taught.state_dict().items()}
-    options = {"layer": 0} if method in ("rome", "ft") else {"layers": [0, 1]}
-    if method == "rome":  # a random tiny model's weights are small next to the edit
-        options["max_update"] = 100.0
-    if method != "ft":
-        options.update(stats_tokens=4000, prefixes=0, v_steps=25)
-    else:
-        options.update(norm_constraint=0.05, lr=1e-2, steps=20)
-    if method == "alphaedit":  # keys of a 64-wide model are short: scale the ridge to them
-        options["l2"] = 1e-2
     result = edit(
         taught,
         tiny_tokenizer,
@@ -164,7 +177,7 @@ def test_edit_raises_the_new_target_and_reverts_exactly(
         method,
         stats_corpus=str(corpus_file),
         progress=False,
-        **options,
+        **edit_options(method),
     )
     assert not result.in_place and result.model is not taught
     for name, tensor in taught.state_dict().items():  # the caller's model is untouched

@@ -12,10 +12,8 @@ import json
 import pytest
 import torch
 
-from excise.data.encode import encode_records
-from excise.methods import all_methods, get_method
-from excise.train import TrainConfig, train
-from tests.conftest import make_tiny_model, teach, tiny_task
+from excise.methods import all_methods
+from tests.conftest import make_tiny_model, tiny_task, train_tiny
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no GPU visible (make test-gpu on a machine with one)"
@@ -31,20 +29,8 @@ def on_cuda(model) -> bool:
 def test_every_method_trains_a_model_on_the_gpu(name, tiny_tokenizer):
     model = make_tiny_model(tiny_tokenizer).cuda()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    task = tiny_task()
-    spec = get_method(name)
-    log = train(
-        model,
-        tiny_tokenizer,
-        spec,
-        spec.config_cls(**WITHOUT_WARM_START.get(name, {})),
-        forget=encode_records(tiny_tokenizer, task.forget, "raw"),
-        retain=encode_records(tiny_tokenizer, task.retain, "raw"),
-        forget_records=task.forget,
-        template="raw",
-        config=TrainConfig(steps=3, lr=1e-3, batch_size=4, progress=False),
-        uses_retain=spec.uses_retain,
-    )
+    options = WITHOUT_WARM_START.get(name)
+    log = train_tiny(model, tiny_tokenizer, name, steps=3, options=options, lr=1e-3)
     assert on_cuda(model)
     assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in log)
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
@@ -62,31 +48,17 @@ def test_scoring_on_the_gpu_matches_the_cpu(tiny_tokenizer):
 
 @pytest.mark.parametrize("method", ["rome", "memit", "alphaedit", "ft"])
 def test_editing_a_model_on_the_gpu(method, tiny_tokenizer, tmp_path, monkeypatch):
-    from excise.data.records import QA
     from excise.editing import edit
     from excise.scoring import score_pairs
-    from tests.conftest import corpus
-    from tests.test_editing import _requests
+    from tests.test_editing import _requests, edit_options, teach_capitals, write_corpus
 
     monkeypatch.setenv("EXCISE_HOME", str(tmp_path / "home"))
-    facts = [QA(f"The capital of {c} is", f" {t}") for c, t in
-             (("France", "Paris"), ("Spain", "Madrid"), ("Italy", "Rome"), ("Germany", "Berlin"))]  # fmt: skip
-    model = teach(make_tiny_model(tiny_tokenizer), tiny_tokenizer, facts, steps=80).cuda()
-    texts = [t for t in corpus() if "capital" not in t] * 30
-    path = tmp_path / "corpus.jsonl"
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    model = teach_capitals(tiny_tokenizer).cuda()
+    path = write_corpus(tmp_path / "corpus.jsonl")
     requests = _requests()
     pairs = [(r.text(), " " + r.target_new) for r in requests]
     before = score_pairs(model, tiny_tokenizer, pairs, "raw").logprob
-    options = {"layer": 0} if method in ("rome", "ft") else {"layers": [0, 1]}
-    if method == "rome":
-        options["max_update"] = 100.0
-    if method == "ft":
-        options.update(norm_constraint=0.05, lr=1e-2, steps=20)
-    else:
-        options.update(stats_tokens=4000, prefixes=0, v_steps=25)
-    if method == "alphaedit":
-        options["l2"] = 1e-2
+    options = edit_options(method)
     result = edit(
         model, tiny_tokenizer, requests, method, stats_corpus=str(path), progress=False, **options
     )
@@ -113,7 +85,7 @@ def test_commands_run_end_to_end_on_the_gpu(tiny_tokenizer, tmp_path, monkeypatc
 
     from excise.cli import main
     from excise.models import default_device, save_model
-    from tests.conftest import corpus
+    from tests.test_editing import write_corpus
 
     assert default_device().startswith("cuda")
     monkeypatch.setenv("EXCISE_HOME", str(tmp_path / "home"))
@@ -125,9 +97,7 @@ def test_commands_run_end_to_end_on_the_gpu(tiny_tokenizer, tmp_path, monkeypatc
         "target_true": "Paris", "paraphrases": ["The capital of France"],
         "neighborhood": [{"prompt": "The capital of Spain is", "target": "Madrid"}],
     }) + "\n")  # fmt: skip
-    stats = tmp_path / "corpus.jsonl"
-    stats.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus() * 30))
-    requests, stats = str(requests), str(stats)
+    requests, stats = str(requests), str(write_corpus(tmp_path / "corpus.jsonl"))
     common = ["--forget", forget, "--retain", retain, "--template", "raw"]
     runs = {
         "unlearn": ["unlearn", "--model", base, *common, "--method", "npo", "--steps", "3"],
