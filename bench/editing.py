@@ -6,6 +6,9 @@
     python bench/editing.py sequential [--edits 500] [--batch 10] [--methods alphaedit,memit]
                                        AlphaEdit vs MEMIT under the same sequential schedule
     python bench/editing.py nullspace  does the key moment have a null space? (no edit applied)
+    python bench/editing.py damage    [--edits 10] [--variants JSON]
+                                       one batch: unrelated facts lost to the edit vs to a random
+                                       change of the same norm in the same weights
     python bench/editing.py sequential-report
                                        bench/results/editing-sequential.{json,md} from the traces
 
@@ -409,10 +412,52 @@ def bench_nullspace(args) -> None:
     (RESULTS / "editing-nullspace.json").write_text(json.dumps(out, indent=1) + "\n")
 
 
+def bench_damage(args) -> None:
+    """One batch of ``--edits`` requests per variant (``--variants``: name -> options, each
+    with its ``method``): the unrelated facts it costs (``utility_probe``'s set), greedy
+    efficacy, the norm of the change per weight, and the facts lost when the change in every
+    edited weight is replaced by a random Gaussian one of the same Frobenius norm. Says whether
+    damage follows how much an edit moves the weights or where it moves them."""
+    from excise.editing import edit
+    from excise.editing.pipeline import utility_probe
+
+    model, tokenizer, requests = _setup(args.threads, args.requests)
+    quick, _, count = utility_probe(model, tokenizer, requests[:500])
+    chosen = requests[: args.edits]
+    rows = []
+    for name, given in json.loads(args.variants).items():
+        options = dict(given)
+        method = options.pop("method", "alphaedit")
+        result = edit(
+            model, tokenizer, chosen, method, progress=False, prefixes=args.prefixes, **options
+        )
+        edited = result.model
+        row = {
+            "variant": name,
+            "method": method,
+            "options": options,
+            "facts": count,
+            "retain_edited": quick(edited)["retain_accuracy"],
+            "efficacy": _efficacy(edited, tokenizer, chosen),
+            "norms": {k: round(float(v.norm()), 3) for k, v in result.deltas.items()},
+        }
+        weights = dict(edited.named_parameters())
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for key, change in result.deltas.items():
+                noise = torch.randn(change.shape, generator=generator, dtype=change.dtype)
+                weights[key].add_((noise * change.norm() / noise.norm() - change).to(weights[key]))
+        row["retain_random"] = quick(edited)["retain_accuracy"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    (RESULTS / "editing-damage.json").write_text(json.dumps(rows, indent=1) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
-        "what", choices=("time", "stats", "sequential", "sequential-report", "nullspace")
+        "what",
+        choices=("time", "stats", "sequential", "sequential-report", "nullspace", "damage"),
     )
     parser.add_argument("--edits", default=None)
     parser.add_argument("--sizes", default="1000,10000,100000")
@@ -424,6 +469,12 @@ def main() -> None:
     parser.add_argument("--options", default="{}", help="JSON options given to every method")
     parser.add_argument("--full-every", type=int, default=5)
     parser.add_argument("--label", default="", help="suffix of the trace's name (other options)")
+    parser.add_argument(
+        "--variants",
+        default='{"default": {}, "early_stop=0.5": {"early_stop": 0.5}, '
+        '"mom2_weight=4d": {"mom2_weight": 6144}}',
+        help="damage: JSON name -> options (with the method; default alphaedit)",
+    )
     parser.add_argument(
         "--preserve", help="preservation set (facts, none, a file; default: the method's)"
     )
@@ -437,6 +488,9 @@ def main() -> None:
     elif args.what == "nullspace":
         args.edits = int(args.edits or 40)
         bench_nullspace(args)
+    elif args.what == "damage":
+        args.edits = int(args.edits or 10)
+        bench_damage(args)
     elif args.what == "sequential":
         args.edits = int(args.edits or 500)
         bench_sequential(args)
