@@ -134,7 +134,9 @@ def accelerate_launch(config: Path, script: str, args: list, processes: int | No
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), *count,
         script, *(str(a) for a in args),
     ]  # fmt: skip
-    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    # a guard against a hung launch, not a timing check: two DeepSpeed workers starting up took
+    # over 180 s on 2 cores while other jobs ran beside the suite
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     first_error = max(0, done.stderr.find("Traceback"))  # the workers' own error, not torchrun's
     assert done.returncode == 0, done.stderr[first_error : first_error + 4000]
 
