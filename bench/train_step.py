@@ -1,7 +1,7 @@
 """Training-step benchmark on the bundled model (never part of `make test`).
 
     python bench/train_step.py [--threads 1] [--steps 3] [--warmup 1] [--repeat 1]
-                               [--methods ga,npo,...] [--lora R] [--fused-adamw] [--optimizer]
+                               [--methods ga,npo,...] [--lora R] [--unfused-adamw] [--optimizer]
 
 For every gradient-based method in the registry (plus the naive forms of npo and rmu) a fresh
 subprocess loads smollm2-135m, trains ``warmup + steps`` optimizer steps on chem-symbols through
@@ -250,13 +250,13 @@ def worker(name: str, args) -> dict:
         return result
 
     torch.optim.AdamW.step = timed_step
-    if args.fused_adamw:  # what the loop would run with torch.optim.AdamW(..., fused=True)
+    if args.unfused_adamw:  # the loop's optimizer before it was fused (single-tensor kernels)
         adamw_init = torch.optim.AdamW.__init__
 
-        def fused_init(self, params, *a, **k):
-            adamw_init(self, params, *a, **{"fused": True, **k})
+        def unfused_init(self, params, *a, **k):
+            adamw_init(self, params, *a, **{**k, "fused": False})
 
-        torch.optim.AdamW.__init__ = fused_init
+        torch.optim.AdamW.__init__ = unfused_init
     from excise.data.encode import encode_records
     from excise.data.tasks import load_task
     from excise.lora import LoraSettings
@@ -343,7 +343,7 @@ def run_worker(name: str, args) -> dict | None:
     command = [sys.executable, __file__, "--worker", name]
     command += ["--threads", str(args.threads), "--steps", str(args.steps)]
     command += ["--warmup", str(args.warmup), "--batch-size", str(args.batch_size)]
-    command += ["--lora", str(args.lora)] + (["--fused-adamw"] if args.fused_adamw else [])
+    command += ["--lora", str(args.lora)] + (["--unfused-adamw"] if args.unfused_adamw else [])
     done = subprocess.run(command, capture_output=True, text=True)
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -367,7 +367,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--methods", default=None, help="comma list (default: all + naive forms)")
     parser.add_argument("--optimizer", action="store_true", help="also time AdamW variants")
-    parser.add_argument("--fused-adamw", action="store_true", help="train with fused AdamW")
+    parser.add_argument(
+        "--unfused-adamw", action="store_true", help="AdamW unfused (the loop fuses it)"
+    )
     parser.add_argument(
         "--repeat", type=int, default=1, help="rounds; each method keeps its fastest"
     )
@@ -389,7 +391,7 @@ def main() -> None:
         f"machine: {machine_line(args.threads)}; task {TASK}, batch {args.batch_size} forget "
         f"(+ {args.batch_size} retain), {args.warmup} warm-up + {args.steps} measured steps"
         + (f", LoRA rank {args.lora}" if args.lora else ", all weights trained")
-        + (", fused AdamW" if args.fused_adamw else ", AdamW as the loop builds it")
+        + (", unfused AdamW" if args.unfused_adamw else ", fused AdamW (as the loop builds it)")
         + f", fastest of {args.repeat} round(s)"
     )
     peak_before = matmul_peak(args.threads)
