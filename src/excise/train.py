@@ -647,6 +647,10 @@ def _step(
         for name, part in (("forget", forget), ("retain", retain))
     }
     totals: dict[str, float] = {}
+
+    def backward(part: torch.Tensor) -> None:  # a micro-batch's (part of its) loss
+        accelerator.backward(part / config.grad_accum)
+
     for micro in range(config.grad_accum):
         draw = step * config.grad_accum + micro
         forget_rows = process_share(
@@ -676,13 +680,14 @@ def _step(
                 sync = contextlib.nullcontext()
             else:
                 sync = contextlib.nullcontext() if last else accelerator.no_sync(ctx.model)
+
             if launch.kind in ("plain", "ddp") and EARLY_BACKWARD:  # one reduction, after
-                ctx.early_backward = lambda part: accelerator.backward(part / config.grad_accum)
+                ctx.early_backward = backward
             try:
                 with sync:
                     loss, terms = method.loss(ctx, batch)
                     if loss.requires_grad:  # not when every term was released
-                        accelerator.backward(loss / config.grad_accum)
+                        backward(loss)
             finally:
                 ctx.early_backward = None
         for key, value in {"loss": float(loss.detach()), **terms}.items():
