@@ -1,11 +1,9 @@
 import pytest
 import torch
 
-from excise.data.encode import encode_records
-from excise.methods import get_method
 from excise.models import fingerprint
-from excise.train import TrainConfig, batch_indices, train
-from tests.conftest import make_tiny_model, tiny_task, train_tiny
+from excise.train import batch_indices
+from tests.conftest import make_tiny_model, train_tiny
 
 
 def test_batches_are_a_function_of_seed_and_draw():
@@ -16,27 +14,17 @@ def test_batches_are_a_function_of_seed_and_draw():
 
 
 def run(tokenizer, steps, checkpoint_dir=None, resume=False, every=0, model=None, stop_after=None):
-    task = tiny_task()
     model = model or make_tiny_model(tokenizer)
-    spec = get_method("npo")
-    log = train(
+    log = train_tiny(
         model,
         tokenizer,
-        spec,
-        spec.config_cls(),
-        forget=encode_records(tokenizer, task.forget, "raw"),
-        retain=encode_records(tokenizer, task.retain, "raw"),
-        forget_records=task.forget,
-        template="raw",
-        config=TrainConfig(
-            steps=steps,
-            lr=1e-3,
-            batch_size=2,
-            checkpoint_every=every,
-            progress=False,
-            schedule="cosine",
-            warmup_steps=1,
-        ),
+        "npo",
+        steps=steps,
+        lr=1e-3,
+        batch_size=2,
+        checkpoint_every=every,
+        schedule="cosine",
+        warmup_steps=1,
         checkpoint_dir=checkpoint_dir,
         resume=resume,
         on_step=interrupt_after(stop_after),
@@ -70,21 +58,10 @@ def test_resume_gives_the_same_losses_and_weights(tmp_path, tiny_tokenizer):
 
 
 def test_all_parameters_trainable_again_after_rmu(tiny_tokenizer):
-    task = tiny_task()
     model = make_tiny_model(tiny_tokenizer)
     before = {n: p.clone() for n, p in model.named_parameters()}
-    spec = get_method("rmu")
-    train(
-        model,
-        tiny_tokenizer,
-        spec,
-        spec.config_cls(layer=2, update_layers=2),
-        forget=encode_records(tiny_tokenizer, task.forget, "raw"),
-        retain=encode_records(tiny_tokenizer, task.retain, "raw"),
-        forget_records=task.forget,
-        template="raw",
-        config=TrainConfig(steps=2, lr=1e-3, batch_size=2, progress=False),
-    )
+    options = {"layer": 2, "update_layers": 2}
+    train_tiny(model, tiny_tokenizer, "rmu", steps=2, options=options, lr=1e-3, batch_size=2)
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed == {"model.layers.1.mlp.down_proj.weight", "model.layers.2.mlp.down_proj.weight"}
     assert all(p.requires_grad for p in model.parameters())
