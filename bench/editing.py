@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).parent / "results"
+SEQUENTIAL_EDITS = 500  # the sequential schedule's length; `damage` measures the same facts
 
 
 def _setup(threads: int, requests: str = "counterfact-mini"):
@@ -414,15 +415,16 @@ def bench_nullspace(args) -> None:
 
 def bench_damage(args) -> None:
     """One batch of ``--edits`` requests per variant (``--variants``: name -> options, each
-    with its ``method``): the unrelated facts it costs (``utility_probe``'s set), greedy
-    efficacy, the norm of the change per weight, and the facts lost when the change in every
-    edited weight is replaced by a random Gaussian one of the same Frobenius norm. Says whether
-    damage follows how much an edit moves the weights or where it moves them."""
+    with its ``method``): the unrelated facts it costs (``utility_probe``'s set for the
+    sequential schedule's requests, so the figures compare with its traces), efficacy, the
+    norm of the change per weight, and the facts lost when the change in every edited weight
+    is replaced by a random Gaussian one of the same Frobenius norm. Says whether damage
+    follows how much an edit moves the weights or where it moves them."""
     from excise.editing import edit
     from excise.editing.pipeline import utility_probe
 
     model, tokenizer, requests = _setup(args.threads, args.requests)
-    quick, _, count = utility_probe(model, tokenizer, requests[:500])
+    quick, _, count = utility_probe(model, tokenizer, requests[:SEQUENTIAL_EDITS])
     chosen = requests[: args.edits]
     rows = []
     for name, given in json.loads(args.variants).items():
@@ -492,7 +494,7 @@ def main() -> None:
         args.edits = int(args.edits or 10)
         bench_damage(args)
     elif args.what == "sequential":
-        args.edits = int(args.edits or 500)
+        args.edits = int(args.edits or SEQUENTIAL_EDITS)
         bench_sequential(args)
     else:
         sequential_report(args)
