@@ -30,14 +30,13 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_step import PAIRS, PARTIAL, timed_method  # noqa: E402
+from train_step import PAIRS, PARTIAL, timed_method, worker_result  # noqa: E402
 
 PRESETS = {
     # Llama-3.2-1B's body; the vocabulary is the tokenizer's
@@ -236,14 +235,7 @@ def run_worker(name: str, args) -> dict | None:
     command += ["--profile"] if args.profile else []
     command += ["--any-attention"] if args.any_attention else []
     command += ["--one-backward"] if args.one_backward else []
-    done = subprocess.run(command, capture_output=True, text=True)
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-        if args.profile:
-            print(line)
-    print(f"{name}: failed (exit {done.returncode})\n{done.stderr[-3000:]}", flush=True)
-    return None
+    return worker_result(command, name, echo=args.profile)
 
 
 def machine_line() -> str:

@@ -344,11 +344,19 @@ def run_worker(name: str, args) -> dict | None:
     command += ["--threads", str(args.threads), "--steps", str(args.steps)]
     command += ["--warmup", str(args.warmup), "--batch-size", str(args.batch_size)]
     command += ["--lora", str(args.lora)] + (["--unfused-adamw"] if args.unfused_adamw else [])
+    return worker_result(command, name)
+
+
+def worker_result(command: list[str], name: str, echo: bool = False) -> dict | None:
+    """Run a worker subprocess and return the row it prints after ``RESULT `` (None, with its
+    error's tail printed, when it fails); ``echo`` prints its other output lines."""
     done = subprocess.run(command, capture_output=True, text=True)
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT ") :])
-    print(f"{name}: failed (exit {done.returncode})\n{done.stderr[-2000:]}", flush=True)
+        if echo:
+            print(line)
+    print(f"{name}: failed (exit {done.returncode})\n{done.stderr[-3000:]}", flush=True)
     return None
 
 
