@@ -239,3 +239,16 @@ def train_tiny(
         resume=resume,
         on_step=on_step,
     )
+
+
+def tree_digest(root) -> dict[str, str]:
+    """sha256 of every file below ``root`` (and its mode), to show a command touched nothing."""
+    import hashlib
+    from pathlib import Path
+
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        + oct(path.stat().st_mode)
+        for path in sorted(Path(root).rglob("*"))
+        if path.is_file()
+    }

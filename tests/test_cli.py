@@ -5,7 +5,7 @@ import json
 import pytest
 
 from excise.cli import main
-from excise.fsutil import atomic_dir
+from excise.fsutil import atomic_dir, write_manifest
 from excise.models import save_model
 
 
@@ -140,9 +140,17 @@ def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
     assert (target / "whole.txt").is_file()
     with pytest.raises(Exception, match="exists"), atomic_dir(target):
         pass
+    # no manifest: not excise's to replace, even with overwrite
+    with (
+        pytest.raises(Exception, match="not written by excise"),
+        atomic_dir(target, overwrite=True),
+    ):
+        pass
+    write_manifest(target)
     with atomic_dir(target, overwrite=True) as tmp:
         (tmp / "new.txt").write_text("y")
     assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result"]  # no .old or .tmp left
 
 
 def test_methods_lists_every_method(capsys):

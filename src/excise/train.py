@@ -55,7 +55,7 @@ from safetensors.torch import load_file, save_file
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
-from excise import sharding
+from excise import fsutil, sharding
 from excise.data.encode import Example, collate
 from excise.data.records import Record
 from excise.errors import ConfigError, ExciseError
@@ -173,6 +173,27 @@ class TrainingInterrupted(KeyboardInterrupt):
         super().__init__(step, checkpoint)
         self.step = step
         self.checkpoint = checkpoint
+
+
+class TrainingDiverged(ExciseError):
+    """A step's loss (or gradient norm) became non-finite: training stops there. The weights are
+    not saved; a periodic checkpoint on disk is the last finite state."""
+
+    def __init__(
+        self, step: int, terms: list[str], totals: dict[str, float], checkpoint: Path | None
+    ) -> None:
+        self.step = step
+        latest = latest_checkpoint(checkpoint) if checkpoint and checkpoint.is_dir() else None
+        kept = (
+            f"the last finite checkpoint is kept in {latest}; delete {checkpoint} before a new run"
+            if latest is not None
+            else "nothing was written"
+        )
+        values = ", ".join(f"{k}={totals[k]}" for k in terms)
+        super().__init__(
+            f"training diverged at step {step}: {values} (lr {totals['lr']:.3g}); lower --lr or "
+            f"the method's scale and run again; {kept}"
+        )
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; schedulers and `timeout` send SIGTERM
@@ -316,17 +337,59 @@ def _schedule(config: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
-def _latest_checkpoint(folder: Path) -> Path | None:
-    steps = sorted(folder.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+def latest_checkpoint(folder: Path) -> Path | None:
+    steps = [p for p in folder.glob("step-*") if p.name.removeprefix("step-").isdigit()]
+    steps.sort(key=lambda p: int(p.name.removeprefix("step-")))
     complete = [p for p in steps if (p / "state.json").is_file()]
     return complete[-1] if complete else None
 
 
-def _settings(config: TrainConfig, method_config: Any) -> dict[str, Any]:
+def checkpoint_settings(config: TrainConfig, method_config: Any) -> dict[str, Any]:
     """What a checkpoint must have been trained with to be resumed (JSON-comparable)."""
     train = {k: v for k, v in asdict(config).items() if k not in ("progress", "checkpoint_every")}
     method = asdict(method_config) if is_dataclass(method_config) else {}
     return json.loads(json.dumps({"train": train, "method": method}, default=str))
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        int(state["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ExciseError(
+            f"checkpoint {path} is damaged (state.json unreadable); delete {path} to resume from "
+            "an earlier one, or the checkpoint folder to start again"
+        ) from None
+    return state
+
+
+def _check_settings(path: Path, saved: dict[str, Any] | None, settings: dict[str, Any] | None):
+    if settings is None or saved is None or saved == settings:
+        return
+    changed = sorted(
+        f"{part}.{key}"
+        for part in ("train", "method")
+        for key in set(saved.get(part, {})) | set(settings.get(part, {}))
+        if saved.get(part, {}).get(key) != settings.get(part, {}).get(key)
+    )
+    raise ConfigError(
+        f"checkpoint {path} was written with other settings ({', '.join(changed)}); "
+        "resume with the same settings, or delete the checkpoint folder to start again"
+    )
+
+
+def check_resumable(folder: Path, settings: dict[str, Any]) -> Path | None:
+    """The checkpoint ``--resume`` would continue from, checked before any long work: readable,
+    complete (tensor files' sizes) and written with ``settings``; None when there is none."""
+    latest = latest_checkpoint(folder) if folder.is_dir() else None
+    if latest is None:
+        return None
+    _check_settings(latest, _read_state(latest).get("settings"), settings)
+    for name in ("trainable.safetensors", "rng.safetensors"):
+        fsutil.check_safetensors(latest / name, "checkpoint file")
+    if not (latest / "optimizer.pt").is_file():
+        raise ExciseError(f"checkpoint {latest} lacks optimizer.pt; delete it to start again")
+    return latest
 
 
 def _save_checkpoint(
@@ -401,7 +464,7 @@ def _load_checkpoint(
     settings: dict[str, Any] | None = None,
     sharded: torch.nn.Module | None = None,
 ) -> int:
-    state = json.loads((path / "state.json").read_text())
+    state = _read_state(path)
     written = state.get("launch") or ("fsdp" if state.get("optimizer_by_name") else "plain")
     if written != sharding.kind(sharded):
         raise ConfigError(
@@ -409,18 +472,9 @@ def _load_checkpoint(
             f"{LAUNCHES[sharding.kind(sharded)][1]}; resume with the same kind of launch, or "
             "delete the checkpoint folder to start again"
         )
-    saved = state.get("settings")
-    if settings is not None and saved is not None and saved != settings:
-        changed = sorted(
-            f"{part}.{key}"
-            for part in ("train", "method")
-            for key in set(saved.get(part, {})) | set(settings.get(part, {}))
-            if saved.get(part, {}).get(key) != settings.get(part, {}).get(key)
-        )
-        raise ConfigError(
-            f"checkpoint {path} was written with other settings ({', '.join(changed)}); "
-            "resume with the same settings, or delete the checkpoint folder to start again"
-        )
+    _check_settings(path, state.get("settings"), settings)
+    for name in ("trainable.safetensors", "rng.safetensors"):
+        fsutil.check_safetensors(path / name, "checkpoint file")
     tensors = load_file(path / "trainable.safetensors")
     if set(tensors) != set(named):
         raise ExciseError(
@@ -429,7 +483,13 @@ def _load_checkpoint(
     for name, param in named.items():
         sharding.load_whole(param, tensors[name])
     # weights_only: the safe unpickler, which refuses arbitrary objects
-    optimizer_state = torch.load(path / "optimizer.pt", weights_only=True)
+    try:
+        optimizer_state = torch.load(path / "optimizer.pt", weights_only=True)
+    except Exception as error:  # truncated or foreign: torch raises several types
+        raise ExciseError(
+            f"checkpoint {path} is damaged (optimizer.pt: {str(error).splitlines()[0][:80]}); "
+            "delete the checkpoint folder to start again"
+        ) from None
     if sharded is None:
         optimizer.load_state_dict(optimizer_state)
     else:
@@ -549,8 +609,8 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
 
     start = 0
-    settings = _settings(config, method_config)
-    if resume and checkpoint_dir is not None and (latest := _latest_checkpoint(checkpoint_dir)):
+    settings = checkpoint_settings(config, method_config)
+    if resume and checkpoint_dir is not None and (latest := latest_checkpoint(checkpoint_dir)):
         start = _load_checkpoint(latest, named, optimizer, settings, sharded)
         with warnings.catch_warnings():  # replaying the schedule, not skipping a step
             warnings.simplefilter("ignore", UserWarning)
@@ -584,6 +644,9 @@ def train(
                 launch,
             )
             log.append(totals)
+            if diverged := [k for k, v in totals.items() if not math.isfinite(v)]:
+                bar.close()
+                raise TrainingDiverged(step + 1, diverged, totals, checkpoint_dir)
             bar.set_postfix({k: f"{v:.3g}" for k, v in totals.items() if k not in ("step", "lr")})
             bar.update(1)
             if on_step is not None:

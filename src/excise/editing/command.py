@@ -20,19 +20,28 @@ def _echo(message: str) -> None:
 
 
 def add_parser(commands, add_common) -> None:
+    from excise import helptext
+    from excise.editing.stats import DEFAULT_TOKENS
+
     edit = commands.add_parser(
         "edit", help="change facts in place (rome, memit, alphaedit, ft) and write model + deltas"
     )
-    edit.add_argument("--model", default="smollm2-135m")
+    edit.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="the model: smollm2-135m (bundled), a local HF folder, a .gguf file or a hub id",
+    )
     source = edit.add_mutually_exclusive_group(required=True)
     source.add_argument("--requests", help="edit requests: excise jsonl, CounterFact or zsRE json")
-    source.add_argument("--task", help="built-in requests: counterfact-mini")
+    source.add_argument("--task", help="built-in requests: counterfact-mini (`excise tasks`)")
     edit.add_argument("--method", default="memit", help="rome, memit, alphaedit or ft")
     edit.add_argument("--limit", type=int, help="use the first N requests")
     edit.add_argument(
         "--sequential", type=int, metavar="N", help="apply in sequential batches of N requests"
     )
-    edit.add_argument("--set", action="append", metavar="KEY=VALUE", help="method option")
+    edit.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="method option (repeatable)"
+    )
     edit.add_argument(
         "--stats", help="key statistics file from `excise stats` (else cached/computed)"
     )
@@ -50,13 +59,36 @@ def add_parser(commands, add_common) -> None:
         type=float,
         help="sequential: stop (or warn) when retain accuracy falls below this",
     )
-    edit.add_argument("--on-drop", default="stop", choices=("stop", "warn"))
+    edit.add_argument(
+        "--on-drop",
+        default="stop",
+        choices=("stop", "warn"),
+        help="what --min-retain does when retain accuracy falls below it",
+    )
     edit.add_argument("--no-generation", action="store_true", help="teacher-forced metrics only")
-    edit.add_argument("--template", default="auto", choices=("auto", "raw", "chat"))
-    edit.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    edit.add_argument("--out", required=True)
-    edit.add_argument("--overwrite", action="store_true")
-    edit.add_argument("--quiet", action="store_true")
+    edit.add_argument(
+        "--template",
+        default="auto",
+        choices=("auto", "raw", "chat"),
+        help="prompt format: raw (plain text) or chat (the tokenizer's chat template); auto: raw, "
+        "as edit prompts are cloze prompts",
+    )
+    edit.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "float16"),
+        help=helptext.DTYPE,
+    )
+    edit.add_argument(
+        "--out",
+        required=True,
+        help=helptext.out_help(
+            "model/ (a Hugging Face checkpoint with its model card), delta.safetensors (the exact "
+            "weight changes), report.json, report.html, manifest.json"
+        ),
+    )
+    edit.add_argument("--overwrite", action="store_true", help=helptext.OVERWRITE)
+    edit.add_argument("--quiet", action="store_true", help="no progress bar")
     edit.set_defaults(handler=run_edit)
 
     for name, sign, verb in (("apply-delta", 1.0, "apply"), ("revert-delta", -1.0, "undo")):
@@ -65,21 +97,42 @@ def add_parser(commands, add_common) -> None:
         sub.add_argument(
             "--delta", required=True, help="delta.safetensors written by `excise edit`"
         )
-        sub.add_argument("--out", required=True)
-        sub.add_argument("--overwrite", action="store_true")
-        sub.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+        sub.add_argument(
+            "--out", required=True, help=helptext.out_help("the changed model, manifest.json")
+        )
+        sub.add_argument("--overwrite", action="store_true", help=helptext.OVERWRITE)
+        sub.add_argument(
+            "--dtype",
+            default="float32",
+            choices=("float32", "bfloat16", "float16"),
+            help=helptext.DTYPE,
+        )
         sub.set_defaults(handler=run_delta, sign=sign)
 
     stats = commands.add_parser(
         "stats", help="compute (or take from cache) and export key statistics"
     )
-    stats.add_argument("--model", default="smollm2-135m")
+    stats.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="the model: smollm2-135m (bundled), a local HF folder, a .gguf file or a hub id",
+    )
     stats.add_argument("--method", default="memit", help="whose default layers to use")
     stats.add_argument("--layers", help="comma list of layers (default: the method's)")
-    stats.add_argument("--tokens", type=int, help="tokens of text to read")
-    stats.add_argument("--corpus", help="text file (.jsonl with 'text' or .txt)")
-    stats.add_argument("--out", required=True, help="a .safetensors file")
-    stats.add_argument("--overwrite", action="store_true")
+    stats.add_argument(
+        "--tokens", type=int, help=f"tokens of text to read (default: {DEFAULT_TOKENS})"
+    )
+    stats.add_argument(
+        "--corpus",
+        help="text file (.jsonl with 'text' or .txt; default: the shipped general and "
+        "encyclopedic samples)",
+    )
+    stats.add_argument("--out", required=True, help="the .safetensors file to write")
+    stats.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a statistics file that excise wrote earlier; anything else is refused",
+    )
     stats.set_defaults(handler=run_stats)
 
 
@@ -89,20 +142,30 @@ def _options(pairs: list[str] | None) -> dict[str, Any]:
     return parse(pairs)
 
 
+def _loading(args: argparse.Namespace) -> dict[str, bool]:
+    return {
+        "allow_pickle": getattr(args, "allow_pickle", False),
+        "trust_remote_code": getattr(args, "trust_remote_code", False),
+    }
+
+
 def load_request_set(args) -> list:
     from excise.editing.requests import builtin_requests, load_requests
 
     requests = builtin_requests(args.task) if args.task else load_requests(args.requests)
-    if args.limit is not None:
-        if args.limit < 1:
-            raise ConfigError("--limit must be >= 1")
+    if args.limit is not None:  # its range is checked by check_numbers
         requests = requests[: args.limit]
     return requests
 
 
 def run_edit(args: argparse.Namespace) -> int:
     from excise.editing.pipeline import run_edit as run
+    from excise.fsutil import check_output
 
+    check_numbers(args)
+    inputs = {"--model": args.model, "--requests": args.requests, "--stats": args.stats}
+    inputs |= {"--stats-corpus": args.stats_corpus, "--preserve": args.preserve}
+    check_output(Path(args.out), overwrite=args.overwrite, inputs=inputs)
     started = time.perf_counter()
     report = run(
         model_spec=args.model,
@@ -129,6 +192,12 @@ def run_edit(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_numbers(args: argparse.Namespace) -> None:
+    """Ranges the CLI checks before any request is read (the pipeline checks the rest)."""
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
+
+
 def print_edit_table(report: dict[str, Any]) -> None:
     before, after = report["before"]["edit"], report["after"]["edit"]
     context = report.get("in_context", {})
@@ -151,27 +220,31 @@ def run_delta(args: argparse.Namespace) -> int:
     from excise.fsutil import atomic_dir, check_output, write_manifest
     from excise.models import load_model, save_model
 
-    check_output(Path(args.out), overwrite=args.overwrite)
+    inputs = {"--model": args.model, "--delta": args.delta}
+    check_output(Path(args.out), overwrite=args.overwrite, inputs=inputs)
     deltas, meta = load_delta(args.delta)
-    model, tokenizer = load_model(args.model, dtype=args.dtype)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, **_loading(args))
     apply_delta(model, deltas, sign=args.sign)
     with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
         save_model(model, tokenizer, tmp)
         write_manifest(tmp)
     verb = "applied" if args.sign > 0 else "reverted"
-    print(f"{verb} {len(deltas)} tensor deltas ({meta.get('method', '?')}); wrote {args.out}")
+    print(f"{verb} {len(deltas)} tensor deltas ({meta['method']}); wrote {args.out}")
     return 0
 
 
 def run_stats(args: argparse.Namespace) -> int:
     from excise.editing import make_config
     from excise.editing.stats import DEFAULT_TOKENS, export_stats, key_stats
+    from excise.fsutil import atomic_file, check_output
     from excise.models import load_model
 
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise ConfigError(f"{out} exists; pass --overwrite to replace it")
-    model, tokenizer = load_model(args.model)
+    inputs = {"--model": args.model, "--corpus": args.corpus}
+    check_output(out, overwrite=args.overwrite, inputs=inputs, kind="file")
+    if args.tokens is not None and args.tokens < 1:
+        raise ConfigError(f"--tokens must be >= 1, got {args.tokens}")
+    model, tokenizer = load_model(args.model, **_loading(args))
     if args.layers:
         try:
             layers = [int(x) for x in args.layers.split(",") if x.strip()]
@@ -187,7 +260,8 @@ def run_stats(args: argparse.Namespace) -> int:
     stats = key_stats(
         model, tokenizer, layers, tokens=args.tokens or DEFAULT_TOKENS, corpus=args.corpus
     )
-    export_stats(stats, out)
+    with atomic_file(out, overwrite=args.overwrite) as tmp:
+        export_stats(stats, tmp)
     print(
         json.dumps(
             {"layers": layers, "tokens": stats.tokens, "model": stats.model, "out": str(out)}

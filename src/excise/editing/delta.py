@@ -52,13 +52,31 @@ def save_delta(deltas: dict[str, torch.Tensor], path: str | Path, meta: dict[str
     save_file({k: v.contiguous() for k, v in deltas.items()}, str(path), metadata=meta)
 
 
+DELTA_KEYS = ("method", "base_fingerprint")  # what `excise edit` writes into the header
+
+
 def load_delta(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a delta of `excise edit`; anything else (a whole model's weights, a truncated or
+    foreign file) is refused: adding a checkpoint to a model would double every weight."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"delta file not found: {path}")
+    not_delta = f"{path} is not a delta file written by `excise edit`"
     try:
         with safe_open(str(path), "pt") as handle:
             meta = handle.metadata() or {}
-            return {k: handle.get_tensor(k) for k in handle.keys()}, meta  # noqa: SIM118
-    except Exception as error:  # safetensors raises several types for a corrupt header
-        raise DataError(f"{path} is not a delta file written by `excise edit`") from error
+            if missing := [key for key in DELTA_KEYS if key not in meta]:
+                raise DataError(
+                    f"{not_delta} (its header lacks {', '.join(missing)}; a model's own "
+                    "weights are no delta): give OUT/delta.safetensors of an edit"
+                )
+            deltas = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    except DataError:
+        raise
+    except Exception as error:  # safetensors raises several types for a corrupt file
+        raise DataError(f"{not_delta} (unreadable: {str(error).splitlines()[0]})") from None
+    if any(t.dtype != torch.float64 for t in deltas.values()):
+        raise DataError(f"{not_delta} (deltas are float64 tensors)")
+    if not all(torch.isfinite(t).all() for t in deltas.values()):
+        raise DataError(f"{path} holds non-finite deltas; the edit that wrote it diverged")
+    return deltas, meta

@@ -99,10 +99,17 @@ def run_edit(
     check_output(out, overwrite=overwrite)
     if not requests:
         raise ConfigError("no edit requests to apply")
-    make_config(method, options)  # unknown options fail before any long work
+    config = make_config(method, options)  # unknown options fail before any long work
+    options = {key: getattr(config, key) for key in options}  # as the config reads them
     if min_retain is not None and not sequential:
         raise ConfigError("--min-retain monitors sequential editing: give --sequential N too")
     kept = resolve_preserve(method, preserve, requests)  # a bad source fails before any work
+    if min_retain is not None and not 0.0 <= min_retain <= 1.0:
+        raise ConfigError(f"--min-retain is an accuracy in [0, 1], got {min_retain}")
+    if sequential is not None and sequential < 1:
+        raise ConfigError(f"--sequential takes a batch size >= 1, got {sequential}")
+    if stats_file:  # a damaged or foreign file fails now; the model check comes after loading
+        import_stats(stats_file)
     timer = Timer(echo)
     with timer.stage("load"):
         model, tokenizer = load_model(model_spec, dtype=dtype)

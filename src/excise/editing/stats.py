@@ -219,12 +219,11 @@ def key_stats(
 
 
 def export_stats(stats: KeyStats, path: str | Path) -> None:
+    """Write ``stats`` to ``path`` (the caller makes it atomic: :func:`excise.fsutil.atomic_file`);
+    ``written_by`` marks the file as excise's, so ``--overwrite`` may replace it."""
     tensors = {f"layer{layer}": m.contiguous() for layer, m in stats.moments.items()}
     meta = {"tokens": str(stats.tokens), "model": stats.model, "corpus": stats.corpus}
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
+    save_file(tensors, str(path), metadata=meta | {"written_by": "excise stats"})
 
 
 def import_stats(path: str | Path, *, model_hash: str | None = None) -> KeyStats:

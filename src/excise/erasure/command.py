@@ -25,19 +25,30 @@ METHODS = ("leace", "ablate", "clamp")
 
 
 def add_parser(commands, add_common) -> None:
+    from excise import helptext
+
     p = commands.add_parser(
         "erase", help="bound a concept in closed form: leace, ablate or clamp (folded into weights)"
     )
     add_common(p)
-    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--method", required=True, choices=METHODS, help="how to bound the concept")
     p.add_argument(
-        "--positive", help="prompts where the concept is present (records file, builtin:harmful)"
+        "--positive",
+        help="instead of a task: prompts where the concept is present (records file, "
+        "builtin:harmful)",
     )
     p.add_argument("--negative", help="prompts where it is absent (records file, builtin:harmless)")
     p.add_argument("--layer", type=int, help="layer to fit at (default: chosen / a quarter depth)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method option")
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method option (repeatable)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help=helptext.out_help(
+            "model/ (a Hugging Face checkpoint with its model card), erasure.safetensors, "
+            "report.json, manifest.json"
+        ),
+    )
+    p.add_argument("--overwrite", action="store_true", help=helptext.OVERWRITE)
     p.set_defaults(handler=run)
 
 
@@ -89,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give --task (or --forget/--retain), or --positive and --negative")
     if not has_task and (args.positive is None or args.negative is None):
         raise ConfigError("--positive and --negative go together")
-    check_output(out, overwrite=args.overwrite)
+    inputs = {"--model": args.model, "--forget": args.forget, "--retain": args.retain}
+    inputs |= {"--positive": args.positive, "--negative": args.negative}
+    check_output(out, overwrite=args.overwrite, inputs=inputs)
     positive = negative = None
     if not has_task:  # read the files before loading a model: errors come fast
         positive = _prompts(args.positive, "positive")
