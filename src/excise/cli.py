@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from excise import helptext
 from excise.errors import ConfigError, ExciseError
 
 DEMO_METHOD = "rmu"
@@ -162,6 +163,7 @@ def print_unlearn(report: dict[str, Any], out: str | Path, started: float) -> No
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``excise run recipe.yaml``: validate the recipe, print the plan, and (unless --dry-run) run it."""
+    from excise.fsutil import check_output
     from excise.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
@@ -170,6 +172,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.overwrite:
         recipe.overwrite = True
     print(recipe.plan())
+    out = Path(recipe.out)
+    if args.dry_run and out.exists() and not recipe.overwrite:
+        _echo(f"excise: warning: {out} exists; the run will refuse it unless you pass --overwrite")
+    else:  # everything else about out (ownership, inputs, writability) fails now
+        check_output(out, overwrite=recipe.overwrite, inputs={"the recipe": args.recipe})
     if args.dry_run:
         return 0
     if recipe.erasure:
@@ -303,19 +310,28 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default="smollm2-135m",
-        help="smollm2-135m, a local HF folder, a .gguf file or a hub id",
+        help="the model: smollm2-135m (bundled), a local HF folder, a .gguf file or a hub id",
     )
     parser.add_argument(
         "--task",
-        help="built-in task (chem-symbols, fictitious, toxicity, bias) or benchmark (tofu:forget10, muse:news, "
-        "wmdp:bio, ...; see --data-dir)",
+        help="a built-in task (chem-symbols, fictitious, toxicity, bias) or a benchmark "
+        "(tofu:forget10, muse:news, wmdp:bio, ...); `excise tasks` lists them with their sizes",
     )
     parser.add_argument(
-        "--forget", help="forget set file (.jsonl/.json/.csv/.parquet, datasets folder or id)"
+        "--forget",
+        help="instead of --task: what to remove, a records file (.jsonl/.json/.csv/.parquet), "
+        "a datasets folder or a hub dataset id",
     )
-    parser.add_argument("--retain", help="retain set file")
-    parser.add_argument("--template", default="auto", choices=("auto", "raw", "chat"))
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--retain", help="with --forget: what to keep, in the same formats")
+    parser.add_argument(
+        "--template", default="auto", choices=("auto", "raw", "chat"), help=helptext.TEMPLATE
+    )
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "float16"),
+        help=helptext.DTYPE,
+    )
     parser.add_argument(
         "--filter-known",
         action="store_true",
@@ -342,8 +358,8 @@ def _add_benchmark(parser: argparse.ArgumentParser, *, gold: bool = True) -> Non
     parser.add_argument(
         "--data-dir",
         metavar="DIR",
-        help="a benchmark's files (TOFU, MUSE, WMDP as their authors publish them); without it "
-        "they are read from the hub",
+        help="for a benchmark --task: a folder with its files (TOFU, MUSE, WMDP as their authors "
+        "publish them); without it they are read from the hub",
     )
     if gold:
         parser.add_argument(
@@ -360,20 +376,71 @@ def _add_benchmark(parser: argparse.ArgumentParser, *, gold: bool = True) -> Non
         )
 
 
+def _version() -> str:
+    """The installed distribution's version, else the package's ``__version__``."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("excise")
+    except importlib.metadata.PackageNotFoundError:
+        import excise
+
+        return str(getattr(excise, "__version__", "unknown"))
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    """``excise tasks``: every task ``--task`` takes, its sizes and what it measures."""
+    import textwrap
+
+    from excise.data.catalog import catalog
+
+    entries = catalog()
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return 0
+    headings = {
+        "built-in task": "built-in tasks (sizes as shipped, before the knowledge filter)",
+        "benchmark": "benchmarks (sizes as their authors publish them)",
+        "edit requests": "edit requests, for `excise edit --task`",
+    }
+    wrap = textwrap.TextWrapper(96, subsequent_indent=" " * 20, break_on_hyphens=False)
+    kind = None
+    for entry in entries:
+        if entry["kind"] != kind:
+            kind = entry["kind"]
+            print(("" if entry is entries[0] else "\n") + headings.get(kind, kind) + ":")
+        sizes = ", ".join(f"{key} {value}" for key, value in entry["sizes"].items())
+        print(wrap.fill(f"  {entry['name']:<18}{entry['measures']}"))
+        print(wrap.fill(f"{' ' * 20}{sizes}; {entry['source']}"))
+    return 0
+
+
+def _describe(commands: argparse._SubParsersAction) -> None:
+    """Each command's ``--help`` opens with the line ``excise --help`` shows for it."""
+    for action in commands._choices_actions:
+        command = commands.choices[action.dest]
+        command.description = command.description or action.help
+
+
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(
+    root = helptext.Parser(
         prog="excise",
         description="Remove, bound and edit what a language model knows; audit that it holds.",
     )
-    root.add_argument("-v", "--verbose", action="store_true")
+    root.add_argument("--version", action="version", version=f"excise {_version()}")
+    root.add_argument("-v", "--verbose", action="store_true", help="log each stage's progress")
     commands = root.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser(
         "demo", help=f"unlearn chem-symbols from the bundled model with {DEMO_METHOD}"
     )
-    demo.add_argument("--out", default="demo-out")
-    demo.add_argument("--overwrite", action="store_true")
-    demo.add_argument("--method", default=DEMO_METHOD)
+    demo.add_argument(
+        "--out",
+        default="demo-out",
+        help=helptext.out_help("model/, report.json, report.html, manifest.json, ..."),
+    )
+    demo.add_argument("--overwrite", action="store_true", help=helptext.OVERWRITE)
+    demo.add_argument("--method", default=DEMO_METHOD, help="removal method (`excise methods`)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.add_argument(
         "--use-case",
@@ -384,19 +451,37 @@ def parser() -> argparse.ArgumentParser:
     unlearn = commands.add_parser("unlearn", help="apply a removal method and write model + report")
     _add_common(unlearn)
     _add_benchmark(unlearn)
-    unlearn.add_argument("--method", required=True, help="see `excise methods`")
-    unlearn.add_argument("--out", required=True)
-    unlearn.add_argument("--overwrite", action="store_true")
     unlearn.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="method option (repeatable)"
+        "--method", required=True, help="removal method: npo, rmu, ... (`excise methods`)"
     )
-    unlearn.add_argument("--steps", type=int)
-    unlearn.add_argument("--lr", type=float)
-    unlearn.add_argument("--batch-size", type=int)
-    unlearn.add_argument("--grad-accum", type=int)
-    unlearn.add_argument("--seed", type=int)
     unlearn.add_argument(
-        "--checkpoint-every", type=int, help="save a resumable checkpoint every N steps"
+        "--out",
+        required=True,
+        help=helptext.out_help(
+            "model/ (a Hugging Face checkpoint with its model card), report.json, report.html, "
+            "recipe.yaml, manifest.json; with --lora adapter/"
+        ),
+    )
+    unlearn.add_argument("--overwrite", action="store_true", help=helptext.OVERWRITE)
+    unlearn.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="method option, value read as YAML (repeatable; `excise methods` lists them)",
+    )
+    unlearn.add_argument("--steps", type=int, help="training steps (default: the method's)")
+    unlearn.add_argument("--lr", type=float, help="learning rate (default: the method's)")
+    unlearn.add_argument(
+        "--batch-size", type=int, help="examples per micro-batch (default: the method's)"
+    )
+    unlearn.add_argument(
+        "--grad-accum", type=int, help="micro-batches per optimizer step (default: the method's)"
+    )
+    unlearn.add_argument("--seed", type=int, help="random seed (default: 0)")
+    unlearn.add_argument(
+        "--checkpoint-every",
+        type=int,
+        help="save a resumable checkpoint every N steps (default: none)",
     )
     unlearn.add_argument("--resume", action="store_true", help="continue from OUT.ckpt")
     unlearn.add_argument(
@@ -406,7 +491,7 @@ def parser() -> argparse.ArgumentParser:
         help="train rank-R LoRA adapters (peft) on the layers the method trains; "
         "saved in OUT/adapter (lr default x10)",
     )
-    unlearn.add_argument("--lora-alpha", type=float, help="LoRA alpha (default 2 R)")
+    unlearn.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: 2 R)")
     unlearn.add_argument(
         "--lora-targets",
         metavar="NAMES",
@@ -442,8 +527,12 @@ def parser() -> argparse.ArgumentParser:
     audit.add_argument(
         "--attacks", default="all", help="all, or a comma list (see `excise attacks`)"
     )
-    audit.add_argument("--out", required=True)
-    audit.add_argument("--overwrite", action="store_true")
+    audit.add_argument(
+        "--out",
+        required=True,
+        help=helptext.out_help("report.json, report.html, recipe.yaml, manifest.json"),
+    )
+    audit.add_argument("--overwrite", action="store_true", help=helptext.OVERWRITE)
     audit.add_argument(
         "--expect-hash",
         metavar="SHA256",
@@ -454,7 +543,7 @@ def parser() -> argparse.ArgumentParser:
     _add_common(evaluate)
     _add_benchmark(evaluate)
     evaluate.add_argument("--original", help="filter the task's items by what this model knows")
-    evaluate.add_argument("--json", action="store_true")
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
     for module in EXTENSIONS:
         importlib.import_module(module).add_parser(commands, _add_common)
@@ -462,14 +551,34 @@ def parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a YAML recipe (see recipes/)")
     run.add_argument("recipe", help="recipe file (.yaml)")
     run.add_argument("--dry-run", action="store_true", help="validate and print the plan only")
-    run.add_argument("--out", help="override the recipe's out")
-    run.add_argument("--overwrite", action="store_true")
+    run.add_argument("--out", help="output folder instead of the recipe's out")
+    run.add_argument("--overwrite", action="store_true", help=helptext.OVERWRITE)
     run.add_argument("--resume", action="store_true", help="continue from OUT.ckpt")
     _add_loading(run)
 
     commands.add_parser("methods", help="list methods, their options and defaults")
     commands.add_parser("attacks", help="list audit attacks and their default budgets")
+    tasks = commands.add_parser(
+        "tasks", help="list the built-in tasks and benchmarks, their sizes and what they measure"
+    )
+    tasks.add_argument("--json", action="store_true", help="print the list as JSON")
+    _describe(commands)
     return root
+
+
+def interrupted(interrupt: KeyboardInterrupt, out: str | None) -> str:
+    """What an interrupted run left, naming only a checkpoint that is on disk."""
+    from excise.train import latest_checkpoint
+
+    folder = getattr(interrupt, "checkpoint", None)
+    if folder is None and out:
+        folder = Path(f"{out}.ckpt")
+    saved = latest_checkpoint(folder) if folder is not None and folder.is_dir() else None
+    step = getattr(interrupt, "step", None)
+    where = f"interrupted after step {step}" if step is not None else "interrupted"
+    if saved is None:
+        return f"{where}; no checkpoint was saved and nothing was written"
+    return f"{where}; checkpoint saved in {saved}; run the same command with --resume to continue"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -479,10 +588,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        if getattr(args, "out", None) is not None and not str(args.out).strip():
+            raise ConfigError("--out is empty; give the folder to write")
         if args.command == "methods":
             return cmd_methods(args)
         if args.command == "attacks":
             return cmd_attacks(args)
+        if args.command == "tasks":
+            return cmd_tasks(args)
         if args.command == "demo" and args.use_case:
             from excise.usecases import run_demo
 
@@ -509,18 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"excise: error: {str(error).replace(chr(10), ' ')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
-        checkpoint = getattr(interrupt, "checkpoint", None)
-        if checkpoint is not None:
-            print(
-                f"excise: interrupted after step {interrupt.step}; checkpoint saved in "
-                f"{checkpoint}; run the same command with --resume to continue",
-                file=sys.stderr,
-            )
-            return 130
-        print(
-            "excise: interrupted; with --checkpoint-every, `--resume` continues from the last checkpoint",
-            file=sys.stderr,
-        )
+        print(f"excise: {interrupted(interrupt, getattr(args, 'out', None))}", file=sys.stderr)
         return 130
     return 0
 

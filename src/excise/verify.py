@@ -107,5 +107,7 @@ def add_parser(commands, add_common) -> None:
     parser = commands.add_parser(
         "verify", help="recompute an output folder's sha256 hashes against its manifest.json"
     )
-    parser.add_argument("out", help="an output folder of unlearn, run or audit")
+    parser.add_argument(
+        "out", help="an output folder excise wrote (unlearn, run, audit, edit, erase, ...)"
+    )
     parser.set_defaults(handler=run)

@@ -18,6 +18,7 @@ import yaml
 
 from excise.data.tasks import Task
 from excise.metrics import Evaluation
+from excise.report.card import model_card
 from excise.report.html import render_html
 
 SCHEMA_VERSION = 1
@@ -124,35 +125,6 @@ def _clean(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_clean(v) for v in value]
     return value
-
-
-def model_card(report: dict[str, Any]) -> str:
-    before, after = report.get("before", {}), report.get("after", {})
-    rows = "\n".join(
-        f"| {k} | {before.get(k, float('nan')):.3f} | {after.get(k, float('nan')):.3f} |"
-        for k in METRIC_HELP
-        if k in after
-    )
-    method = report.get("method", {})
-    return f"""---
-library_name: transformers
-tags: [excise, unlearning]
----
-# Model changed by excise
-
-- base model: `{report.get("model")}`
-- task: `{report.get("task", {}).get("name")}`
-- method: `{method.get("name")}` with options `{json.dumps(method.get("options", {}))}`
-- excise {report.get("excise_version")}, {report.get("created")}
-
-A standard Hugging Face checkpoint: `AutoModelForCausalLM.from_pretrained(this_folder)` loads it
-without custom code. The numbers below are measured on the task's evaluation sets; an audit
-(`excise audit`) says whether the removal survives attacks such as relearning and quantization.
-
-| metric | before | after |
-|---|---|---|
-{rows}
-"""
 
 
 def write_report(report: dict[str, Any], folder: Path) -> None:

@@ -13,13 +13,12 @@ import json
 from html import escape
 from typing import Any
 
+from excise.report.fmt import number
 from excise.report.svg import bar_chart, line_chart
 
 
 def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.3f}" if isinstance(value, float) else escape(str(value))
+    return escape(number(value))  # None, NaN, inf: "n/a"
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -39,11 +38,15 @@ def _other(result: dict[str, Any]) -> str:
         return f"skipped: {details['skipped']}"
     if result.get("name") == "probe":
         return (
-            f"{details.get('mode')} probe {metrics['probe_accuracy']:.3f} at layer "
-            f"{int(metrics['best_layer'])} (chance {metrics['chance']:.3f}, p={metrics['p_value']:.2g})"
+            f"{details.get('mode')} probe {number(metrics.get('probe_accuracy'))} at layer "
+            f"{number(metrics.get('best_layer'), '.0f')} (chance {number(metrics.get('chance'))}, "
+            f"p={number(metrics.get('p_value'), '.2g')})"
         )
     if result.get("name") == "mia" and "auc_max" in metrics:
-        return f"AUC {metrics['auc_min']:.3f}–{metrics['auc_max']:.3f} ({details.get('mode')})"
+        return (
+            f"AUC {number(metrics.get('auc_min'))}–{number(metrics.get('auc_max'))} "
+            f"({details.get('mode')})"
+        )
     return ""
 
 
@@ -63,7 +66,7 @@ def scorecard_table(audit: dict[str, Any]) -> str:
                 retain.get("attacked", {}).get(name),
                 audit.get("recovery", {}).get(name),
                 _other(audit.get("results", {}).get(name, {})),
-                None if seconds is None else f"{seconds:.1f}",
+                number(seconds, ".1f"),
                 _budget(audit.get("budgets", {}).get(name, {})),
             ]
         )
@@ -173,8 +176,9 @@ def audit_sections(report: dict[str, Any]) -> list[str]:
             "forget accuracy: clean vs under attack",
             list(attacked),
             {
-                "clean": [card.get("clean") or 0.0] * len(attacked),
-                "attacked": [v or 0.0 for v in attacked.values()],
+                # a missing or non-finite value draws no bar
+                "clean": [card.get("clean")] * len(attacked),
+                "attacked": list(attacked.values()),
             },
             ymax=1.0,
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from excise.report.fmt import number
 from excise.report.svg import line_chart
 
 MEANING = {
@@ -20,9 +21,7 @@ MEANING = {
 
 
 def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.3f}" if isinstance(value, float) else escape(str(value))
+    return escape(number(value))  # None, NaN, inf: "n/a"
 
 
 def bypass_section(result: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ import json
 from html import escape
 from typing import Any
 
+from excise.report.fmt import number
 from excise.report.svg import bar_chart, line_chart
 
 STYLE = """
@@ -17,9 +18,7 @@ section{margin:2em 0}
 
 
 def _fmt(value: Any) -> str:
-    return (
-        "–" if value is None else f"{value:.3f}" if isinstance(value, float) else escape(str(value))
-    )
+    return escape(number(value))  # None, NaN, inf: "n/a"
 
 
 def metric_table(report: dict[str, Any]) -> str:
@@ -62,8 +61,9 @@ def unlearn_sections(report: dict[str, Any]) -> list[str]:
             "accuracy before and after",
             keys,
             {
-                "before": [before.get(k) or 0.0 for k in keys],
-                "after": [after.get(k) or 0.0 for k in keys],
+                # a missing or non-finite value draws no bar
+                "before": [before.get(k) for k in keys],
+                "after": [after.get(k) for k in keys],
             },
             ymax=1.0,
         )
@@ -87,7 +87,7 @@ def render_html(report: dict[str, Any], extra_sections: list[str] | None = None)
     sections = unlearn_sections(report) if report.get("kind") == "unlearn" else []
     sections += extra_sections or []
     timings = "".join(
-        f"<tr><td>{escape(k)}</td><td>{v:.1f} s</td></tr>"
+        f"<tr><td>{escape(k)}</td><td>{number(v, '.1f')} s</td></tr>"
         for k, v in (report.get("timings_s") or {}).items()
     )
     return f"""<!doctype html>

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 from html import escape
 
+from excise.report.fmt import finite
+
 PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 
 
 def bar_chart(
     title: str,
     groups: list[str],
-    series: dict[str, list[float]],
+    series: dict[str, list[float | None]],
     *,
     width: int = 640,
     height: int = 260,
     ymax: float | None = None,
 ) -> str:
     """Grouped bars: one group per label in ``groups``, one bar per series."""
-    top = ymax or max([v for vs in series.values() for v in vs if v == v] + [1e-9])
+    top = ymax or max([v for vs in series.values() for v in vs if finite(v)] + [1e-9])
     left, bottom, plot_h = 48, 40, height - 80
     plot_w = width - left - 16
     group_w = plot_w / max(1, len(groups))
@@ -40,7 +42,7 @@ def bar_chart(
     for s, (name, values) in enumerate(series.items()):
         color = PALETTE[s % len(PALETTE)]
         for g, value in enumerate(values):
-            if value != value:  # NaN: no bar
+            if not finite(value):  # None, NaN, inf: no bar
                 continue
             h = plot_h * min(value, top) / top
             x = left + g * group_w + group_w * 0.1 + s * bar_w
@@ -62,7 +64,7 @@ def bar_chart(
 
 def line_chart(
     title: str,
-    series: dict[str, list[tuple[float, float]]],
+    series: dict[str, list[tuple[float, float | None]]],
     *,
     xlabel: str = "",
     ylabel: str = "",
@@ -71,9 +73,11 @@ def line_chart(
     ymax: float | None = None,
 ) -> str:
     """Lines through (x, y) points, one per series."""
+    # a point without a finite value (None, NaN, inf) is left out
+    series = {k: [(x, y) for x, y in pts if finite(x) and finite(y)] for k, pts in series.items()}
     points = [p for pts in series.values() for p in pts]
     xmax = max([x for x, _ in points] + [1e-9])
-    top = ymax or max([y for _, y in points if y == y] + [1e-9])
+    top = ymax or max([y for _, y in points] + [1e-9])
     left, bottom, plot_h = 48, 44, height - 84
     plot_w = width - left - 16
 
@@ -106,15 +110,14 @@ def line_chart(
     )
     for s, (name, pts) in enumerate(series.items()):
         color = PALETTE[s % len(PALETTE)]
-        path = " ".join(at(x, y) for x, y in pts if y == y)
+        path = " ".join(at(x, y) for x, y in pts)
         parts.append(
             f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{path}"><title>{escape(name)}</title></polyline>'
         )
         for x, y in pts:
-            if y == y:
-                parts.append(
-                    f'<circle cx="{at(x, y).split(",")[0]}" cy="{at(x, y).split(",")[1]}" r="3" fill="{color}"><title>{escape(name)} @ {x:g}: {y:.3f}</title></circle>'
-                )
+            parts.append(
+                f'<circle cx="{at(x, y).split(",")[0]}" cy="{at(x, y).split(",")[1]}" r="3" fill="{color}"><title>{escape(name)} @ {x:g}: {y:.3f}</title></circle>'
+            )
         parts.append(
             f'<rect x="{left + s * 120}" y="{height - 14}" width="10" height="10" fill="{color}"/><text x="{left + s * 120 + 14}" y="{height - 5}" font-size="11">{escape(name)}</text>'
         )
