@@ -8,11 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from excise.editing import EDITORS
 from excise.editing.alphaedit import alphaedit_update, projector
 from excise.editing.memit import memit_update
 from excise.editing.requests import EditRequest, Probe
 from excise.editing.rome import rank_one_update
+from excise.registry import defaults
 from tests.conftest import make_tiny_model, teach
+
+# editors with a preservation set (an option preserve_weight)
+PRESERVING = [n for n, s in EDITORS.all().items() if "preserve_weight" in defaults(s.config_cls)]
 
 torch.set_default_dtype(torch.float32)
 
@@ -63,8 +68,10 @@ def test_memit_update_writes_edited_keys_and_preserves_ordinary_ones():
 def test_memit_update_keeps_the_preservation_set_it_is_given():
     moment, _ = _moment(2000, 32)
     _, kept_keys = _moment(40, 32, rank=6, seed=1)  # 40 keys in a 6-dim subspace
-    keys = torch.randn(5, 32, dtype=torch.float64) * 3
-    residual = torch.randn(5, 12, dtype=torch.float64)
+    # fixed draws: about 6% of random ones leave the residual >= 10% (the suite's order decided)
+    gen = torch.Generator().manual_seed(2)
+    keys = torch.randn(5, 32, generator=gen, dtype=torch.float64) * 3
+    residual = torch.randn(5, 12, generator=gen, dtype=torch.float64)
     plain = memit_update(moment, keys, residual, 1.0)
     kept = memit_update(moment, keys, residual, 1.0, 1e6 * kept_keys.T @ kept_keys)
     assert float((plain @ kept_keys.T).norm()) > 1.0
@@ -157,7 +164,7 @@ def corpus_file(tmp_path):
     return write_corpus(tmp_path / "corpus.jsonl")
 
 
-@pytest.mark.parametrize("method", ["rome", "memit", "alphaedit", "ft"])
+@pytest.mark.parametrize("method", EDITORS.names())
 def test_edit_raises_the_new_target_and_reverts_exactly(
     method, taught, tiny_tokenizer, corpus_file, tmp_path, monkeypatch
 ):
@@ -194,7 +201,7 @@ def test_edit_raises_the_new_target_and_reverts_exactly(
     assert torch.equal(after_again, after)
 
 
-@pytest.mark.parametrize("method", ["memit", "alphaedit"])
+@pytest.mark.parametrize("method", PRESERVING)
 def test_preservation_set_keeps_its_keys_outputs(
     method, taught, tiny_tokenizer, corpus_file, tmp_path, monkeypatch
 ):

@@ -12,6 +12,7 @@ import json
 import pytest
 import torch
 
+from excise.editing import EDITORS
 from excise.methods import all_methods
 from tests.conftest import make_tiny_model, tiny_task, train_tiny
 
@@ -46,7 +47,7 @@ def test_scoring_on_the_gpu_matches_the_cpu(tiny_tokenizer):
     assert torch.allclose(cpu.logprob, gpu.logprob, atol=1e-3)
 
 
-@pytest.mark.parametrize("method", ["rome", "memit", "alphaedit", "ft"])
+@pytest.mark.parametrize("method", EDITORS.names())
 def test_editing_a_model_on_the_gpu(method, tiny_tokenizer, tmp_path, monkeypatch):
     from excise.editing import edit
     from excise.scoring import score_pairs

@@ -6,7 +6,7 @@ from accelerate import Accelerator
 
 from excise.data.encode import collate, encode_records
 from excise.errors import ConfigError, ExciseError
-from excise.methods import REGISTRY, all_methods, get_method, make_config, register
+from excise.methods import METHODS, all_methods, get_method, make_config, register
 from excise.methods.npo import npo_loss
 from excise.methods.rmu import hidden_at
 from excise.scoring import forward_stats
@@ -146,4 +146,4 @@ def test_registry_rejects_duplicates_and_bad_options():
         make_config(get_method("npo").config_cls, {"betta": 1})
     with pytest.raises(ConfigError):
         make_config(get_method("npo").config_cls, {"beta": -1})
-    assert set(REGISTRY) >= {"ga", "graddiff", "npo", "simnpo", "idk", "rmu"}
+    assert set(METHODS.names()) >= {"ga", "graddiff", "npo", "simnpo", "idk", "rmu"}

@@ -16,17 +16,17 @@ from excise.methods import make_config
 def config_classes() -> dict[str, type]:
     from excise.attacks import all_attacks
     from excise.bypass import BypassConfig
-    from excise.editing import EDITORS, editor
-    from excise.erasure import ablate, clamp, concept
+    from excise.editing import EDITORS
+    from excise.erasure import ERASERS
     from excise.lora import LoraSettings
     from excise.methods import all_methods
     from excise.train import TrainConfig
 
     classes = {f"method:{n}": s.config_cls for n, s in all_methods().items()}
     classes |= {f"attack:{n}": s.budget_cls for n, s in all_attacks().items()}
-    classes |= {f"editor:{n}": editor(n)[1] for n in EDITORS}
-    classes |= {"eraser:leace": concept.LeaceConfig, "eraser:ablate": ablate.AblateConfig}
-    classes |= {"eraser:clamp": clamp.ClampConfig, "bypass": BypassConfig}
+    classes |= {f"editor:{n}": s.config_cls for n, s in EDITORS.all().items()}
+    classes |= {f"eraser:{n}": s.config_cls for n, s in ERASERS.all().items()}
+    classes |= {"bypass": BypassConfig}
     return classes | {"train": TrainConfig, "lora": LoraSettings}
 
 
@@ -57,3 +57,38 @@ def test_hostile_values_build_or_fail_in_one_line(owner, key):
         built = getattr(config, key)
         for item in built if isinstance(built, list | tuple) else [built]:
             assert not (isinstance(item, float) and not math.isfinite(item)), (key, value, built)
+
+
+def test_every_kind_is_one_registry_and_the_cli_lists_real_defaults(capsys):
+    from excise.cli import main
+    from excise.erasure import ERASERS
+    from excise.erasure.command import METHODS as ERASE_CHOICES
+    from excise.recipe import ERASURE
+    from excise.registry import Registry
+
+    for name, cls in CLASSES.items():
+        assert dataclasses.is_dataclass(cls), name
+    # the names the CLI and recipes know without loading model code are the registry's
+    assert ERASE_CHOICES == ERASURE == ERASERS.names()
+    assert main(["methods"]) == 0 and main(["attacks"]) == 0
+    listed = capsys.readouterr().out
+    assert "MISSING" not in listed and "object at 0x" not in listed
+    for name in CLASSES:
+        if ":" in name:
+            assert f"{name.split(':')[1]} " in listed, name
+    # one shape for every kind: a spec needs a dataclass config, a name is registered once
+    registry = Registry("widget", "excise.methods", ())
+
+    @dataclasses.dataclass(frozen=True)
+    class Widget:
+        name: str
+        summary: str
+        config_cls: type
+
+    registry.register(Widget("w", "a widget", CLASSES["train"]))
+    with pytest.raises(ValueError, match="twice"):
+        registry.register(Widget("w", "again", CLASSES["train"]))
+    with pytest.raises(TypeError, match="dataclass"):
+        registry.register(Widget("v", "no config", int))
+    with pytest.raises(ExciseError, match="unknown widget 'x'; available: w"):
+        registry.get("x")

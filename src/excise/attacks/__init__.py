@@ -9,14 +9,13 @@ runs a set of attacks and builds the JSON-ready audit section.
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from excise.attacks.base import AttackResult
-from excise.errors import ConfigError, ExciseError
+from excise.errors import ConfigError
+from excise.registry import Registry, make_config
 
 ATTACKS = (
     "relearn",
@@ -37,39 +36,22 @@ __all__ = ["ATTACKS", "AttackResult", "AttackSpec", "all_attacks", "get_attack",
 class AttackSpec:
     name: str
     summary: str  # one line, for listings and the report
-    budget_cls: type
+    config_cls: type  # the budget: what the attacker may spend (recorded in the report)
     run: Callable[..., AttackResult]
 
-
-REGISTRY: dict[str, AttackSpec] = {}
-
-
-def register(spec: AttackSpec) -> AttackSpec:
-    if spec.name in REGISTRY:
-        raise ValueError(f"attack {spec.name!r} is registered twice")
-    if not dataclasses.is_dataclass(spec.budget_cls):
-        raise TypeError(f"attack {spec.name!r}: budget_cls must be a dataclass")
-    REGISTRY[spec.name] = spec
-    return spec
+    @property
+    def budget_cls(self) -> type:
+        return self.config_cls
 
 
-def all_attacks() -> dict[str, AttackSpec]:
-    for name in ATTACKS:
-        importlib.import_module(f"excise.attacks.{name}")
-    return {name: REGISTRY[name] for name in ATTACKS}
-
-
-def get_attack(name: str) -> AttackSpec:
-    attacks = all_attacks()
-    if name not in attacks:
-        raise ExciseError(f"unknown attack {name!r}; available: {', '.join(attacks)}")
-    return attacks[name]
+ATTACKS_REGISTRY: Registry[AttackSpec] = Registry("attack", "excise.attacks", ATTACKS)
+register = ATTACKS_REGISTRY.register
+all_attacks = ATTACKS_REGISTRY.all
+get_attack = ATTACKS_REGISTRY.get
 
 
 def make_budget(name: str, budget: Any = None) -> Any:
     """The attack's budget: its defaults, a dict of overrides (unknown keys rejected), or as given."""
-    from excise.methods import make_config
-
     spec = get_attack(name)
     if isinstance(budget, spec.budget_cls):
         return budget

@@ -15,27 +15,33 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from excise.arch import block_part
 from excise.errors import ConfigError, ExciseError
+from excise.progress import progress as progress_bar
+from excise.registry import Registry
 
-EDITORS: dict[str, tuple[str, str, str]] = {
-    # name: (module, config class, summary)
-    "rome": (
-        "rome",
-        "RomeConfig",
-        "rank-one edit of one MLP, one fact at a time (Meng et al. 2022)",
-    ),
-    "memit": ("memit", "MemitConfig", "batched edits spread over several MLPs (Meng et al. 2023)"),
-    "alphaedit": (
-        "alphaedit",
-        "AlphaEditConfig",
-        "MEMIT projected onto the null space of preserved keys (Fang et al. 2025)",
-    ),
-    "ft": ("ft", "FTConfig", "fine-tune one MLP within an L-inf ball (Zhu et al. 2020)"),
-}
-NEEDS_STATS = ("rome", "memit", "alphaedit")
+
+@dataclass(frozen=True)
+class EditOutcome:
+    """What one editor call did to one batch of requests."""
+
+    target_nll: list[float]  # per applied request: NLL of its new target after optimisation
+    refused: list[dict[str, str]] = field(default_factory=list)  # case_id, reason
+    nullspace_dims: dict[int, int] | None = None  # alphaedit: free dimensions per layer
+
+
+@dataclass(frozen=True)
+class EditorSpec:
+    name: str
+    summary: str  # one line, for listings
+    config_cls: type
+    apply: Callable[[Any, Sequence[Any]], EditOutcome]  # (EditContext, requests)
+    needs_stats: bool = True  # reads key covariance statistics (excise.editing.stats)
+
+
+EDITORS: Registry[EditorSpec] = Registry(
+    "edit method", "excise.editing", ("rome", "memit", "alphaedit", "ft")
+)
 
 
 @dataclass
@@ -72,22 +78,9 @@ class EditResult:
         return sum(b["size"] for b in self.batches) - len(self.refused)
 
 
-def editor(name: str):
-    """(module, config class) of an editor, or a clear error listing the known ones."""
-    import importlib
-
-    if name not in EDITORS:
-        raise ExciseError(f"unknown edit method {name!r}; available: {', '.join(EDITORS)}")
-    module_name, config_name, _ = EDITORS[name]
-    module = importlib.import_module(f"excise.editing.{module_name}")
-    return module, getattr(module, config_name)
-
-
 def make_config(name: str, options: dict[str, Any] | None) -> Any:
-    from excise.methods import make_config as build
-
-    _, cls = editor(name)
-    return build(cls, options)
+    """The editor's config from user options (unknown names and keys refused)."""
+    return EDITORS.config(name, options)
 
 
 def edit(
@@ -133,12 +126,12 @@ def edit(
         raise ConfigError("on_drop must be 'stop' or 'warn'")
     if batch_size is not None and batch_size < 1:
         raise ConfigError("batch_size (--sequential) must be >= 1")
-    module, _ = editor(method)
+    spec = EDITORS.get(method)
     config = make_config(method, options)
     kept = resolve_preserve(method, preserve, requests)
     target = model if in_place else clone_model(model)
     layers = config.layers_for(target)
-    if stats is None and method in NEEDS_STATS:
+    if stats is None and spec.needs_stats:
         stats = key_stats(
             target,
             tokenizer,
@@ -166,22 +159,24 @@ def edit(
     refused: list[dict[str, Any]] = []
     stopped = None
     for index, chunk in enumerate(
-        tqdm(chunks, desc=f"edit ({method})", disable=not progress or len(chunks) == 1)
+        progress_bar(
+            chunks, desc=f"edit ({method})", unit="batches", enabled=progress and len(chunks) > 1
+        )
     ):
         started = time.perf_counter()
         before = snapshot(target, names)
-        outcome = module.apply(ctx, chunk)
+        outcome = spec.apply(ctx, chunk)
         merge(deltas, difference(target, before))
-        refused.extend(outcome.get("refused", []))
-        nll = outcome.get("target_nll") or [float("nan")]
+        refused.extend(outcome.refused)
+        nll = outcome.target_nll or [float("nan")]
         record = {
             "batch": index,
             "size": len(chunk),
             "target_nll": sum(nll) / len(nll),
             "seconds": time.perf_counter() - started,
         }
-        if "nullspace_dims" in outcome:
-            record["nullspace_dims"] = outcome["nullspace_dims"]
+        if outcome.nullspace_dims is not None:
+            record["nullspace_dims"] = outcome.nullspace_dims
         if monitor is not None:
             record["monitor"] = monitor(target)
         batches.append(record)

@@ -32,10 +32,12 @@ Hyper-parameters: ``nullspace_threshold`` 0.01 (fraction of the mean eigenvalue)
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
+from excise.editing import EDITORS, EditorSpec, EditOutcome
 from excise.editing.memit import MemitConfig, preserved, spread
 from excise.errors import ConfigError
 
@@ -88,7 +90,7 @@ def alphaedit_update(
     return torch.linalg.solve(system, projection @ keys.T @ residual).T
 
 
-def apply(ctx, requests) -> dict:
+def apply(ctx, requests) -> EditOutcome:
     config: AlphaEditConfig = ctx.config
     projectors = ctx.state.setdefault("projector", {})
     free_dims = ctx.state.setdefault("nullspace_dims", {})
@@ -106,8 +108,17 @@ def apply(ctx, requests) -> dict:
         weight = keys.shape[1] if config.mom2_weight is None else config.mom2_weight
         return alphaedit_update(projectors[layer], keys, residual, past, config.l2, moment, weight)
 
-    result = spread(ctx, requests, solve)
-    for layer, keys in result.pop("keys").items():
+    outcome, used = spread(ctx, requests, solve)
+    for layer, keys in used.items():
         previous[layer] = previous.get(layer, 0) + keys.T @ keys
-    result["nullspace_dims"] = dict(free_dims)
-    return result
+    return dataclasses.replace(outcome, nullspace_dims=dict(free_dims))
+
+
+SPEC = EDITORS.register(
+    EditorSpec(
+        "alphaedit",
+        "MEMIT projected onto the null space of preserved keys (Fang et al. 2025)",
+        AlphaEditConfig,
+        apply,
+    )
+)

@@ -7,16 +7,18 @@ It runs through excise's one training loop; the constraint is applied in its ste
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from excise.arch import block_part
 from excise.data.encode import encode_pair
+from excise.editing import EDITORS, EditorSpec, EditOutcome
 from excise.editing.layers import check_layers, default_layer
 from excise.editing.requests import answer
 from excise.errors import ConfigError
-from excise.methods import MethodSpec
 from excise.scoring import nll
 from excise.train import TrainConfig, train
 
@@ -37,7 +39,16 @@ class FTConfig:
         return check_layers(model, [default_layer(model) if self.layer is None else self.layer])
 
 
-def apply(ctx, requests) -> dict:
+@dataclass(frozen=True)
+class Objective:
+    """What the training loop needs of a method (excise.train.Method): a loss and its set-up."""
+
+    name: str
+    prepare: Callable[[Any], None]
+    loss: Callable[[Any, Any], tuple[torch.Tensor, dict[str, float]]]
+
+
+def apply(ctx, requests) -> EditOutcome:
     config: FTConfig = ctx.config
     (layer,) = config.layers_for(ctx.model)
     module = block_part(ctx.model, layer, "mlp_out")
@@ -64,7 +75,7 @@ def apply(ctx, requests) -> dict:
         for i, r in enumerate(requests)
         for prompt in [r.text()]
     ]
-    method = MethodSpec("ft-edit", "constrained fine-tuning", FTConfig, prepare, loss, False)
+    method = Objective("ft-edit", prepare, loss)
     log = train(
         ctx.model,
         ctx.tokenizer,
@@ -83,4 +94,15 @@ def apply(ctx, requests) -> dict:
         uses_retain=False,
         on_step=constrain,
     )
-    return {"target_nll": [log[-1]["nll"]] if log else [], "refused": []}
+    return EditOutcome([log[-1]["nll"]] if log else [])
+
+
+SPEC = EDITORS.register(
+    EditorSpec(
+        "ft",
+        "fine-tune one MLP within an L-inf ball (Zhu et al. 2020)",
+        FTConfig,
+        apply,
+        needs_stats=False,
+    )
+)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from excise.arch import block_part
+from excise.editing import EDITORS, EditorSpec, EditOutcome
 from excise.editing.layers import check_layers, default_layers
 from excise.editing.locate import mean_by_owner, out_in, read_at
 from excise.editing.stats import DEFAULT_TOKENS
@@ -53,8 +54,9 @@ class MemitConfig(TargetConfig):
         return check_layers(model, list(self.layers) if self.layers else default_layers(model))
 
 
-def spread(ctx, requests, solve: Solver) -> dict:
-    """Compute targets at the last layer, then update each layer with ``solve(layer, K, R)``."""
+def spread(ctx, requests, solve: Solver) -> tuple[EditOutcome, dict[int, torch.Tensor]]:
+    """Compute targets at the last layer, then update each layer with ``solve(layer, K, R)``;
+    returns the outcome and the keys used at each layer."""
     layers = ctx.config.layers_for(ctx.model)
     top = layers[-1]
     deltas, base, nll = optimise_deltas(
@@ -80,7 +82,7 @@ def spread(ctx, requests, solve: Solver) -> dict:
         with torch.no_grad():
             weight.add_(update.to(weight))  # solved on the CPU in float64
         keys_used[layer] = keys
-    return {"target_nll": nll, "refused": [], "keys": keys_used}
+    return EditOutcome(nll), keys_used
 
 
 def memit_update(
@@ -114,12 +116,17 @@ def preserved(ctx, layer: int) -> torch.Tensor | None:
     return weight * moments[layer] if weight else None
 
 
-def apply(ctx, requests) -> dict:
+def apply(ctx, requests) -> EditOutcome:
     def solve(layer: int, keys: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         weight = ctx.config.mom2_weight or keys.shape[1]
         moment = ctx.stats.covariance(layer)
         return memit_update(moment, keys, residual, weight, preserved(ctx, layer))
 
-    result = spread(ctx, requests, solve)
-    result.pop("keys")
-    return result
+    return spread(ctx, requests, solve)[0]
+
+
+SPEC = EDITORS.register(
+    EditorSpec(
+        "memit", "batched edits spread over several MLPs (Meng et al. 2023)", MemitConfig, apply
+    )
+)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from excise.arch import block_part
+from excise.editing import EDITORS, EditorSpec, EditOutcome
 from excise.editing.layers import check_layers, default_layer
 from excise.editing.locate import mean_by_owner, out_in, read_at
 from excise.editing.stats import DEFAULT_TOKENS
@@ -50,7 +51,7 @@ def rank_one_update(
     return torch.outer(delta, left) / denominator, denominator
 
 
-def apply(ctx, requests) -> dict:
+def apply(ctx, requests) -> EditOutcome:
     config: RomeConfig = ctx.config
     (layer,) = config.layers_for(ctx.model)
     weight = out_in(block_part(ctx.model, layer, "mlp_out"))
@@ -79,4 +80,11 @@ def apply(ctx, requests) -> dict:
         with torch.no_grad():
             weight.add_(update.to(weight))  # solved on the CPU in float64
         nlls.extend(nll)
-    return {"target_nll": nlls, "refused": refused}
+    return EditOutcome(nlls, refused)
+
+
+SPEC = EDITORS.register(
+    EditorSpec(
+        "rome", "rank-one edit of one MLP, one fact at a time (Meng et al. 2022)", RomeConfig, apply
+    )
+)

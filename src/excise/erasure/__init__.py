@@ -8,9 +8,27 @@ LEACE on a model, ``ablate``, ``clamp``), ``fold`` puts maps of the residual str
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["erase", "ErasureResult"]
+from excise.registry import Registry
+
+__all__ = ["ERASERS", "EraserSpec", "erase", "ErasureResult"]
+
+
+@dataclass(frozen=True)
+class EraserSpec:
+    name: str
+    summary: str  # one line, for listings
+    config_cls: type
+    # (model, tokenizer, contrast, config, *, template, texts, scorer) -> (model, ErasureResult)
+    run: Callable[..., tuple[Any, Any]]
+
+
+ERASERS: Registry[EraserSpec] = Registry(
+    "erasure method", "excise.erasure", ("concept", "ablate", "clamp")
+)
 
 if TYPE_CHECKING:
     from excise.erasure.core import ErasureResult, erase
@@ -18,7 +36,7 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str):
     # lazy: `excise --help` imports the erase command, which must not pull in torch
-    if name in __all__:
+    if name in ("erase", "ErasureResult"):
         from excise.erasure import core
 
         return getattr(core, name)

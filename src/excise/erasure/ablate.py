@@ -43,6 +43,7 @@ import torch
 
 from excise.arch import num_layers
 from excise.attacks.activations import direction_ablated
+from excise.erasure import ERASERS, EraserSpec
 from excise.erasure.core import Contrast, ErasureResult, check_layer
 from excise.erasure.fold import add_to_stream, check_foldable, fold_affine
 from excise.erasure.states import block_states, residual_states, sink_subspace
@@ -267,3 +268,13 @@ def run_runtime(model, tokenizer, data: Contrast, config: AblateConfig, *, templ
     return model, ErasureResult(
         "ablate", wanted[-1], False, metrics, details, tensors, [note], {"hooks": hooks}
     )
+
+
+SPEC = ERASERS.register(
+    EraserSpec(
+        "ablate",
+        "directional ablation by weight orthogonalization (Arditi et al. 2024)",
+        AblateConfig,
+        run,
+    )
+)

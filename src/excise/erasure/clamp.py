@@ -23,6 +23,7 @@ from typing import Literal
 import torch
 
 from excise.arch import decoder_layers, num_layers
+from excise.erasure import ERASERS, EraserSpec
 from excise.erasure.ablate import AblateConfig, candidate_layers, choose, directions
 from excise.erasure.adapter import clamp_change
 from excise.erasure.core import Contrast, ErasureResult, check_layer, hooked
@@ -137,3 +138,13 @@ def run(model, tokenizer, data: Contrast, config: ClampConfig, *, template, text
     return model, ErasureResult(
         "clamp", layer, config.form == "point", metrics, details, tensors, [note], adapter
     )
+
+
+SPEC = ERASERS.register(
+    EraserSpec(
+        "clamp",
+        "hold the stream's projection on a feature direction at a value or in a range",
+        ClampConfig,
+        run,
+    )
+)

@@ -54,6 +54,7 @@ import torch
 
 from excise.arch import decoder_layers, num_layers
 from excise.attacks.probe import fit_logistic
+from excise.erasure import ERASERS, EraserSpec
 from excise.erasure.core import Contrast, ErasureResult, check_layer, hooked
 from excise.erasure.fold import check_foldable, fold_affine
 from excise.erasure.inlp import fit_inlp
@@ -136,7 +137,14 @@ def class_gap(x: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def run(
-    model, tokenizer, data: Contrast, config: LeaceConfig, *, template: str, texts: list[str]
+    model,
+    tokenizer,
+    data: Contrast,
+    config: LeaceConfig,
+    *,
+    template: str,
+    texts: list[str],
+    scorer=None,  # the other erasers' utility scorer; LEACE measures fluency on ``texts`` only
 ) -> tuple[object, ErasureResult]:
     if config.form == "folded":
         check_foldable(model)
@@ -223,3 +231,13 @@ def run(
         "the guarantee covers linear read-outs of this layer on this distribution, not fine-tuning",
     ]
     return model, ErasureResult("leace", layer, True, metrics, details, tensors, notes)
+
+
+SPEC = ERASERS.register(
+    EraserSpec(
+        "leace",
+        "least-squares concept erasure: no linear probe reads the concept (Belrose et al. 2023)",
+        LeaceConfig,
+        run,
+    )
+)

@@ -23,7 +23,6 @@ import torch
 from excise.errors import ConfigError, DataError
 
 Item = str | Sequence[str]
-METHODS = ("leace", "ablate", "clamp")
 
 
 @dataclass
@@ -142,30 +141,15 @@ def erase(
     ``ClampConfig``); unknown ones are refused. ``model`` is changed in place where possible; use
     the returned model.
     """
-    from excise.methods import make_config
+    from excise.erasure import ERASERS
 
-    if method not in METHODS:
-        raise ConfigError(f"unknown erasure method {method!r}; choose one of {', '.join(METHODS)}")
+    spec = ERASERS.get(method)
+    config = ERASERS.config(method, options)
     if texts is None:
         from excise.data.tasks import load_task
 
         texts = [t.text for t in load_task("chem-symbols").fluency]
     data = contrast(positive, negative, seed=split_seed)
-    if method == "leace":
-        from excise.erasure import concept
-
-        config = make_config(concept.LeaceConfig, options)
-        return concept.run(model, tokenizer, data, config, template=template, texts=list(texts))
-    if method == "ablate":
-        from excise.erasure import ablate
-
-        config = make_config(ablate.AblateConfig, options)
-        return ablate.run(
-            model, tokenizer, data, config, template=template, texts=list(texts), scorer=scorer
-        )
-    from excise.erasure import clamp
-
-    config = make_config(clamp.ClampConfig, options)
-    return clamp.run(
+    return spec.run(
         model, tokenizer, data, config, template=template, texts=list(texts), scorer=scorer
     )
