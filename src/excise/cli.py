@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from excise import helptext
+from excise import helptext, progress
 from excise.errors import ConfigError, ExciseError
 
 DEMO_METHOD = "rmu"
@@ -82,28 +82,36 @@ def print_table(before: dict[str, float], after: dict[str, float]) -> None:
             print(f"{key:<22}{before.get(key, float('nan')):>10.3f}{after[key]:>10.3f}")
 
 
+def _options_line(cls: type) -> str:
+    from excise.registry import defaults
+
+    return ", ".join(f"{k}={v!r}" for k, v in defaults(cls).items()) or "-"
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
-    import dataclasses
+    """Every removal method, editor and eraser with its options' real defaults."""
+    from excise.editing import EDITORS
+    from excise.erasure import ERASERS
+    from excise.methods import METHODS, UNLEARNING
 
-    from excise.methods import UNLEARNING, all_methods
-
-    for name, spec in sorted(all_methods().items()):
+    for name, spec in METHODS.all().items():
         role = "remove" if name in UNLEARNING else "helper"
-        fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(spec.config_cls))
         print(f"{name:<10} [{role}] {spec.summary}")
-        print(f"{'':<10} options: {fields or '-'}; training defaults: {spec.train_defaults}")
+        print(f"{'':<10} options: {_options_line(spec.config_cls)}")
+        print(f"{'':<10} training defaults: {spec.train_defaults or '-'}")
+    for kind, registry, command in (("edit", EDITORS, "edit"), ("erase", ERASERS, "erase")):
+        for name, spec in registry.all().items():
+            print(f"{name:<10} [{kind}] {spec.summary} (excise {command} --method {name})")
+            print(f"{'':<10} options: {_options_line(spec.config_cls)}")
     return 0
 
 
 def cmd_attacks(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from excise.attacks import all_attacks
 
     for name, spec in all_attacks().items():
-        fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(spec.budget_cls))
         print(f"{name:<14} {spec.summary}")
-        print(f"{'':<14} budget: {fields or '-'}")
+        print(f"{'':<14} budget: {_options_line(spec.config_cls)}")
     return 0
 
 
@@ -137,6 +145,8 @@ def cmd_unlearn(args: argparse.Namespace, *, demo: bool = False) -> int:
         gold_spec=getattr(args, "gold", None),
         utility=getattr(args, "utility", None),
         bypass=getattr(args, "bypass_check", False),
+        report_to=getattr(args, "report_to", None),
+        logging_dir=getattr(args, "logging_dir", None),
     )
     if main_process:
         print_unlearn(report, args.out, started)
@@ -155,6 +165,8 @@ def print_unlearn(report: dict[str, Any], out: str | Path, started: float) -> No
     print(
         f"wrote {', '.join(f'{out}/{name}' for name in written)}, {out}/report.json, {out}/report.html"
     )
+    if tracked := report.get("tracking"):  # --report-to
+        print(f"logged to {', '.join(tracked['report_to'])}: {tracked['logging_dir']}")
     print(
         f"total {time.perf_counter() - started:.0f} s; stages: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in report["timings_s"].items())
@@ -184,8 +196,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from excise.pipeline import run_unlearn
 
     started = time.perf_counter()
+    arguments = recipe.pipeline_arguments()
+    for key in ("report_to", "logging_dir"):  # the command line's choice over the recipe's
+        if getattr(args, key, None) is not None:
+            arguments[key] = getattr(args, key)
     report = run_unlearn(
-        **recipe.pipeline_arguments(),
+        **arguments,
         resume=args.resume,
         allow_pickle=args.allow_pickle,
         trust_remote_code=args.trust_remote_code,
@@ -354,6 +370,23 @@ def _add_loading(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_tracking(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--report-to",
+        metavar="TRACKERS",
+        help="log the training losses per step, the metrics before and after and the audit's "
+        "curves to experiment trackers (accelerate's): tensorboard, wandb, mlflow, comet_ml, "
+        "aim, clearml, dvclive, swanlab, trackio, all (every one installed); a comma list for "
+        "several (default: none)",
+    )
+    parser.add_argument(
+        "--logging-dir",
+        metavar="DIR",
+        help="where trackers write local logs (TensorBoard's event files) "
+        "(default: OUT.runs, beside --out)",
+    )
+
+
 def _add_benchmark(parser: argparse.ArgumentParser, *, gold: bool = True) -> None:
     parser.add_argument(
         "--data-dir",
@@ -442,6 +475,7 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action="store_true", help=helptext.OVERWRITE)
     demo.add_argument("--method", default=DEMO_METHOD, help="removal method (`excise methods`)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_tracking(demo)
     demo.add_argument(
         "--use-case",
         choices=("toxicity", "bias", "privacy", "hazard"),
@@ -503,7 +537,10 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --lora: also write the merged weights as a plain checkpoint in OUT/model",
     )
-    unlearn.add_argument("--quiet", action="store_true", help="no progress bar")
+    unlearn.add_argument(
+        "--quiet", action="store_true", help="no progress bars (nor progress lines in a log)"
+    )
+    _add_tracking(unlearn)
     unlearn.add_argument(
         "--audit",
         nargs="?",
@@ -533,6 +570,7 @@ def parser() -> argparse.ArgumentParser:
         help=helptext.out_help("report.json, report.html, recipe.yaml, manifest.json"),
     )
     audit.add_argument("--overwrite", action="store_true", help=helptext.OVERWRITE)
+    audit.add_argument("--quiet", action="store_true", help="no progress bars")
     audit.add_argument(
         "--expect-hash",
         metavar="SHA256",
@@ -544,6 +582,7 @@ def parser() -> argparse.ArgumentParser:
     _add_benchmark(evaluate)
     evaluate.add_argument("--original", help="filter the task's items by what this model knows")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
 
     for module in EXTENSIONS:
         importlib.import_module(module).add_parser(commands, _add_common)
@@ -554,6 +593,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="output folder instead of the recipe's out")
     run.add_argument("--overwrite", action="store_true", help=helptext.OVERWRITE)
     run.add_argument("--resume", action="store_true", help="continue from OUT.ckpt")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_tracking(run)
     _add_loading(run)
 
     commands.add_parser("methods", help="list methods, their options and defaults")
@@ -587,6 +628,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # bars on a terminal, plain lines in a log, none with --quiet (excise.progress)
+    progress.configure(quiet=getattr(args, "quiet", False))
     try:
         if getattr(args, "out", None) is not None and not str(args.out).strip():
             raise ConfigError("--out is empty; give the folder to write")
@@ -619,7 +662,19 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "handler", None) is not None:
             return args.handler(args)
     except ExciseError as error:
-        print(f"excise: error: {str(error).replace(chr(10), ' ')}", file=sys.stderr)
+        one_line = " ".join(str(error).replace("\r", "\n").splitlines())
+        print(f"excise: error: {one_line}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `excise methods | head`: the reader left; nothing to report
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush stays quiet
+        return 0
+    except OSError as error:
+        if error.filename is None:  # not about a path the user gave: a real fault, shown whole
+            raise
+        name = str(error.filename)
+        shown = name if len(name) <= 80 else name[:40] + "..." + name[-20:]
+        print(f"excise: error: {error.strerror or error}: {shown}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
         print(f"excise: {interrupted(interrupt, getattr(args, 'out', None))}", file=sys.stderr)

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from excise import tracking
 from excise.data.encode import encode_records
 from excise.data.records import QA, Text
 from excise.data.tasks import Task, custom_task, filter_known, load_task
@@ -30,7 +31,9 @@ from excise.fsutil import (
 from excise.lora import LR_FACTOR, LoraSettings, merge_adapters
 from excise.methods import get_method, make_config, typed_options
 from excise.metrics import evaluate
+from excise.metrics.generate import answer_sets
 from excise.models import load_model, save_model, weights_sha256
+from excise.progress import stage as progress_stage
 from excise.train import (
     TrainConfig,
     check_resumable,
@@ -55,7 +58,8 @@ class Timer:
         if self.echo:
             self.echo(f"[{name}] ...")
         start = time.perf_counter()
-        yield
+        with progress_stage(name):  # progress inside reads "[name] ..."
+            yield
         self.seconds[name] = round(time.perf_counter() - start, 2)
         if self.echo:
             self.echo(f"[{name}] done in {self.seconds[name]:.1f} s")
@@ -162,7 +166,10 @@ def resolve_task(
         chosen = custom_task(forget, retain, template=template)
     if filter_items is None:
         filter_items = task is not None
-    return filter_known(chosen, model, tokenizer) if filter_items else chosen
+    if not filter_items:
+        return chosen
+    with progress_stage("filter known items"):
+        return filter_known(chosen, model, tokenizer)
 
 
 def run_unlearn(
@@ -190,6 +197,8 @@ def run_unlearn(
     gold_spec: str | None = None,
     utility: str | None = None,
     bypass: bool = False,
+    report_to: str | list[str] | None = None,
+    logging_dir: str | None = None,
 ) -> dict[str, Any]:
     """The whole job: returns the report (also written, with the model, into ``out``).
 
@@ -209,6 +218,10 @@ def run_unlearn(
     writes ``out``.
 
     With ``audit_attacks`` the unlearned model is audited against the original before saving.
+    ``report_to`` (``tensorboard``, ``wandb``, ...: :mod:`excise.tracking`) logs the training
+    losses per step, the metrics before and after and the audit's curves, locally into
+    ``logging_dir`` (default ``OUT.runs``). The report's ``examples`` hold a few prompts of each
+    set with the greedy answers before and after (:mod:`excise.report.examples`).
     Training checkpoints go to ``OUT.ckpt`` (every ``checkpoint_every`` steps, and on Ctrl-C);
     ``resume`` continues from the newest. ``out`` is written only at the end, into a temporary
     folder renamed when complete.
@@ -216,7 +229,7 @@ def run_unlearn(
     import yaml
 
     from excise.recipe import resolved_recipe
-    from excise.report import build_report, write_report
+    from excise.report import build_report, examples, write_report
 
     out = Path(out)
     timer = Timer(echo)
@@ -244,6 +257,12 @@ def run_unlearn(
     check_output(out, overwrite=overwrite, inputs=inputs)
     checkpoint_dir = out.with_name(out.name + ".ckpt")
     check_checkpoints(checkpoint_dir)
+    trackers, runs = tracking.parse_report_to(report_to), None
+    if trackers:
+        runs = tracking.logging_dir(out, logging_dir)
+        tracking.check_logging_dir(runs, {"--out": out, "OUT.ckpt": checkpoint_dir}, inputs)
+    elif logging_dir:
+        log.warning("excise: warning: --logging-dir without --report-to: nothing is logged there")
     saved = any(checkpoint_dir.glob("step-*/state.json"))
     if saved and not resume:
         raise ConfigError(
@@ -276,6 +295,10 @@ def run_unlearn(
             )
         check_lengths(chosen, tokenizer, context_length(model))
         chosen, data_warnings = check_overlap(chosen)
+        if bypass:  # too few items for the check fails now, not after training
+            from excise.bypass import behaviour_from_task
+
+            behaviour_from_task(chosen)
         for warning in data_warnings:
             log.warning("excise: warning: %s", warning)
     if echo:
@@ -299,6 +322,16 @@ def run_unlearn(
         with timer.stage("score the gold model"):
             reference = benchmark_reference(load(gold_spec)[0], tokenizer, chosen)
     original_sha256 = weights_sha256(model)
+    tracker = tracking.open_tracker(
+        trackers,
+        folder=runs,
+        run_name=f"{method}-{time.strftime('%Y%m%d-%H%M%S')}",
+        config={"model": model_spec, "task": chosen.name, "method": method}
+        | {"options": method_options or {}, "train": dataclasses.asdict(settings)},
+        main_process=is_main_process(),
+    )
+    if tracker and echo:
+        echo(f"[tracking] {tracker.where()}")
     with timer.stage("evaluate before"):
         before = evaluate_task(
             model,
@@ -308,6 +341,10 @@ def run_unlearn(
             utility=lm_eval,
             gold_truth_ratios=gold_ratios,
         )
+        # the original's answers now: training changes the model in place
+        shown = examples.pick(chosen)
+        shown_before = answer_sets(model, tokenizer, shown, chosen.template)
+    tracker.log_evaluation(before.metrics, step=0)
     setup = setup_warnings(before.metrics, chosen.template, requested=template)
     for warning in setup:
         log.warning("excise: warning: %s", warning)
@@ -324,6 +361,7 @@ def run_unlearn(
             checkpoint_dir=checkpoint_dir,
             resume=resume,
             lora=lora,
+            on_step=tracker.log_step,
         )
         adapter = merge_adapters(model, model_spec) if lora is not None else None
     with timer.stage("evaluate after"):
@@ -335,6 +373,8 @@ def run_unlearn(
             utility=lm_eval,
             gold_truth_ratios=gold_ratios,
         )
+        shown_after = answer_sets(model, tokenizer, shown, chosen.template)
+    tracker.log_evaluation(after.metrics, step=settings.steps)
     bypass_result = None
     if bypass:
         from excise.bypass import check_task
@@ -365,6 +405,7 @@ def run_unlearn(
                 echo=echo,
             )
             del original, gold
+        tracker.log_audit(audit_result, step=settings.steps)
     report = build_report(
         model_spec=model_spec,
         task=chosen,
@@ -379,6 +420,14 @@ def run_unlearn(
     report["model_sha256"] = weights_sha256(model)
     report["original_sha256"] = original_sha256
     report["warnings"] = data_warnings
+    report["examples"] = examples.combine(shown, shown_before, shown_after)
+    if tracker:
+        report["tracking"] = {
+            "report_to": trackers,
+            "logging_dir": str(runs.resolve()),
+            "run": tracker.run_name,
+        }
+    tracker.finish()
     if audit_result is not None:
         report["audit"] = audit_result
     if bypass_result is not None:

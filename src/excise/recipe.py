@@ -15,6 +15,7 @@ train: {steps: 150, lr: 5.0e-4}  # overrides of the method's tuned training defa
 audit: {attacks: [relearn, quantize]}  # optional; "all" runs every attack
 lora: {rank: 8, merge: true}   # optional: train LoRA adapters (alpha, targets, dropout too)
 out: runs/chem-symbols-rmu     # a folder that must not exist (or overwrite: true)
+# report_to: tensorboard       # optional experiment trackers; logs in logging_dir (OUT.runs)
 ```
 
 Relative paths are read from the current directory, as on the command line. Every key is
@@ -54,7 +55,8 @@ Number = Annotated[
 ]  # also reads "5e-4", which YAML leaves a string
 
 
-ERASURE = ("leace", "ablate", "clamp")  # excise.erasure: no training, run as `excise erase`
+ERASURE = ("leace", "ablate", "clamp")  # excise.erasure.ERASERS (a test keeps them equal): no
+# training, run as `excise erase`; named here so that reading a recipe loads no model code
 
 
 class Section(BaseModel):
@@ -123,6 +125,8 @@ class Recipe(Section):
     lora: LoraSection | None = None
     out: str
     overwrite: bool = False
+    report_to: str | list[str] | None = None  # experiment trackers (excise.tracking)
+    logging_dir: str | None = None
 
     @property
     def erasure(self) -> bool:
@@ -153,6 +157,8 @@ class Recipe(Section):
             "data_dir": self.data_dir,
             "gold_spec": self.gold,
             "utility": self.utility,
+            "report_to": self.report_to,
+            "logging_dir": self.logging_dir,
         }
 
     def plan(self) -> str:
@@ -304,10 +310,9 @@ def _message(error: ValidationError, source: str) -> str:
 
 def _config_class(name: str) -> type:
     if name in ERASURE:
-        from excise.erasure import ablate, clamp, concept
+        from excise.erasure import ERASERS
 
-        classes = {"leace": concept.LeaceConfig, "ablate": ablate.AblateConfig}
-        return classes.get(name, clamp.ClampConfig)
+        return ERASERS.get(name).config_cls
     from excise.methods import get_method
 
     return get_method(name).config_cls
@@ -395,7 +400,11 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
 def load_recipe(path: str | Path) -> Recipe:
     """Read, check and return the recipe at ``path``; its data files are read too."""
     path = Path(path)
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as error:  # a name longer than the file system allows, ...
+        raise ConfigError(f"cannot read the recipe {str(path)[:80]!r}: {error.strerror}") from None
+    if not found:
         raise ConfigError(f"recipe not found: {path}; give the path of a .yaml recipe")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from excise.data.encode import IGNORE, Example, collate
+from excise.progress import progress
 
 
 @dataclass
@@ -123,14 +124,18 @@ def stats_for_examples(
     logprob = torch.zeros(len(examples))
     tokens = torch.zeros(len(examples), dtype=torch.long)
     correct = torch.zeros(len(examples), dtype=torch.bool)
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        batch = {k: v.to(device) for k, v in collate([examples[i] for i in rows], pad_id).items()}
-        stats = forward_stats(model, batch)
-        index = torch.tensor(rows)
-        logprob[index] = stats.logprob.float().cpu()
-        tokens[index] = stats.tokens.cpu()
-        correct[index] = stats.correct.cpu()
+    with progress(total=len(examples), desc="score", unit="items") as bar:
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = {
+                k: v.to(device) for k, v in collate([examples[i] for i in rows], pad_id).items()
+            }
+            stats = forward_stats(model, batch)
+            index = torch.tensor(rows)
+            logprob[index] = stats.logprob.float().cpu()
+            tokens[index] = stats.tokens.cpu()
+            correct[index] = stats.correct.cpu()
+            bar.update(len(rows))
     model.train(was_training)
     return SequenceStats(logprob, tokens, correct)
 

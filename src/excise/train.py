@@ -53,7 +53,6 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from tqdm.auto import tqdm
 
 from excise import fsutil, sharding
 from excise.data.encode import Example, collate
@@ -61,6 +60,7 @@ from excise.data.records import Record
 from excise.errors import ConfigError, ExciseError
 from excise.lora import LoraSettings, add_adapters
 from excise.models import fingerprint
+from excise.progress import progress
 
 Batch = dict[str, dict[str, torch.Tensor] | None]
 
@@ -107,6 +107,8 @@ class TrainConfig:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.schedule not in ("constant", "linear", "cosine"):
             raise ConfigError(f"unknown schedule {self.schedule!r}: constant, linear or cosine")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
         if self.checkpoint_every < 0 or self.warmup_steps < 0:
             raise ConfigError("checkpoint_every and warmup_steps must be >= 0")
 
@@ -618,12 +620,12 @@ def train(
                 scheduler.step()
     log: list[dict[str, float]] = []
     main = accelerator.is_main_process
-    bar = tqdm(
+    bar = progress(  # a bar on a terminal, plain lines in a log (excise.progress)
         total=config.steps,
         initial=start,
-        desc="unlearn",
-        disable=not (config.progress and main),
-        leave=False,
+        desc="train",
+        unit="steps",
+        enabled=config.progress and main,
     )
     kernels = (
         sdpa_kernel(list(ATTENTION))

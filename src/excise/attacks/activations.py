@@ -10,6 +10,7 @@ import torch
 
 from excise.arch import decoder_layers
 from excise.data.encode import prompt_ids
+from excise.progress import progress
 
 
 def _block_output(output: Any) -> torch.Tensor:
@@ -41,7 +42,8 @@ def prompt_states(
     model.eval()
     chunks = []
     try:
-        for start in range(0, len(prompts), batch_size):
+        starts = range(0, len(prompts), batch_size)
+        for start in progress(starts, desc="activations", unit="batches"):
             encoded = [
                 prompt_ids(tokenizer, p, template) for p in prompts[start : start + batch_size]
             ]

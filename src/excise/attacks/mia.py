@@ -35,6 +35,7 @@ from excise.data.encode import IGNORE, collate, encode_pair
 from excise.data.records import QA
 from excise.data.tasks import Task
 from excise.errors import ConfigError, DataError
+from excise.progress import progress
 
 SCORES = ("loss", "zlib", "mink", "minkpp")
 
@@ -76,7 +77,8 @@ def membership_scores(
     examples = [
         encode_pair(tokenizer, q.prompt, q.completion, template, i) for i, q in enumerate(items)
     ]
-    for start in range(0, len(examples), batch_size):
+    starts = range(0, len(examples), batch_size)
+    for start in progress(starts, desc="membership scores", unit="batches"):
         batch = collate(examples[start : start + batch_size], tokenizer.pad_token_id)
         logits = model(
             input_ids=batch["input_ids"].to(device),

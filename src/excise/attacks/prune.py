@@ -23,6 +23,7 @@ from excise.data.records import QA
 from excise.data.tasks import Task
 from excise.errors import ConfigError, ExciseError
 from excise.models import clone_model
+from excise.progress import progress
 
 
 @dataclass
@@ -67,7 +68,8 @@ def mean_activation(
         examples = [
             encode_pair(tokenizer, q.prompt, q.completion, template, i) for i, q in enumerate(items)
         ]
-        for start in range(0, len(examples), batch_size):
+        starts = range(0, len(examples), batch_size)
+        for start in progress(starts, desc="unit importance", unit="batches"):
             batch = collate(examples[start : start + batch_size], tokenizer.pad_token_id)
             current["mask"] = batch["attention_mask"].to(device)
             tokens += int(batch["attention_mask"].sum())

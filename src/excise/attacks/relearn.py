@@ -131,7 +131,7 @@ def fine_tune_watching(
     if steps < 1:
         return
     spec = get_method("finetune")
-    settings = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, seed=seed, progress=False)
+    settings = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, seed=seed)
     train(
         copy,
         tokenizer,

@@ -31,6 +31,7 @@ from excise.attacks.base import utility_metrics
 from excise.attacks.references import relearn_references
 from excise.data.tasks import Task
 from excise.errors import ExciseError
+from excise.progress import progress, stage
 
 AUDIT_SCHEMA_VERSION = 1
 
@@ -107,22 +108,27 @@ def audit(
     clean = {"unlearned": utility_metrics(model, tokenizer, task)}
     clean |= {role: utility_metrics(ref, tokenizer, task) for role, ref in references.items()}
     results, timings = {}, {}
+    bar = progress(total=len(names), desc="attacks", unit="attacks")
     for name in names:
         if echo:
             echo(f"[audit] {name} ...")
         start = time.perf_counter()
-        results[name] = get_attack(name).run(
-            model, tokenizer, task, budget=chosen[name], original=original, gold=gold
-        )
+        with stage(name):  # the attack's own progress reads "[audit: name] ..."
+            results[name] = get_attack(name).run(
+                model, tokenizer, task, budget=chosen[name], original=original, gold=gold
+            )
         timings[name] = round(time.perf_counter() - start, 2)
+        bar.update(1)
+    bar.close()
     relearn = None
     if "relearn" in results:
         if echo and references:
             echo(f"[audit] relearn on the reference models ({', '.join(references)}) ...")
         start = time.perf_counter()
-        relearn = relearn_references(
-            tokenizer, task, references, results["relearn"], chosen["relearn"], threshold
-        )
+        with stage("relearn (references)"):
+            relearn = relearn_references(
+                tokenizer, task, references, results["relearn"], chosen["relearn"], threshold
+            )
         timings["relearn (references)"] = round(time.perf_counter() - start, 2)
     attacked = {
         n: r.metrics["forget_accuracy"]

@@ -152,7 +152,9 @@ def _loading(args: argparse.Namespace) -> dict[str, bool]:
 def load_request_set(args) -> list:
     from excise.editing.requests import builtin_requests, load_requests
 
-    requests = builtin_requests(args.task) if args.task else load_requests(args.requests)
+    requests = (
+        builtin_requests(args.task) if args.task is not None else load_requests(args.requests)
+    )
     if args.limit is not None:  # its range is checked by check_numbers
         requests = requests[: args.limit]
     return requests

@@ -92,9 +92,10 @@ def run_edit(
     from excise.editing.preserve import resolve as resolve_preserve
     from excise.editing.stats import import_stats
     from excise.fsutil import atomic_dir, check_output, write_manifest
+    from excise.metrics.generate import answer_sets
     from excise.models import fingerprint, load_model, save_model
     from excise.pipeline import Timer, disk_errors
-    from excise.report import _clean, _header
+    from excise.report import _clean, _header, examples
 
     check_output(out, overwrite=overwrite)
     if not requests:
@@ -125,9 +126,11 @@ def run_edit(
             current, tokenizer, requests, template=template, generation=generation, context=context
         )
 
+    shown = edit_examples(requests)
     with timer.stage("evaluate before"):
         before = {"edit": measure(model), "utility": full(model)}
         in_context = measure(model, in_context_prefix)
+        shown_before = answer_sets(model, tokenizer, shown, template)  # edited in place next
     with timer.stage("edit"):
         result = edit(
             model,
@@ -150,6 +153,7 @@ def run_edit(
         )
     with timer.stage("evaluate after"):
         after = {"edit": measure(model), "utility": full(model)}
+        shown_after = answer_sets(model, tokenizer, shown, template)
         if sequential and len(result.batches) > 1:
             last = requests[-sequential:] if not result.stopped else []
             if last:
@@ -172,6 +176,7 @@ def run_edit(
         "batches": result.batches,
         "refused": result.refused,
         "stopped": result.stopped,
+        "examples": examples.combine(shown, shown_before, shown_after),
         "timings_s": timer.seconds,
     }
     with disk_errors(out), atomic_dir(out, overwrite=overwrite) as tmp:
@@ -190,6 +195,8 @@ def run_edit(
 
 
 def edit_html(report: dict[str, Any]) -> str:
+    from excise.report.examples import html_section
+    from excise.report.fmt import number
     from excise.report.html import STYLE
     from excise.report.svg import line_chart
 
@@ -198,8 +205,7 @@ def edit_html(report: dict[str, Any]) -> str:
     categories = sorted({k.rsplit("_", 1)[0] for k in after if k != "fluency"})
 
     def cell(values: dict, key: str) -> str:
-        value = values.get(key)
-        return "<td>–</td>" if value is None else f"<td>{value:.3f}</td>"
+        return f"<td>{escape(number(values.get(key)))}</td>"  # None, NaN, inf: n/a
 
     rows = "".join(
         f"<tr><td>{escape(c)}</td>"
@@ -217,8 +223,8 @@ def edit_html(report: dict[str, Any]) -> str:
         for kind in ("teacher-forced", "generated", "new&gt;old")
     )
     utility = "".join(
-        f"<tr><td>{escape(k)}</td><td>{report['before']['utility'].get(k, 0):.3f}</td>"
-        f"<td>{v:.3f}</td></tr>"
+        f"<tr><td>{escape(k)}</td><td>{number(report['before']['utility'].get(k))}</td>"
+        f"<td>{number(v)}</td></tr>"
         for k, v in report["after"]["utility"].items()
     )
     trace = ""
@@ -244,8 +250,9 @@ def edit_html(report: dict[str, Any]) -> str:
 Teacher-forced scores read the answer's probability; generated scores check what the model
 actually writes. The in-context column is the unedited model told the new fact in its prompt.</p>
 <section><h2>Edit metrics</h2><table><tr><th>category</th>{head}</tr>{rows}</table>
-<p>fluency (n-gram entropy): before {before.get("fluency", 0):.3f}, edited {
-        after.get("fluency", 0):.3f}</p></section>
+<p>fluency (n-gram entropy): before {number(before.get("fluency"))}, edited {
+        number(after.get("fluency"))
+    }</p></section>
 <section><h2>Unrelated knowledge and utility</h2><p>retain: {
         report.get("retain_items", 0)
     } chem-symbols facts the model knew that name no edited subject</p><table><tr><th>metric</th><th>before</th><th>after</th></tr>{
@@ -253,6 +260,7 @@ actually writes. The in-context column is the unedited model told the new fact i
     }</table></section>
 {trace}
 <section><h2>Refused edits</h2><ul>{refused or "<li>none</li>"}</ul></section>
+{html_section(report.get("examples"), after="edited", headings=EXAMPLE_HEADINGS)}
 </body></html>
 """
 
@@ -263,27 +271,96 @@ def _preserve_line(preserve: dict[str, Any] | None) -> str:
     return f"`{preserve['source']}` ({preserve['texts']} texts whose keys the edit kept)"
 
 
+EXAMPLE_HEADINGS = {
+    "efficacy": "Edited prompts (expected: the new answer)",
+    "paraphrase": "Rephrased edited prompts (expected: the new answer)",
+    "neighborhood": "Other subjects' prompts (expected: their own answer, unchanged)",
+}
+
+
+def edit_examples(requests: list, count: int = 5) -> dict[str, list[tuple[str, str]]]:
+    """The report's example prompts: the first ``count`` edit prompts, paraphrases and
+    neighbourhood prompts, with the answer each should get after the edit."""
+    sets = {
+        "efficacy": [(r.text(), r.target_new) for r in requests],
+        "paraphrase": [(p, r.target_new) for r in requests for p in r.paraphrases],
+        "neighborhood": [(n.prompt, n.target) for r in requests for n in r.neighborhood],
+    }
+    return {name: items[:count] for name, items in sets.items() if items}
+
+
 def edit_card(report: dict[str, Any]) -> str:
+    """``model/README.md`` of an edited model: Hub front matter (:mod:`excise.report.card`),
+    the figures before and after, and what the edited prompts now produce."""
+    import yaml
+
+    from excise.report.card import base_model, card_metadata
+    from excise.report.examples import card_lines
+    from excise.report.fmt import number
+
+    spec = str(report.get("model"))
+    method = report["method"]["name"]
+    meta = card_metadata(spec, kind="edit", method=method)
+    hub_id, _, origin = base_model(spec)
     after, before = report["after"]["edit"], report["before"]["edit"]
-    rows = "\n".join(
-        f"| {k} | {before.get(k, float('nan')):.3f} | {v:.3f} |" for k, v in sorted(after.items())
+    context = report.get("in_context") or {}
+    rows = [
+        f"| {k} | {number(before.get(k))} | {number(v)} | {number(context.get(k))} |"
+        for k, v in sorted(after.items())
+    ]
+    utility_before = report["before"].get("utility") or {}
+    utility = [
+        f"| {k} | {number(utility_before.get(k))} | {number(v)} |"
+        for k, v in (report["after"].get("utility") or {}).items()
+    ]
+    lines = [
+        "---",
+        yaml.safe_dump(meta, sort_keys=False).rstrip(),
+        "---",
+        f"# {hub_id or Path(spec).name}: model-editing with excise",
+        "",
+        f"- base model: {f'`{hub_id}`, ' if hub_id else ''}{origin} "
+        f"(weights fingerprint `{report.get('model_sha')}`)",
+        f"- method: `{method}`, {report['applied']} of {report['requests']} edits applied"
+        + (f", sequential batches of {report['sequential']}" if report.get("sequential") else ""),
+        f"- preservation set: {_preserve_line(report.get('preserve'))}",
+        f"- excise {report.get('excise_version')}, {report.get('created')}",
+    ]
+    if report.get("stopped"):
+        lines.append(f"- stopped early: {report['stopped']}")
+    if report.get("refused"):
+        lines.append(f"- refused edits: {len(report['refused'])} (see report.html)")
+    lines += [
+        "",
+        "A standard Hugging Face checkpoint. `../delta.safetensors` holds the exact weight changes:",
+        "`excise revert-delta --model THIS --delta ../delta.safetensors --out BASE` restores the "
+        "base model.",
+        "",
+        "## Before and after",
+        "",
+        "`_tf` metrics are teacher forced, `_gen` come from greedy generation; in-context is the "
+        "unedited model told the new fact in its prompt (see report.html). n/a: not measured, or "
+        "not a finite number.",
+        "",
+        "| metric | before | edited | in-context |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+    ]
+    if utility:
+        lines += [
+            f"Unrelated knowledge and utility ({report.get('retain_items', 0)} facts the model "
+            "knew that name no edited subject):",
+            "",
+            "| metric | before | edited |",
+            "|---|---|---|",
+            *utility,
+            "",
+        ]
+    lines += card_lines(
+        report.get("examples"),
+        heading="What edited prompts now produce",
+        after="edited",
+        headings=EXAMPLE_HEADINGS,
     )
-    return f"""---
-library_name: transformers
-tags: [excise, model-editing]
----
-# Model edited by excise
-
-- base model: `{report.get("model")}` (weights fingerprint `{report.get("model_sha")}`)
-- method: `{report["method"]["name"]}`, {report["applied"]} of {report["requests"]} edits applied
-- preservation set: {_preserve_line(report.get("preserve"))}
-- excise {report.get("excise_version")}, {report.get("created")}
-
-A standard Hugging Face checkpoint. `../delta.safetensors` holds the exact weight changes:
-`excise revert-delta --model THIS --delta ../delta.safetensors --out BASE` restores the base model.
-`_tf` metrics are teacher forced, `_gen` come from greedy generation (see report.html).
-
-| metric | before | edited |
-|---|---|---|
-{rows}
-"""
+    return "\n".join(lines)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from excise.data.records import json_problem, not_text, read_text
 from excise.errors import ConfigError, DataError
 
 PROBE_CATEGORIES = (
@@ -327,12 +328,14 @@ def _requests_from_row(row: Any, index: int) -> list[EditRequest]:
 
 def _rows(path: Path) -> Iterator[tuple[str, Any]]:
     """(place for error messages, raw record) for every record of the file."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     if path.suffix == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
             raise DataError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from None
+        except (ValueError, RecursionError) as error:
+            raise DataError(f"{path}: invalid JSON ({json_problem(error)})") from None
         if isinstance(data, Mapping):
             data = data.get("requests", data.get("data"))
         if not isinstance(data, list):
@@ -345,8 +348,10 @@ def _rows(path: Path) -> Iterator[tuple[str, Any]]:
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}:{number}: invalid JSON ({error.msg})") from None
+        except (ValueError, RecursionError) as error:
+            raise DataError(f"{path}:{number}: invalid JSON ({json_problem(error)})") from None
+        if (bad := not_text(row)) is not None:
+            raise DataError(f"{path}:{number}: {bad[:30]!r} is not valid text (a lone surrogate)")
         yield f"{path}:{number}", row
 
 

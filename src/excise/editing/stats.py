@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from excise.arch import block_part, run_until
+from excise.data.records import not_text
 from excise.errors import DataError, ExciseError
+from excise.progress import progress as progress_bar
 
 SAMPLES = Path(__file__).parents[1] / "data" / "builtin" / "text_sample"
 SAMPLE = SAMPLES / "sample.jsonl"  # general text (~100k tokens)
@@ -68,11 +69,12 @@ def read_corpus(path: str | Path | None) -> list[str]:
         for number, line in enumerate(raw.splitlines(), 1):
             if line.strip():
                 try:
-                    texts.append(json.loads(line)["text"])
-                except (json.JSONDecodeError, KeyError, TypeError) as error:
-                    raise DataError(
-                        f"{path}:{number}: expected a JSON object with 'text'"
-                    ) from error
+                    text = json.loads(line)["text"]
+                except (ValueError, RecursionError, KeyError, TypeError, IndexError):
+                    text = None
+                if not isinstance(text, str) or not_text(text) is not None:
+                    raise DataError(f"{path}:{number}: expected a JSON object with a 'text' string")
+                texts.append(text)
     else:
         texts = [block.strip() for block in raw.split("\n\n") if block.strip()]
     if not texts:
@@ -134,11 +136,11 @@ def compute(
     model.eval()
     count = 0
     try:
-        bar = tqdm(
+        bar = progress_bar(
             total=sum(len(w) for w in windows),
             desc="key statistics",
-            disable=not progress,
-            leave=False,
+            unit="tokens",
+            enabled=progress,
         )
         for start in range(0, len(windows), batch_size):
             chunk = windows[start : start + batch_size]

@@ -21,7 +21,7 @@ from typing import Any
 
 from excise.errors import ConfigError
 
-METHODS = ("leace", "ablate", "clamp")
+METHODS = ("leace", "ablate", "clamp")  # excise.erasure.ERASERS; a test keeps them equal
 
 
 def add_parser(commands, add_common) -> None:
@@ -49,6 +49,7 @@ def add_parser(commands, add_common) -> None:
         ),
     )
     p.add_argument("--overwrite", action="store_true", help=helptext.OVERWRITE)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=run)
 
 
@@ -113,8 +114,10 @@ def run(args: argparse.Namespace) -> int:
     from excise.data.records import QA
     from excise.erasure import adapter
     from excise.erasure.core import erase
+    from excise.metrics.generate import answer_sets
     from excise.models import load_model, save_model
     from excise.pipeline import resolve_task
+    from excise.report import examples
 
     started = time.perf_counter()
     model, tokenizer = load_model(
@@ -150,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
     elif template == "auto":
         template = "chat" if getattr(tokenizer, "chat_template", None) else "raw"
     texts = [t.text for t in task.fluency] if task is not None else None
+    shown = _example_prompts(task, positive, negative)
+    shown_before = answer_sets(model, tokenizer, shown, template)  # before it changes
     model, result = erase(
         model, tokenizer, args.method, positive, negative,
         template=template, texts=texts, scorer=scorer, **options,
@@ -158,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
     for hook in (result.adapter or {}).get("hooks", []):
         hooks += adapter.register(model, hook, result.tensors)
     after = _task_scores(model, tokenizer, task) if task is not None else {}
+    shown_after = answer_sets(model, tokenizer, shown, template)
     for handle in hooks:
         handle.remove()
     report = {
@@ -174,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
         "notes": result.notes,
         "before": before,
         "after": after,
+        "examples": examples.combine(shown, shown_before, shown_after),
         "seconds": round(time.perf_counter() - started, 1),
     }
     from safetensors.torch import save_file
@@ -223,15 +230,79 @@ def _print(report: dict[str, Any]) -> None:
             print(f"{key:<22}{report['before'].get(key, float('nan')):>10.3f}{value:>10.3f}")
 
 
+EXAMPLE_HEADINGS = {
+    "forget": "Prompts of the bounded concept",
+    "paraphrase": "Rephrased prompts of the concept",
+    "retain": "Prompts to keep",
+    "positive": "Prompts with the concept (--positive)",
+    "negative": "Prompts without it (--negative)",
+}
+
+
+def _example_prompts(task, positive, negative, count: int = 5) -> dict[str, list[tuple[str, str]]]:
+    """The report's example prompts: a task's sets with their answers, else the first
+    ``--positive`` and ``--negative`` prompts (no expected answer)."""
+    from excise.report import examples
+
+    if task is not None:
+        return examples.pick(task, count)
+    sets = {"positive": positive or [], "negative": negative or []}
+    return {k: [(group[0], "") for group in v[:count]] for k, v in sets.items() if v}
+
+
 def _card(report: dict[str, Any]) -> str:
-    hooks = "" if report["folded"] else (
-        "\nThe bound is a runtime hook, not part of the weights: see EXCISE_HOOKS.md.\n"
-    )  # fmt: skip
-    notes = "\n".join(f"- {n}" for n in report["notes"])
-    return (
-        "---\nlibrary_name: transformers\ntags: [excise, erasure]\n---\n"
-        f"# Model bounded by excise ({report['method']['name']})\n\n"
-        f"- base model: `{report['model']}`\n- layer: {report['layer']}\n"
-        f"- options: `{json.dumps(report['method']['options'])}`\n{hooks}\n{notes}\n\n"
-        "A standard checkpoint: `AutoModelForCausalLM.from_pretrained(this_folder)` loads it.\n"
+    """``model/README.md``: Hub front matter (:mod:`excise.report.card`), the erasure's figures,
+    the task's before and after, and what its prompts now produce."""
+    import yaml
+
+    from excise.report.card import base_model, card_metadata
+    from excise.report.examples import card_lines
+    from excise.report.fmt import number
+
+    spec, method = str(report["model"]), report["method"]["name"]
+    meta = card_metadata(spec, kind="erase", method=method, task=report.get("task"))
+    hub_id, _, origin = base_model(spec)
+    lines = [
+        "---",
+        yaml.safe_dump(meta, sort_keys=False).rstrip(),
+        "---",
+        f"# {hub_id or Path(spec).name}: concept-erasure with excise ({method})",
+        "",
+        f"- base model: {f'`{hub_id}`, ' if hub_id else ''}{origin}",
+        f"- method: `{method}` with options `{json.dumps(report['method']['options'])}`, "
+        f"at layer {number(report.get('layer'))}",
+    ]
+    if report.get("task"):
+        lines.append(f"- fitted on the task `{report['task']}`")
+    lines += [f"- {note}" for note in report.get("notes") or []]
+    if not report.get("folded"):
+        lines.append("- the bound is a runtime hook, not part of the weights: see EXCISE_HOOKS.md")
+    lines.append("")
+    if report.get("erasure"):
+        lines += ["## Erasure", "", "| measure | value |", "|---|---|"]
+        lines += [f"| {k} | {number(v, '.4g')} |" for k, v in report["erasure"].items()]
+        lines.append("")
+    after, before = report.get("after") or {}, report.get("before") or {}
+    if after:
+        lines += [
+            "## Before and after",
+            "",
+            "Measured on the task's evaluation sets (n/a: not measured, or not a finite number).",
+            "",
+            "| metric | before | after |",
+            "|---|---|---|",
+            *[f"| {k} | {number(before.get(k))} | {number(v)} |" for k, v in after.items()],
+            "",
+        ]
+    lines += card_lines(
+        report.get("examples"),
+        heading="What the concept's prompts now produce",
+        headings=EXAMPLE_HEADINGS,
     )
+    lines += [
+        "## Use",
+        "",
+        "A standard checkpoint: `AutoModelForCausalLM.from_pretrained(this_folder)` loads it.",
+        "",
+    ]
+    return "\n".join(lines)

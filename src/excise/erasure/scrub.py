@@ -21,11 +21,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from excise.arch import decoder_layers, run_until
 from excise.erasure.leace import LeaceEraser
 from excise.erasure.states import encode_prompts
+from excise.progress import progress
 
 Fit = Callable[[torch.Tensor, torch.Tensor], LeaceEraser]
 
@@ -94,7 +94,7 @@ def fit_per_block(
         row_labels, row_fit = labels[owner.cpu()], fit[owner.cpu()]
         blocks = decoder_layers(model)
         erasers: dict[int, LeaceEraser] = {}
-        for index in tqdm(range(wanted[-1] + 1), desc="fit per block", leave=False):
+        for index in progress(range(wanted[-1] + 1), desc="fit per block", unit="blocks"):
             for b, (args, kwargs) in enumerate(call[index] for call in calls):
                 out = blocks[index](stream[b], *args, **kwargs)
                 stream[b] = out[0] if isinstance(out, tuple) else out

@@ -4,7 +4,9 @@ Schema (``schema_version`` 1): ``kind`` ("unlearn" | "audit"), ``created``, ``ex
 ``model``, ``task`` {name, template, sizes, metadata}, ``method`` {name, options, train},
 ``before`` / ``after`` {metric: value}, ``loss_log`` [{step, loss, ...}], ``timings_s``
 {stage: seconds}, and for audits ``audit`` (see :mod:`excise.attacks`). Every metric is explained
-in ``metric_help``.
+in ``metric_help``. ``unlearn`` reports also hold ``examples`` {set: [{prompt, expected, before,
+after, before_match, after_match}]} (:mod:`excise.report.examples`) and, with ``--report-to``,
+``tracking`` {report_to, logging_dir, run} (:mod:`excise.tracking`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ card or hub-cache path says; left out when unknown), ``license`` (when known), `
 (a benchmark's hub ids), ``tags`` (excise, what kind of change, the method, the task),
 ``pipeline_tag: text-generation`` and ``library_name: transformers``. The body gives the method
 and its options, the before/after figures, the audit's worst case and bypass verdict when the
-report has them, and how the base model was obtained. Missing and non-finite figures read "n/a".
+report has them, a few prompts with the answers before and after (:mod:`excise.report.examples`),
+and how the base model was obtained. Missing and non-finite figures read "n/a".
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
+from excise.report.examples import card_lines
 from excise.report.fmt import number
 
 
@@ -200,7 +202,8 @@ def model_card(report: dict[str, Any]) -> str:
             "merged into these weights"
         )
     lines += [f"- excise {report.get('excise_version')}, {report.get('created')}", ""]
-    lines += _figures(report) + _audit(report) + _bypass(report)
+    lines += _figures(report) + card_lines(report.get("examples")) + _audit(report)
+    lines += _bypass(report)
     lines += [
         "## Use",
         "",

@@ -6,6 +6,7 @@ import json
 from html import escape
 from typing import Any
 
+from excise.report.examples import html_section
 from excise.report.fmt import number
 from excise.report.svg import bar_chart, line_chart
 
@@ -14,6 +15,7 @@ body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}
 th:first-child,td:first-child,td:last-child{text-align:left}.good{color:#2a7}.bad{color:#c33}small{color:#666}
 section{margin:2em 0}
+table.examples td,table.examples th{text-align:left;vertical-align:top;max-width:22em}.said{background:#fff1b8}
 """
 
 
@@ -56,6 +58,7 @@ def unlearn_sections(report: dict[str, Any]) -> list[str]:
     ]
     sections = [
         "<section><h2>Before and after</h2>" + metric_table(report) + "</section>",
+        html_section(report.get("examples")),  # a few prompts, answered before and after
         "<section>"
         + bar_chart(
             "accuracy before and after",
