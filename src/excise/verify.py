@@ -34,7 +34,11 @@ class Verification:
 def verify(folder: str | Path) -> Verification:
     """Compare ``folder`` with its ``manifest.json``; a folder without one is an error."""
     folder = Path(folder)
-    if not folder.is_dir():
+    try:
+        found = folder.is_dir()
+    except OSError as error:  # a name longer than the file system allows, ...
+        raise ExciseError(f"cannot read {str(folder)[:80]!r}: {error.strerror}") from None
+    if not found:
         raise ExciseError(f"{folder} is not a folder; give an output folder of excise")
     manifest_path = folder / "manifest.json"
     if not manifest_path.is_file():

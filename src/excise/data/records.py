@@ -46,6 +46,34 @@ class MC:
 Record = QA | Text | MC
 
 
+def json_problem(error: ValueError | RecursionError) -> str:
+    """Why ``json.loads`` refused a text: bad syntax, and two ways valid syntax breaks it."""
+    if isinstance(error, json.JSONDecodeError):
+        return error.msg
+    if isinstance(error, RecursionError):
+        return "nested too deeply"
+    return "an integer too long to read"  # more digits than int() converts (4300 by default)
+
+
+def not_text(value: Any) -> str | None:
+    """A string in ``value`` (a row, however nested) that is no valid text, or None: JSON's
+    ``\\ud800`` escapes can spell half of a UTF-16 pair, which no tokenizer takes."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return item
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return None
+
+
 def _strings(value: Any, where: str, name: str) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -54,7 +82,7 @@ def _strings(value: Any, where: str, name: str) -> tuple[str, ...]:
         if value.startswith("["):
             try:
                 value = json.loads(value)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 raise DataError(f"{where}: '{name}' is not a valid JSON list") from None
         else:
             value = [v for v in value.split("|") if v]
@@ -67,6 +95,12 @@ def to_record(row: dict[str, Any], where: str) -> Record:
     """Validate one raw row and turn it into a record; ``where`` names it in error messages."""
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected an object with fields, got {type(row).__name__}")
+    bad = not_text(row)
+    if bad is not None:
+        raise DataError(
+            f"{where}: {bad[:30]!r} is not valid text (a lone UTF-16 surrogate, as a \\ud800 "
+            "escape writes it); fix the escape in the file"
+        )
     known = {
         "prompt",
         "completion",
@@ -100,8 +134,8 @@ def to_record(row: dict[str, Any], where: str) -> Record:
     if "question" in row:
         choices = _strings(row.get("choices"), where, "choices")
         answer = row.get("answer")
-        if isinstance(answer, str) and answer.isdecimal():
-            answer = int(answer)
+        if isinstance(answer, str) and answer.isdecimal() and len(answer) < 100:
+            answer = int(answer)  # (longer: more digits than int() may convert; no index anyway)
         if not isinstance(row["question"], str):
             raise DataError(f"{where}: 'question' must be a string")
         index = isinstance(answer, int) and not isinstance(answer, bool)
@@ -115,7 +149,7 @@ def to_record(row: dict[str, Any], where: str) -> Record:
     )
 
 
-def _text(path: Path) -> str:
+def read_text(path: Path) -> str:
     """The file as UTF-8 text, or a DataError naming the line of the first bad byte."""
     data = path.read_bytes()
     try:
@@ -128,36 +162,50 @@ def _text(path: Path) -> str:
         ) from None
 
 
+def _kind(path: Path, source: str) -> str:
+    """``"file"``, ``"dir"`` or ``""`` (neither); a path the system cannot look up (a name
+    longer than the file system allows) is a DataError, not an OSError."""
+    try:
+        return "file" if path.is_file() else "dir" if path.is_dir() else ""
+    except OSError as error:
+        raise DataError(
+            f"cannot read {source[:80]!r}: {error.strerror or error}; give an existing .jsonl, "
+            ".json, .csv or .parquet file"
+        ) from None
+
+
 def _read_rows(source: str) -> list[tuple[str, dict[str, Any]]]:
     path = Path(source).expanduser()
-    if path.is_file():
+    kind = _kind(path, source)
+    if kind == "file":
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
             rows = []
-            for number, line in enumerate(_text(path).split("\n"), 1):
+            for number, line in enumerate(read_text(path).split("\n"), 1):
                 if not line.strip():
                     continue
                 try:
                     rows.append((f"{path}:{number}", json.loads(line)))
-                except json.JSONDecodeError as error:
+                except (ValueError, RecursionError) as error:
                     raise DataError(
-                        f"{path}:{number}: not valid JSON ({error.msg}); "
+                        f"{path}:{number}: not valid JSON ({json_problem(error)}); "
                         "each line must be one JSON object"
                     ) from None
             return rows
         if suffix == ".json":
             try:
-                data = json.loads(_text(path))
-            except json.JSONDecodeError as error:
+                data = json.loads(read_text(path))
+            except (ValueError, RecursionError) as error:
+                line = f":{error.lineno}" if isinstance(error, json.JSONDecodeError) else ""
                 raise DataError(
-                    f"{path}:{error.lineno}: not valid JSON ({error.msg}); fix the file"
+                    f"{path}{line}: not valid JSON ({json_problem(error)}); fix the file"
                 ) from None
             if not isinstance(data, list):
                 raise DataError(f"{path}: expected a JSON list of records, [{{...}}, ...]")
             return [(f"{path}[{i}]", row) for i, row in enumerate(data)]
         if suffix == ".csv":
             try:
-                reader = csv.DictReader(io.StringIO(_text(path), newline=""))
+                reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
                 return [(f"{path}:{i + 2}", dict(row)) for i, row in enumerate(reader)]
             except csv.Error as error:
                 raise DataError(
@@ -175,16 +223,10 @@ def _read_rows(source: str) -> list[tuple[str, dict[str, Any]]]:
         raise DataError(
             f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv or .parquet"
         )
-    if path.is_dir():
-        import datasets
+    if kind == "dir":
+        from excise.data.benchmarks.source import load_saved
 
-        try:
-            dataset = datasets.load_from_disk(str(path))
-        except FileNotFoundError as error:
-            raise DataError(f"{path}: not a folder written by datasets.save_to_disk") from error
-        if isinstance(dataset, datasets.DatasetDict):
-            dataset = dataset["train"] if "train" in dataset else next(iter(dataset.values()))
-        return [(f"{path}[{i}]", row) for i, row in enumerate(dataset)]
+        return [(f"{path}[{i}]", row) for i, row in enumerate(load_saved(path))]
     if source.count("/") == 1 and not source.startswith((".", "/", "~")):
         import datasets
 

@@ -20,26 +20,54 @@ SUFFIXES = (".json", ".jsonl", ".parquet")
 
 
 def _read_file(path: Path) -> list[Any]:
+    from excise.data.records import json_problem, read_text
+
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
-    text = path.read_text(encoding="utf-8")
+        try:
+            return pq.read_table(path).to_pylist()
+        except Exception as error:  # pyarrow raises several error types for a bad file
+            first = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
+            raise DataError(f"{path}: not a readable parquet file ({first})") from None
+    text = read_text(path)
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}: not valid JSON ({error.msg}); fix the file") from None
+        except (ValueError, RecursionError) as error:
+            raise DataError(
+                f"{path}: not valid JSON ({json_problem(error)}); fix the file"
+            ) from None
         return list(data)
     rows = []
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            except (ValueError, RecursionError) as error:
+                raise DataError(
+                    f"{path}:{number}: not valid JSON ({json_problem(error)})"
+                ) from None
     return rows
+
+
+def load_saved(path: Path) -> list[Any]:
+    """The rows of a folder written by ``datasets.save_to_disk`` (its first split, or ``train``)."""
+    import datasets
+
+    try:
+        dataset = datasets.load_from_disk(str(path))
+    except Exception as error:  # missing or damaged state/info files raise several types
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(
+            f"{path}: not a folder written by datasets.save_to_disk ({first})"
+        ) from None
+    if isinstance(dataset, datasets.DatasetDict):
+        if not dataset:
+            raise DataError(f"{path}: the saved dataset has no split")
+        dataset = dataset["train"] if "train" in dataset else next(iter(dataset.values()))
+    return list(dataset)
 
 
 def find_local(data_dir: str | Path, names: tuple[str, ...]) -> Path | None:
@@ -66,7 +94,11 @@ def read_rows(
     """Rows of one split: from ``data_dir`` (the first file of ``names`` found) or the hub."""
     if data_dir is not None:
         folder = Path(data_dir).expanduser()
-        if not folder.is_dir():
+        try:
+            found = folder.is_dir()
+        except OSError as error:  # a name longer than the file system allows, ...
+            raise DataError(f"--data-dir {str(folder)[:80]!r}: {error.strerror}") from None
+        if not found:
             raise DataError(f"--data-dir {folder} is not a folder")
         path = find_local(folder, names)
         if path is None:
@@ -77,9 +109,7 @@ def read_rows(
                 f"the {hub_id} dataset and put it there"
             )
         if path.is_dir():
-            import datasets
-
-            return list(datasets.load_from_disk(str(path)))
+            return load_saved(path)
         rows = _read_file(path)
         if required and not rows:
             raise DataError(f"{path} is empty")

@@ -77,6 +77,8 @@ def _items(rows: list, where: str, base_key: str) -> list[Item]:
         perturbed = field(row, "perturbed_answer", here)
         if isinstance(perturbed, str):
             perturbed = [perturbed]
+        if not isinstance(perturbed, list | tuple):
+            raise DataError(f"{here}: 'perturbed_answer' must be a list of answers")
         items.append(
             Item(
                 str(field(row, "question", here)),
@@ -120,7 +122,9 @@ def load(split: str, data_dir: str | None, template: str = "raw"):
         template,
     )
     paraphrased = {
-        str(r.get("question")): r.get("paraphrased_question") for r in rows(f"{split}_perturbed")
+        str(r.get("question")): r.get("paraphrased_question")
+        for r in rows(f"{split}_perturbed")
+        if isinstance(r, dict)
     }
 
     def evaluation(items: list[Item], with_paraphrase: bool) -> list[QA]:

@@ -57,9 +57,11 @@ def _questions(rows: list, where: str) -> list[MC]:
     out = []
     for i, row in enumerate(rows):
         here = f"{where}[{i}]"
-        choices = tuple(str(c) for c in field(row, "choices", here))
+        choices = field(row, "choices", here)
+        choices = tuple(str(c) for c in choices) if isinstance(choices, list | tuple) else ()
         answer = field(row, "answer", here)
-        if len(choices) != 4 or not isinstance(answer, int) or not 0 <= answer < 4:
+        index = isinstance(answer, int) and not isinstance(answer, bool)
+        if len(choices) != 4 or not index or not 0 <= answer < 4:
             raise DataError(f"{here}: needs 4 'choices' and an 'answer' index 0..3")
         out.append(MC(str(field(row, "question", here)), choices, answer))
     return out
