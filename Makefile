@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DS_STAMP := $(VENV)/.installed-deepspeed
+DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: demo test test-gpu lint venv clean
+.PHONY: demo test test-gpu lint venv clean docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,12 +24,22 @@ $(DS_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[deepspeed]'
 	touch $(DS_STAMP)
 
+# mkdocs-material (the docs extra) for `make docs`, kept out of `make demo`.
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[docs]'
+	touch $(DOCS_STAMP)
+
 venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/excise demo --out demo-out --overwrite
 
-test: $(STAMP) $(DS_STAMP)
+# The documentation site (mkdocs.yml, docs/), built strictly: a broken link or anchor fails it,
+# and with it `make test` (and so CI).
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
+
+test: $(STAMP) $(DS_STAMP) docs
 	$(BIN)/python -m pytest -q -ra
 
 # The GPU paths (tests/test_gpu.py), on a machine with a GPU and a CUDA build of PyTorch in the
@@ -41,4 +52,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) demo-out .pytest_cache site
