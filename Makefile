@@ -39,7 +39,7 @@ demo: $(STAMP)
 docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
 
-test: $(STAMP) $(DS_STAMP) docs
+test: $(STAMP) $(DS_STAMP) lint docs
 	$(BIN)/python -m pytest -q -ra
 
 # The GPU paths (tests/test_gpu.py), on a machine with a GPU and a CUDA build of PyTorch in the
@@ -47,9 +47,11 @@ test: $(STAMP) $(DS_STAMP) docs
 test-gpu: $(STAMP)
 	EXCISE_TEST_GPU=1 $(BIN)/python -m pytest -q -ra tests/test_gpu.py
 
+# ruff, and the floors of the architecture (.importlinter: an import only points down)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache site

@@ -110,7 +110,7 @@ def bench_sequential(args) -> None:
     (``bench/results/editing-sequential-METHOD.json``), so a stopped run keeps what it measured;
     ``sequential-report`` merges the traces into ``editing-sequential.{json,md}``."""
     from excise.editing import edit
-    from excise.editing.pipeline import utility_probe
+    from excise.editing.utility import utility_probe
 
     model, tokenizer, requests = _setup(args.threads, args.requests)
     if args.edits > len(requests):
@@ -421,7 +421,7 @@ def bench_damage(args) -> None:
     is replaced by a random Gaussian one of the same Frobenius norm. Says whether damage
     follows how much an edit moves the weights or where it moves them."""
     from excise.editing import edit
-    from excise.editing.pipeline import utility_probe
+    from excise.editing.utility import utility_probe
 
     model, tokenizer, requests = _setup(args.threads, args.requests)
     quick, _, count = utility_probe(model, tokenizer, requests[:SEQUENTIAL_EDITS])

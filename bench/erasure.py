@@ -27,15 +27,15 @@ import torch
 def concept(name: str, model, tokenizer) -> tuple[list, list, str, list[str]]:
     from excise.data.records import QA
     from excise.data.tasks import load_task
-    from excise.erasure.command import _prompts
-    from excise.pipeline import resolve_task
+    from excise.jobs.common import resolve_task
+    from excise.jobs.erase import read_prompts
 
     texts = [t.text for t in load_task("chem-symbols").fluency]
     if name == "harmful":
-        negative = _prompts("builtin:harmless", "negative")
-        return _prompts("builtin:harmful", "positive"), negative, "chat", texts
+        negative = read_prompts("builtin:harmless", "negative")
+        return read_prompts("builtin:harmful", "positive"), negative, "chat", texts
     if name == "bias":
-        from excise.usecases import bias_contrast
+        from excise.data.usecases import bias_contrast
 
         female, male = bias_contrast()
         return female, male, "raw", texts
@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write every row here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from excise.erasure import erase
+    from excise.erasure.core import erase
     from excise.models import load_model
 
     rows = []

@@ -141,13 +141,14 @@ def text_sets(tokenizer, max_length: int):
 
 
 def worker(name: str, args) -> dict:
-    import excise.train
+    import excise.train.launch
+    import excise.train.loop
     from excise.train import TrainConfig, train
 
     if args.any_attention:  # PyTorch's own choice of attention kernel (cuDNN first on Hopper)
-        excise.train.ATTENTION = None
+        excise.train.loop.ATTENTION = None
     if args.one_backward:  # one backward of the whole loss, both batches' activations alive
-        excise.train.EARLY_BACKWARD = False
+        excise.train.launch.EARLY_BACKWARD = False
 
     dtype = getattr(torch, args.dtype)
     tokenizer = load_tokenizer(args.tokenizer)

@@ -54,9 +54,9 @@ class _WouldTeach(Exception):
 
 
 def taught_model(task):
-    """The cached model taught the task's facts (excise.fictitious), or None when teaching would
+    """The cached model taught the task's facts (excise.jobs.fictitious), or None when teaching would
     have to run first (minutes): the bench never trains."""
-    from excise.fictitious import taught_models
+    from excise.jobs.fictitious import taught_models
     from excise.models import load_model
 
     def refuse(message: str) -> None:

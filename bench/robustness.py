@@ -15,7 +15,7 @@ ratio). A method is named as ``METHOD`` or ``METHOD@LABEL`` (several settings of
 its options and training settings come from ``--options`` / ``--train`` keyed ``TASK/NAME`` or
 ``NAME``, else from the measured defaults below. Each method starts from a fresh copy of the
 original, unlearns through
-:func:`excise.pipeline.unlearn` and is audited with ``--attacks``. Columns: clean forget and retain
+:func:`excise.jobs.training.unlearn` and is audited with ``--attacks``. Columns: clean forget and retain
 accuracy, retain as a share of the original's, multiple-choice accuracy and perplexity (utility),
 the worst forget accuracy over the clean model and every attack (and which attack), highest
 half-B accuracy along the relearning curve, the relearn ratio vs gold (with its bound), wall times.
@@ -195,14 +195,15 @@ def _clean(model, tokenizer, task) -> dict:
 def run_task(name: str, args, results: dict, write) -> None:
     from excise.attacks import make_budget
     from excise.attacks.scorecard import audit
+    from excise.jobs.common import reference_sources, resolve_task
+    from excise.jobs.training import unlearn
     from excise.models import load_model
-    from excise.pipeline import reference_sources, resolve_task, unlearn
 
     base, tokenizer = load_model(args.model)
     task = resolve_task(base, tokenizer, task=name)
     del base
     if task.metadata.get("needs_teaching"):
-        from excise.fictitious import taught_models
+        from excise.jobs.fictitious import taught_models
 
         # --teach: stronger teaching than the library default (cached under its own key)
         taught, gold_path = taught_models(args.model, task, settings=args.teach, echo=print)

@@ -259,9 +259,9 @@ def worker(name: str, args) -> dict:
         torch.optim.AdamW.__init__ = unfused_init
     from excise.data.encode import encode_records
     from excise.data.tasks import load_task
-    from excise.lora import LoraSettings
     from excise.models import load_model
     from excise.train import TrainConfig, train
+    from excise.train.lora import LoraSettings
 
     model, tokenizer = load_model("smollm2-135m")
     with torch.no_grad():  # weights are mapped lazily: read every page in before the baseline

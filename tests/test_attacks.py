@@ -11,7 +11,6 @@ import torch
 
 from excise.attacks import ATTACKS, all_attacks, get_attack, make_budget, run_attack
 from excise.attacks.in_context import few_shot_items
-from excise.attacks.mia import auc
 from excise.attacks.quantize import quantize_weight
 from excise.attacks.references import relearn_ratio
 from excise.attacks.relearn import steps_to_threshold
@@ -19,8 +18,9 @@ from excise.attacks.scorecard import AUDIT_SCHEMA_VERSION, audit, recovery
 from excise.data.records import MC, QA, Text
 from excise.data.tasks import Task
 from excise.errors import ConfigError, ExciseError
+from excise.jobs.training import unlearn
+from excise.metrics.quality import auc
 from excise.models import clone_model, fingerprint
-from excise.pipeline import unlearn
 from excise.report.audit_html import audit_sections
 from tests.conftest import make_tiny_model, teach
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-import excise.pipeline
+import excise.jobs.unlearn
+import excise.models
 from excise.cli import main
 from excise.models import load_model, save_model, weights_sha256
 from tests.conftest import make_tiny_model
@@ -155,7 +156,7 @@ def _disk_full(e: Env) -> list:
         (Path(out) / "model.safetensors").write_bytes(b"half")  # a partial write, then no space
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    e.monkeypatch.setattr(excise.pipeline, "save_model", full_disk)
+    e.monkeypatch.setattr(excise.models, "save_model", full_disk)
     return e.unlearn()
 
 
@@ -492,7 +493,7 @@ def test_long_items_error_beyond_the_context_and_warn_beyond_the_encoder_cut(
     what is forgotten); between the encoder's cut (256 tokens) and the context, a warning."""
     from excise.data.records import QA
     from excise.errors import DataError
-    from excise.pipeline import MAX_TOKENS, check_lengths
+    from excise.jobs.checks import MAX_TOKENS, check_lengths
     from tests.conftest import tiny_task
 
     task = tiny_task()
@@ -526,10 +527,10 @@ def _checkpointed(e: Env) -> Path:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    real = excise.pipeline.evaluate_task
-    e.monkeypatch.setattr(excise.pipeline, "evaluate_task", evaluate_then_stop)
+    real = excise.jobs.unlearn.evaluate_task
+    e.monkeypatch.setattr(excise.jobs.unlearn, "evaluate_task", evaluate_then_stop)
     assert main(e.unlearn("--steps", "2", "--checkpoint-every", "1")) == 130
-    e.monkeypatch.setattr(excise.pipeline, "evaluate_task", real)
+    e.monkeypatch.setattr(excise.jobs.unlearn, "evaluate_task", real)
     folder = Path(e.out + ".ckpt") / "step-2"
     assert (folder / "state.json").is_file()
     return folder
@@ -739,8 +740,8 @@ def test_refused_early_with_one_line_and_every_file_unchanged(case, env, capsys)
     _, argv, problem, fix, early = case
     args = argv(env)
     if early:  # the check comes before the long work: no model is even loaded
-        env.monkeypatch.setattr("excise.models.load_model", refuse_loading)
-        env.monkeypatch.setattr(excise.pipeline, "load_model", refuse_loading)
+        # every job loads through excise.models at call time (excise.jobs.common.load)
+        env.monkeypatch.setattr(excise.models, "load_model", refuse_loading)
     before = tree_digest(env.root)
     capsys.readouterr()
     assert main(args) == 2

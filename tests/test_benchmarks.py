@@ -14,17 +14,13 @@ import torch
 from scipy.stats import hmean
 
 from excise.cli import main
-from excise.data.benchmarks import (
-    BENCHMARK_TASKS,
-    benchmark_metrics,
-    benchmark_reference,
-    muse,
-    tofu,
-    wmdp,
-)
+from excise.data.benchmarks import BENCHMARK_TASKS, muse, tofu, wmdp
 from excise.data.records import QA, Text
 from excise.data.tasks import load_task
 from excise.errors import DataError, ExciseError
+from excise.metrics.benchmarks import benchmark_metrics, benchmark_reference
+from excise.metrics.benchmarks import muse as muse_metrics
+from excise.metrics.benchmarks import tofu as tofu_metrics
 from excise.models import save_model
 from tests.conftest import make_tiny_model, teach
 
@@ -139,19 +135,21 @@ def test_tofu_metrics_follow_the_published_definitions(tiny_tokenizer):
     task = load_task("tofu:forget01", str(FIXTURES / "tofu"))
     sets = task.benchmark
     # truth statistic of one forget item: exp(mean_j L(q, wrong_j) - L(q, paraphrased answer))
-    scores = tofu.score_set(model, tiny_tokenizer, sets.forget, "raw", max_new_tokens=0)
+    scores = tofu_metrics.score_set(model, tiny_tokenizer, sets.forget, "raw", max_new_tokens=0)
     item = sets.forget[0]
     question = tofu.prompt(item.question)
     wrong = np.mean([answer_loss(model, tiny_tokenizer, question, " " + p) for p in item.perturbed])
     base = answer_loss(model, tiny_tokenizer, question, " " + item.base)
     assert scores.truth_statistic[0] == pytest.approx(math.exp(wrong - base), rel=1e-4)
     # real-authors probability is normalised over the true and the wrong answers
-    authors = tofu.score_set(model, tiny_tokenizer, sets.real_authors, "raw", max_new_tokens=0)
+    authors = tofu_metrics.score_set(
+        model, tiny_tokenizer, sets.real_authors, "raw", max_new_tokens=0
+    )
     first = sets.real_authors[0]
     q = tofu.prompt(first.question)
     p_true = math.exp(-answer_loss(model, tiny_tokenizer, q, " " + first.answer))
     p_wrong = [math.exp(-answer_loss(model, tiny_tokenizer, q, " " + w)) for w in first.perturbed]
-    values = tofu.set_metrics(authors, "real_authors")
+    values = tofu_metrics.set_metrics(authors, "real_authors")
     normalised = [
         math.exp(-a) / (math.exp(-a) + np.exp(-w).sum())
         for a, w in zip(authors.answer_loss, authors.perturbed_loss, strict=True)
@@ -160,7 +158,7 @@ def test_tofu_metrics_follow_the_published_definitions(tiny_tokenizer):
     assert values["prob"] == pytest.approx(np.mean(normalised))
     statistic = authors.truth_statistic
     assert values["truth_ratio"] == pytest.approx(np.maximum(0, 1 - 1 / statistic).mean())
-    forget_values = tofu.set_metrics(scores, "forget")
+    forget_values = tofu_metrics.set_metrics(scores, "forget")
     forget_stat = scores.truth_statistic
     assert forget_values["truth_ratio"] == pytest.approx(
         np.minimum(forget_stat, 1 / forget_stat).mean()
@@ -168,7 +166,7 @@ def test_tofu_metrics_follow_the_published_definitions(tiny_tokenizer):
 
     # model utility: harmonic mean of the nine retain / real-author / world-fact values
     reference = benchmark_reference(model, tiny_tokenizer, task)
-    metrics = tofu.metrics(model, tiny_tokenizer, task, reference, max_new_tokens=4)
+    metrics = tofu_metrics.metrics(model, tiny_tokenizer, task, reference, max_new_tokens=4)
     parts = [
         metrics[f"tofu_{name}_{kind}"]
         for kind in ("retain", "real_authors", "world_facts")
@@ -180,23 +178,25 @@ def test_tofu_metrics_follow_the_published_definitions(tiny_tokenizer):
     assert metrics["tofu_forget_quality"] == pytest.approx(1.0)
     other = make_tiny_model(tiny_tokenizer, seed=3)
     taught = teach(other, tiny_tokenizer, task.forget, steps=40)
-    shifted = tofu.metrics(taught, tiny_tokenizer, task, reference, max_new_tokens=0)
+    shifted = tofu_metrics.metrics(taught, tiny_tokenizer, task, reference, max_new_tokens=0)
     assert shifted["tofu_forget_quality"] < 1.0
     assert math.isnan(shifted["tofu_model_utility"])  # no generations: no ROUGE, no utility
 
 
 def test_muse_metric_definitions_by_hand(tiny_tokenizer):
     # Min-K% with k = 40%: minus the mean of the floor(0.4 n) lowest log-probs
-    assert muse.min_k_score(np.array([-1.0, -2.0, -3.0, -4.0, -5.0])) == pytest.approx(4.5)
-    assert muse.min_k_score(np.array([-0.5, -2.5])) == pytest.approx(2.5)  # at least one token
-    assert muse.privleak(0.3, 0.5) == pytest.approx(-40.0)
-    assert muse.rouge_l_f1("the cat sat", "the cat") == pytest.approx(0.8)
-    assert muse.cut_answer("a ferry\n\nQuestion: next") == "a ferry"
+    assert muse_metrics.min_k_score(np.array([-1.0, -2.0, -3.0, -4.0, -5.0])) == pytest.approx(4.5)
+    assert muse_metrics.min_k_score(np.array([-0.5, -2.5])) == pytest.approx(
+        2.5
+    )  # at least one token
+    assert muse_metrics.privleak(0.3, 0.5) == pytest.approx(-40.0)
+    assert muse_metrics.rouge_l_f1("the cat sat", "the cat") == pytest.approx(0.8)
+    assert muse_metrics.cut_answer("a ferry\n\nQuestion: next") == "a ferry"
 
     task = load_task("muse:news", str(FIXTURES / "muse"))
     sets = task.benchmark
     model = make_tiny_model(tiny_tokenizer)
-    logprobs = muse.token_logprobs(model, tiny_tokenizer, sets.privleak_forget[:1])[0]
+    logprobs = muse_metrics.token_logprobs(model, tiny_tokenizer, sets.privleak_forget[:1])[0]
     ids = tiny_tokenizer(sets.privleak_forget[0], add_special_tokens=False).input_ids
     with torch.no_grad():
         full = model(torch.tensor([ids])).logits.log_softmax(-1)[0]
@@ -204,11 +204,11 @@ def test_muse_metric_definitions_by_hand(tiny_tokenizer):
     assert logprobs == pytest.approx(np.array(by_hand), abs=1e-4)
     # a model taught the forget texts tells them from the holdout texts: AUC of the holdout
     # texts being the members is 0, and PrivLeak against an untaught "retrain" model < 0
-    untaught_auc = muse.privleak_auc(model, tiny_tokenizer, sets)
+    untaught_auc = muse_metrics.privleak_auc(model, tiny_tokenizer, sets)
     taught = teach(
         make_tiny_model(tiny_tokenizer), tiny_tokenizer, [Text(t) for t in sets.privleak_forget]
     )
-    metrics = muse.metrics(taught, tiny_tokenizer, task, {"privleak_auc": untaught_auc})
+    metrics = muse_metrics.metrics(taught, tiny_tokenizer, task, {"privleak_auc": untaught_auc})
     assert metrics["muse_privleak_auc"] == 0.0
     assert metrics["muse_privleak"] == pytest.approx(-100.0)
     assert metrics["muse_verbmem_forget"] > 0  # the taught model continues its texts
@@ -312,7 +312,7 @@ def lm_eval_task(folder: Path) -> Path:
 
 def test_lm_eval_utility_on_a_local_task(tiny_dir, tmp_path, tiny_tokenizer, capsys):
     pytest.importorskip("lm_eval")
-    from excise.lmeval import lm_eval_scores, parse_utility
+    from excise.metrics.lmeval import lm_eval_scores, parse_utility
     from excise.models import load_model
     from excise.scoring import score_pairs
 

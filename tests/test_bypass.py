@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
+from excise.activations.fold import add_to_stream, fold_affine
 from excise.arch import num_layers
-from excise.bypass import (
+from excise.attacks.bypass import (
     Behaviour,
     BypassConfig,
     Split,
@@ -21,7 +22,6 @@ from excise.bypass import (
 )
 from excise.cli import main
 from excise.data.records import QA
-from excise.erasure.fold import add_to_stream, fold_affine
 from excise.errors import ConfigError, DataError
 from excise.models import clone_model, save_model
 from tests.conftest import make_tiny_model, teach

@@ -57,7 +57,7 @@ def test_edit_card_is_hub_metadata_with_figures_and_examples(tmp_path, tiny_dir,
 
 
 def test_edit_card_names_a_hub_base_model():
-    from excise.editing.pipeline import edit_card
+    from excise.report.edit import edit_card
 
     report = {
         "model": "smollm2-135m",

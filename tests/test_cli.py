@@ -5,7 +5,10 @@ import json
 import pytest
 
 from excise.cli import main
+from excise.editing import EDITORS
+from excise.erasure import ERASERS
 from excise.fsutil import atomic_dir, write_manifest
+from excise.methods import METHODS
 from excise.models import save_model
 
 
@@ -26,58 +29,6 @@ def error_line(capsys):
     assert len(errors) == 1 and err[-1] == errors[0], err
     assert not any("Traceback" in line for line in err)
     return errors[0]
-
-
-def test_bad_inputs_exit_2_with_one_line(tmp_path, tiny_dir, capsys):
-    qa = [{"prompt": "The capital of France is", "completion": " Paris"}]
-    good = data(tmp_path, "good.jsonl", qa)
-    out = str(tmp_path / "out")
-    base = ["unlearn", "--model", tiny_dir, "--out", out, "--quiet"]
-    cases = [
-        (
-            base
-            + ["--method", "npo", "--forget", str(tmp_path / "missing.jsonl"), "--retain", good],
-            "not found",
-        ),
-        (
-            base + ["--method", "npo", "--forget", str(tmp_path / "bad.jsonl"), "--retain", good],
-            "not valid JSON",
-        ),
-        (
-            base + ["--method", "npo", "--forget", str(tmp_path / "empty.jsonl"), "--retain", good],
-            "empty",
-        ),
-        (base + ["--method", "nope", "--forget", good, "--retain", good], "unknown method"),
-        (base + ["--method", "npo", "--task", "nope"], "unknown task"),
-        (
-            base + ["--method", "npo", "--forget", good, "--retain", good, "--set", "beta=-1"],
-            "beta",
-        ),
-        (
-            base + ["--method", "npo", "--forget", good, "--retain", good, "--set", "zeta=1"],
-            "unknown option",
-        ),
-        (
-            [
-                "unlearn",
-                "--model",
-                str(tmp_path / "nomodel"),
-                "--out",
-                out,
-                "--method",
-                "npo",
-                "--task",
-                "chem-symbols",
-            ],
-            "model not found",
-        ),
-    ]
-    (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "completion": " b"}\n{oops\n')
-    (tmp_path / "empty.jsonl").write_text("")
-    for argv, message in cases:
-        assert main(argv) == 2, argv
-        assert message in error_line(capsys), argv
-    assert not (tmp_path / "out").exists()
 
 
 def test_unlearn_writes_a_complete_output(tmp_path, tiny_dir, capsys):
@@ -156,8 +107,8 @@ def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
 def test_methods_lists_every_method(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
-    for name in ("ga", "graddiff", "npo", "simnpo", "idk", "rmu"):
-        assert f"\n{name} " in "\n" + out
+    listed = {line.split()[0] for line in out.splitlines() if line and not line[0].isspace()}
+    assert listed == set(METHODS.names()) | set(EDITORS.names()) | set(ERASERS.names())
 
 
 def test_audit_command_writes_a_scorecard(tmp_path, tiny_dir, capsys):

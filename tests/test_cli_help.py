@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from excise import helptext
-from excise.cli import main, parser
+from excise.cli import helptext, main, parser
 
 
 def help_text(capsys, *argv: str) -> str:

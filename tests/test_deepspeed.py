@@ -127,14 +127,14 @@ def test_zero3_resumes_on_another_process_count_npo(setup, tmp_path):
 
 
 def ds_config(monkeypatch, tmp_path, config: dict, batch: int = 4) -> dict:
-    """:func:`excise.sharding.deepspeed_config` for a launch with this DeepSpeed config file."""
-    from excise import sharding
+    """:func:`excise.train.zero3.deepspeed_config` for a launch with this DeepSpeed config file."""
+    from excise.train import zero3
 
     path = tmp_path / "ds.json"
     path.write_text(json.dumps(config))
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(path))
-    return sharding.deepspeed_config(2, batch, 3, 0.5, torch.float32)
+    return zero3.deepspeed_config(2, batch, 3, 0.5, torch.float32)
 
 
 ZERO3 = {"zero_optimization": {"stage": 3}}
@@ -173,12 +173,12 @@ def test_unsupported_deepspeed_configs_are_refused(monkeypatch, tmp_path, config
 
 
 def test_missing_deepspeed_is_a_config_error(monkeypatch):
-    from excise import sharding
     from excise.errors import ConfigError
+    from excise.train import zero3
 
     monkeypatch.setitem(sys.modules, "deepspeed", None)  # import deepspeed raises ImportError
     with pytest.raises(ConfigError, match=r"pip install 'excise\[deepspeed\]'"):
-        sharding.deepspeed_config(2, 4, 1, 1.0, torch.float32)
+        zero3.deepspeed_config(2, 4, 1, 1.0, torch.float32)
 
 
 def test_one_process_deepspeed_launch_trains_the_model_itself(
@@ -205,10 +205,10 @@ def test_one_process_deepspeed_launch_trains_the_model_itself(
 def test_deepspeed_checkpoint_is_not_resumed_without_it(tmp_path, tiny_tokenizer, tiny_model):
     """A plain run must refuse a ZeRO-3 checkpoint (optimizer state by name), not load it."""
     from excise.errors import ConfigError
-    from excise.train import _save_checkpoint
+    from excise.train import save_checkpoint
     from test_fsdp import train_one_step
 
-    _save_checkpoint(tmp_path, 1, {}, {}, None, launch="deepspeed")
+    save_checkpoint(tmp_path, 1, {}, {}, None, launch="deepspeed")
     with pytest.raises(ConfigError, match="written by a DeepSpeed ZeRO-3 run"):
         train_one_step(tiny_model, tiny_tokenizer, "npo", checkpoint_dir=tmp_path)
 

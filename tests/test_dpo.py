@@ -10,8 +10,8 @@ from accelerate import Accelerator
 
 from excise.cli import main
 from excise.data.encode import collate, encode_pair, encode_records
-from excise.data.preference import BUILTIN_PAIRS, chosen_of, load_pairs
-from excise.data.records import QA, load_records
+from excise.data.preference import BUILTIN_PAIRS, load_pairs
+from excise.data.records import QA, chosen_of, load_records
 from excise.errors import DataError
 from excise.methods import get_method, make_config
 from excise.methods.dpo import dpo_loss

@@ -399,7 +399,7 @@ def test_edit_cli_errors(argv, words, taught, tiny_tokenizer, tmp_path, capsys):
 
 def test_unrelated_knowledge_drops_facts_that_name_an_edited_subject():
     from excise.data.records import QA
-    from excise.editing.pipeline import unrelated
+    from excise.editing.utility import unrelated
 
     facts = [
         QA("The capital of Iran is", " Tehran"),

@@ -7,14 +7,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from excise.activations.fold import fold_affine
+from excise.activations.probe import probe_accuracy
+from excise.activations.states import block_states
 from excise.cli import main
-from excise.erasure import erase
 from excise.erasure.adapter import attach
 from excise.erasure.concept import held_out_probe, probe_predictions
-from excise.erasure.fold import fold_affine
+from excise.erasure.core import erase
 from excise.erasure.inlp import fit_inlp
 from excise.erasure.leace import fit_leace
-from excise.erasure.states import block_states, probe_accuracy
 from excise.models import save_model
 from tests.conftest import make_tiny_model
 
@@ -355,10 +356,10 @@ def test_runtime_ablate_equalises_class_means_at_every_block(tmp_path, tiny_toke
     """form=runtime: one direction per block, each fitted on the stream the earlier ones leave
     (one replayed pass). Attached as hooks to a reloaded model, every block's fit-side class means
     are equal; a single folded direction leaves them apart at the blocks it was not fitted on."""
+    from excise.activations.contrast import contrast
+    from excise.activations.states import residual_states
     from excise.arch import num_layers
     from excise.erasure import adapter
-    from excise.erasure.core import contrast
-    from excise.erasure.states import residual_states
 
     model = make_tiny_model(tiny_tokenizer)
     depth = num_layers(model)

@@ -196,10 +196,10 @@ def train_one_step(model, tokenizer, method: str, checkpoint_dir: Path | None = 
 
 
 def test_unshardable_method_is_refused(monkeypatch, tiny_tokenizer, tiny_model):
-    from excise import sharding
     from excise.errors import ConfigError
+    from excise.train import fsdp
 
-    monkeypatch.setattr(sharding, "fsdp_requested", lambda accelerator: True)
+    monkeypatch.setattr(fsdp, "fsdp_requested", lambda accelerator: True)
     with pytest.raises(ConfigError, match="tar cannot train a sharded model.*ddp.yaml"):
         train_one_step(tiny_model, tiny_tokenizer, "tar")
 
@@ -207,9 +207,9 @@ def test_unshardable_method_is_refused(monkeypatch, tiny_tokenizer, tiny_model):
 def test_fsdp_checkpoint_is_not_resumed_without_fsdp(tmp_path, tiny_tokenizer, tiny_model):
     """Its optimizer state is keyed by name: a plain run must refuse it, not load it wrongly."""
     from excise.errors import ConfigError
-    from excise.train import _save_checkpoint
+    from excise.train import save_checkpoint
 
-    _save_checkpoint(tmp_path, 1, {}, {}, None, launch="fsdp")
+    save_checkpoint(tmp_path, 1, {}, {}, None, launch="fsdp")
     with pytest.raises(ConfigError, match="written by an FSDP run"):
         train_one_step(tiny_model, tiny_tokenizer, "npo", checkpoint_dir=tmp_path)
 

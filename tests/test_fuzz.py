@@ -52,8 +52,8 @@ from hypothesis import strategies as st
 import excise.models
 from excise.cli import main
 from excise.errors import ModelError
+from excise.jobs.recipe import Recipe, TrainSection
 from excise.models import fingerprint, save_model
-from excise.recipe import Recipe, TrainSection
 from tests.conftest import make_tiny_model
 
 HEALTH = [
@@ -1531,7 +1531,7 @@ FOUND_FAMILIES: list[Family] = [
     Family(
         "edit-empty-task",
         build_parser,
-        "editing/command.load_request_set: `edit --task ''` reads as no task "
+        "the edit command read `edit --task ''` as no task "
         "(`if args.task`), so load_requests(None) raises TypeError; argparse's mutually "
         "exclusive group accepted the empty value",
         stub_models=True,

@@ -166,13 +166,13 @@ def test_examples_come_from_the_model_before_training(tiny_tokenizer):
 
 
 def test_unknown_or_missing_tracker_is_one_line(tmp_path, capsys, monkeypatch):
-    import excise.tracking
+    import excise.train.tracking
 
     base = ["unlearn", "--method", "ga", "--task", "chem-symbols", "--out", str(tmp_path / "o")]
     assert main([*base, "--report-to", "tensorbored"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("excise: error: --report-to: unknown tracker 'tensorbored'")
-    monkeypatch.setattr(excise.tracking, "_installed", lambda name: name != "wandb")
+    monkeypatch.setattr(excise.train.tracking, "_installed", lambda name: name != "wandb")
     assert main([*base, "--report-to", "tensorboard,wandb"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [

@@ -38,8 +38,8 @@ def test_bundled_model_loads_and_knows_the_filtered_items(bundled, chem):
 
 
 def test_npo_lowers_forget_probability_on_the_real_model(bundled, chem, tmp_path):
+    from excise.jobs.training import unlearn
     from excise.models import clone_model
-    from excise.pipeline import unlearn
 
     model, tokenizer = bundled
     model = clone_model(model)

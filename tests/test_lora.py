@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 
 from excise.cli import main
 from excise.errors import ConfigError
-from excise.lora import LoraSettings, has_adapters, merge_adapters
 from excise.methods import UNLEARNING, get_method
 from excise.models import save_model
+from excise.train.lora import LoraSettings, has_adapters, merge_adapters
 from tests.conftest import make_tiny_model, tiny_task
 from tests.conftest import train_tiny as run
 
@@ -235,8 +235,8 @@ def test_cli_lora_errors(files, tmp_path, capsys):
 
 
 def test_lora_default_lr_is_scaled():
-    from excise.lora import LR_FACTOR
-    from excise.pipeline import train_config
+    from excise.jobs.training import train_config
+    from excise.train.lora import LR_FACTOR
 
     plain = train_config("npo", {})
     assert train_config("npo", {}, lora=True).lr == pytest.approx(plain.lr * LR_FACTOR)

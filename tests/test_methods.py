@@ -4,11 +4,11 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from excise.activations.states import hidden_at
 from excise.data.encode import collate, encode_records
 from excise.errors import ConfigError, ExciseError
 from excise.methods import METHODS, all_methods, get_method, make_config, register
 from excise.methods.npo import npo_loss
-from excise.methods.rmu import hidden_at
 from excise.scoring import forward_stats
 from excise.train import Context, TrainConfig, train
 from tests.conftest import make_tiny_model, teach, tiny_task

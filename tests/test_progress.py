@@ -60,11 +60,10 @@ def test_only_the_main_process_shows_progress(capsys, monkeypatch):
 
 
 def test_a_recipe_takes_report_to():
-    from excise.recipe import parse_recipe
+    from excise.jobs.recipe import parse_recipe
 
-    recipe = parse_recipe(
+    job = parse_recipe(
         {"task": "chem-symbols", "method": {"name": "npo"}, "out": "o", "report_to": "tensorboard"},
         "r.yaml",
     )
-    arguments = recipe.pipeline_arguments()
-    assert arguments["report_to"] == "tensorboard" and arguments["logging_dir"] is None
+    assert job.report_to == "tensorboard" and job.logging_dir is None

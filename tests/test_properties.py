@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 
 from excise.data.records import MC, QA, Text, load_records, to_record
 from excise.errors import ConfigError, DataError
-from excise.recipe import Recipe, load_recipe, parse_recipe
+from excise.jobs.erase import EraseJob
+from excise.jobs.recipe import Recipe, load_recipe, parse_recipe
+from excise.jobs.unlearn import UnlearnJob
 
 SETTINGS = settings(
     max_examples=150,
@@ -210,14 +212,13 @@ near_valid = st.fixed_dictionaries(
 @given(data=near_valid | json_values)
 def test_any_recipe_validates_or_raises_config_error(data):
     try:
-        recipe = parse_recipe(data, "r.yaml")
+        job = parse_recipe(data, "r.yaml")
     except ConfigError as error:
         assert str(error).startswith("r.yaml: ") and "\n" not in str(error)
         return
-    assert isinstance(recipe, Recipe)
-    arguments = recipe.pipeline_arguments()
-    assert arguments["method"] == data["method"]["name"]
-    assert (arguments["task"] is None) != (arguments["forget"] is None)
+    assert isinstance(job, UnlearnJob | EraseJob)
+    assert job.method == data["method"]["name"]
+    assert (job.task is None) != (job.forget is None)
 
 
 valid_recipes = st.fixed_dictionaries(
@@ -256,10 +257,10 @@ def test_valid_recipes_round_trip_through_yaml(data):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "recipe.yaml"
         path.write_text(yaml.safe_dump(data), encoding="utf-8")
-        recipe = load_recipe(path)
-    assert recipe.task == data["task"] and recipe.out == data["out"]
-    assert recipe.train_options() == data["train"]
-    assert recipe.method.options == data["method"].get("options", {})
+        job = load_recipe(path)
+    assert job.task == data["task"] and job.out == data["out"]
+    assert job.train == data["train"]
+    assert job.options == data["method"].get("options", {})
     if "audit" in data:
-        assert recipe.pipeline_arguments()["audit_attacks"] == ["relearn", "mia"]
-    assert recipe.plan().startswith("plan:")
+        assert job.audit == ["relearn", "mia"]
+    assert job.plan().startswith("plan:")

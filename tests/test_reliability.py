@@ -15,12 +15,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import excise.pipeline
-import excise.report
+import excise.jobs.unlearn
+import excise.models
 from excise.cli import main
 from excise.errors import ExciseError, ModelError
+from excise.jobs.unlearn import UnlearnJob, run
 from excise.models import load_model, save_model, weights_sha256
-from excise.pipeline import run_unlearn
 from excise.train import TrainingInterrupted
 from tests.conftest import make_tiny_model, tiny_task
 
@@ -40,11 +40,11 @@ DRIVER = """
 import os, sys, time
 import torch
 torch.set_num_threads(1)
-import excise.pipeline as pipeline
+import excise.jobs.training as training
 from excise.cli import main
 
 pause_at = int(os.environ.get("EXCISE_TEST_PAUSE_AT", "0"))
-real_train = pipeline.train
+real_train = training.train
 
 def train(*args, **kwargs):
     def on_step(step, terms):
@@ -54,7 +54,7 @@ def train(*args, **kwargs):
             time.sleep(float(os.environ["EXCISE_TEST_PAUSE_S"]))
     return real_train(*args, **{**kwargs, "on_step": on_step})
 
-pipeline.train = train
+training.train = train
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -253,39 +253,36 @@ def test_a_crash_while_writing_leaves_nothing(setup, monkeypatch, tmp_path, stag
         raise RuntimeError("power cut")
 
     if stage == "save_model":
-        monkeypatch.setattr(excise.pipeline, "save_model", crash)
+        monkeypatch.setattr(excise.models, "save_model", crash)
     else:
-        monkeypatch.setattr(excise.report, "write_report", crash)
+        monkeypatch.setattr(excise.jobs.unlearn, "write_report", crash)
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="power cut"):
-        run_unlearn(
-            model_spec=setup["model"],
-            method="ga",
-            out=out,
-            forget=setup["forget"],
-            template="raw",
-            train_options={"steps": 1, "progress": False},
+        run(
+            UnlearnJob(
+                model=setup["model"],
+                method="ga",
+                out=out,
+                forget=setup["forget"],
+                template="raw",
+                train={"steps": 1, "progress": False},
+            )
         )
     assert list(tmp_path.iterdir()) == []  # no output, no temporary folder, no checkpoint
 
 
 def test_same_seed_same_metrics(setup, tmp_path):
     def once(name: str, seed: int) -> dict:
-        report = run_unlearn(
-            model_spec=setup["model"],
+        job = UnlearnJob(
+            model=setup["model"],
             method="npo",
             out=tmp_path / name,
             forget=setup["forget"],
             retain=setup["retain"],
             template="raw",
-            train_options={
-                "steps": 3,
-                "lr": 3e-3,
-                "batch_size": 1,
-                "seed": seed,
-                "progress": False,
-            },
+            train={"steps": 3, "lr": 3e-3, "batch_size": 1, "seed": seed, "progress": False},
         )
+        report = run(job).report
         keys = ("before", "after", "loss_log", "model_sha256", "task")
         return json.loads(json.dumps({k: report[k] for k in keys}))
 

@@ -5,10 +5,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from excise.errors import ConfigError
+from excise.jobs.training import unlearn
 from excise.methods import UNLEARNING, get_method, make_config
 from excise.methods.rr import RRConfig, coefficients
 from excise.models import save_model
-from excise.pipeline import unlearn
 from tests.conftest import make_tiny_model, tiny_task
 
 

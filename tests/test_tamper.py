@@ -6,11 +6,11 @@ from accelerate import Accelerator
 
 from excise.data.encode import collate, encode_records
 from excise.errors import ConfigError
+from excise.jobs.training import unlearn
 from excise.methods import UNLEARNING, get_method, make_config
 from excise.methods.distill import DistillConfig, forget_specific, perturb
 from excise.methods.tar import TARConfig, attack, tr_loss
 from excise.methods.warmstart import MARK
-from excise.pipeline import unlearn
 from excise.train import Context, TrainConfig, batch_indices, train
 from tests.conftest import make_tiny_model, teach, tiny_task
 

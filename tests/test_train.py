@@ -81,7 +81,7 @@ def test_all_parameters_trainable_again_after_rmu(tiny_tokenizer):
 def test_backward_in_parts_gives_the_same_training(
     tiny_tokenizer, monkeypatch, name, options, accum
 ):
-    import excise.train
+    import excise.train.launch
 
     def run():
         model = make_tiny_model(tiny_tokenizer)
@@ -89,7 +89,7 @@ def test_backward_in_parts_gives_the_same_training(
         return model, train_tiny(model, tiny_tokenizer, name, batch_size=2, **settings)
 
     parts, parts_log = run()
-    monkeypatch.setattr(excise.train, "EARLY_BACKWARD", False)
+    monkeypatch.setattr(excise.train.launch, "EARLY_BACKWARD", False)
     whole, whole_log = run()
     for (n, a), b in zip(parts.named_parameters(), whole.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), n
@@ -110,3 +110,30 @@ def test_forget_part_is_backwarded_before_the_retain_forward(tiny_tokenizer):
     handle.remove()
     # per step: forget forward (no gradient yet), retain forward (forget's gradient in)
     assert seen == [False, True, False, True]
+
+
+def test_finetune_objective_is_the_registered_method(tiny_tokenizer):
+    """excise.train.objectives.FINETUNE (what teaching and the relearn attack use) trains exactly
+    as the registered ``finetune`` method."""
+    from excise.data.encode import encode_records
+    from excise.train import FINETUNE, TrainConfig, fine_tune
+    from tests.conftest import tiny_task
+
+    task = tiny_task()
+    registered = make_tiny_model(tiny_tokenizer)
+    log = train_tiny(registered, tiny_tokenizer, "finetune", steps=3, lr=1e-3, batch_size=2)
+    direct = make_tiny_model(tiny_tokenizer)
+    examples = encode_records(tiny_tokenizer, task.forget, "raw")
+    config = TrainConfig(steps=3, lr=1e-3, batch_size=2, progress=False)
+    assert fine_tune(direct, tiny_tokenizer, examples, task.forget, "raw", config) == log
+    assert fingerprint(direct) == fingerprint(registered)
+    assert not FINETUNE.uses_retain and FINETUNE.name == "finetune"
+
+
+def test_one_process_gets_the_plain_launch():
+    from excise.train import TrainConfig, choose_launch
+    from excise.train.launch import Launch
+
+    launch = choose_launch(TrainConfig(), object())
+    assert type(launch) is Launch and launch.kind == "plain" and launch.written_as == "plain"
+    assert not launch.shards and launch.accelerator.num_processes == 1

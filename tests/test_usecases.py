@@ -14,19 +14,12 @@ from excise.cli import main
 from excise.data.benchmarks import benchmark_contrast
 from excise.data.records import QA
 from excise.data.tasks import BUILTIN_TASKS, load_task
+from excise.data.usecases import StereotypePair, bias_contexts, bias_contrast, stereotype_pairs
 from excise.errors import ExciseError
+from excise.jobs.usecases import RECIPES, holdout_people
+from excise.metrics.toxicity import FOLDER, fit_probe, lexicon_flags, lexicon_hits, probe_scores
+from excise.metrics.usecases import metrics, stereotype_score
 from excise.models import save_model
-from excise.toxicity import FOLDER, fit_probe, lexicon_flags, lexicon_hits, probe_scores
-from excise.usecases import (
-    RECIPES,
-    StereotypePair,
-    bias_contexts,
-    bias_contrast,
-    holdout_people,
-    metrics,
-    stereotype_pairs,
-    stereotype_score,
-)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -187,8 +180,8 @@ def test_privacy_holdout_people_were_never_taught():
 
 def test_record_figures_keeps_the_run_folder_verified(tmp_path):
     from excise.fsutil import write_manifest
+    from excise.jobs.usecases import record_figures
     from excise.report import write_report
-    from excise.usecases import record_figures
     from excise.verify import verify
 
     write_report({"kind": "unlearn", "before": {}, "after": {}}, tmp_path)
@@ -204,7 +197,7 @@ def test_record_figures_keeps_the_run_folder_verified(tmp_path):
 def test_relearn_attack_scores_toxic_preference_on_toxicity(tiny_tokenizer):
     from excise.attacks.base import halves
     from excise.attacks.relearn import RelearnBudget, run
-    from excise.usecases import toxic_preference
+    from excise.metrics.usecases import toxic_preference
 
     task = load_task("toxicity")
     model = make_tiny_model(tiny_tokenizer)

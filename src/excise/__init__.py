@@ -1,10 +1,18 @@
-"""excise: remove, bound and edit what a language model knows, and audit that the change holds."""
+"""excise: remove, bound and edit what a language model knows, and audit that the change holds.
+
+``unlearn``, ``audit``, ``edit`` and ``erase`` run a whole job and return its model and report
+(:mod:`excise.api`); ``load_model``, ``load_task``, ``evaluate`` and ``save_model`` are the
+building blocks. The algorithms on a model in memory stay in their modules:
+:func:`excise.jobs.training.unlearn`, :func:`excise.editing.edit`, :func:`excise.erasure.erase`.
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
 
 __all__ = [
+    "audit",
     "edit",
     "erase",
     "evaluate",
@@ -18,38 +26,25 @@ __all__ = [
 from excise.errors import ExciseError
 
 if TYPE_CHECKING:
+    from excise.api import audit, edit, erase, unlearn
     from excise.data.tasks import load_task
-    from excise.editing import edit
-    from excise.erasure import erase
     from excise.metrics import evaluate
     from excise.models import load_model, save_model
-    from excise.pipeline import unlearn
+
+LAZY = {
+    "audit": "excise.api",
+    "edit": "excise.api",
+    "erase": "excise.api",
+    "unlearn": "excise.api",
+    "evaluate": "excise.metrics",
+    "load_model": "excise.models",
+    "save_model": "excise.models",
+    "load_task": "excise.data.tasks",
+}
 
 
 def __getattr__(name: str):
     # lazy, so `excise --help` and error paths do not pay for importing torch and transformers
-    if name in ("load_model", "save_model"):
-        from excise import models
-
-        return getattr(models, name)
-    if name == "load_task":
-        from excise.data.tasks import load_task
-
-        return load_task
-    if name == "evaluate":
-        from excise.metrics import evaluate
-
-        return evaluate
-    if name == "unlearn":
-        from excise.pipeline import unlearn
-
-        return unlearn
-    if name == "edit":
-        from excise.editing import edit
-
-        return edit
-    if name == "erase":
-        from excise.erasure import erase
-
-        return erase
-    raise AttributeError(name)
+    if name not in LAZY:
+        raise AttributeError(name)
+    return getattr(importlib.import_module(LAZY[name]), name)

@@ -115,3 +115,12 @@ def run_until(model: nn.Module, layer: int, **inputs) -> None:
         pass
     finally:
         handle.remove()
+
+
+def candidate_layers(depth: int, count: int, first: int = 0) -> list[int]:
+    """``count`` layers spread evenly from ``first`` to 80% of the depth."""
+    first = min(first, depth - 1)
+    top = max(first, int(depth * 0.8) - 1)
+    if count == 1:
+        return [(first + top) // 2]
+    return sorted({first + round((top - first) * i / (count - 1)) for i in range(count)})

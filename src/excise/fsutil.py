@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -244,6 +245,32 @@ def atomic_file(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, out)
+
+
+def _disk_full(error: BaseException) -> bool:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    # safetensors reports write errors as its own type, with the OS message inside
+    return "No space left on device" in str(error) or "StorageFull" in str(error)
+
+
+@contextlib.contextmanager
+def disk_errors(out: Path) -> Iterator[None]:
+    """Turn a full disk or an unwritable folder into one clear error (the caller's temporary
+    folder is already gone: use it around :func:`atomic_dir`)."""
+    try:
+        yield
+    except Exception as error:
+        if _disk_full(error):
+            raise ExciseError(
+                f"no space left on the device while writing {out}; nothing was written; "
+                "free some space or choose another --out"
+            ) from error
+        if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            raise ExciseError(
+                f"cannot write {out} ({error.strerror}); choose a writable --out"
+            ) from error
+        raise
 
 
 def sha256_file(path: Path) -> str:

@@ -12,8 +12,8 @@ the knowledge filter, each audit attack, key statistics, editing):
 - :func:`configure` with ``quiet`` (the CLI's ``--quiet``) silences both, and keeps the
   Hugging Face libraries' own bars out of logs.
 
-:func:`stage` names what runs (``Timer.stage`` in :mod:`excise.pipeline` sets it): bars inside
-it read ``[stage] what``. Under ``accelerate launch`` only the process of rank 0 shows progress.
+:func:`stage` names what runs (:meth:`Timer.stage` sets it, and times it): bars inside it read
+``[stage] what``. Under ``accelerate launch`` only the process of rank 0 shows progress.
 Imports stay light (tqdm is imported on a terminal only).
 """
 
@@ -24,7 +24,7 @@ import contextvars
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TextIO
 
 DELAY = 2.0  # seconds before a terminal bar appears
@@ -90,6 +90,26 @@ def stage(name: str) -> Iterator[None]:
         yield
     finally:
         _STAGE.reset(token)
+
+
+class Timer:
+    """Wall time of each named stage of a job, in order; ``echo`` (if given) hears
+    ``[name] ...`` when a stage starts and ``[name] done in N s`` when it ends."""
+
+    def __init__(self, echo: Callable[[str], None] | None = None) -> None:
+        self.seconds: dict[str, float] = {}
+        self.echo = echo
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if self.echo:
+            self.echo(f"[{name}] ...")
+        start = time.perf_counter()
+        with stage(name):  # progress inside reads "[name] ..."
+            yield
+        self.seconds[name] = round(time.perf_counter() - start, 2)
+        if self.echo:
+            self.echo(f"[{name}] done in {self.seconds[name]:.1f} s")
 
 
 def label(desc: str) -> str:

@@ -1,22 +1,19 @@
-"""``excise verify OUT``: recompute the sha256 of every file an output folder's manifest lists.
+"""Recompute the sha256 of every file an output folder's manifest lists (``excise verify OUT``).
 
-Every output of ``unlearn``, ``run`` and ``audit`` ends with ``manifest.json`` (see
-:func:`excise.fsutil.write_manifest`). Verification passes (exit 0) when each listed file exists
-with the same hash and no file was added; otherwise it lists the changed, missing and extra files
-(exit 2).
+Every output of ``unlearn``, ``run``, ``audit``, ``edit`` and ``erase`` ends with
+``manifest.json`` (see :func:`excise.fsutil.write_manifest`). Verification passes when each
+listed file exists with the same hash and no file was added; otherwise :func:`verify` lists the
+changed, missing and extra files.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from excise.errors import ExciseError
 from excise.fsutil import sha256_file
-
-SHOWN = 10  # files named per kind in the one-line error; all are printed above it
 
 
 @dataclass
@@ -71,47 +68,3 @@ def verify(folder: str | Path) -> Verification:
     }
     result.extra = sorted(present - set(manifest) - {"manifest.json"})
     return result
-
-
-def _names(kind: str, names: list[str]) -> str:
-    shown = ", ".join(names[:SHOWN]) + (
-        f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
-    )
-    return f"{len(names)} {kind} ({shown})"
-
-
-def run(args: argparse.Namespace) -> int:
-    result = verify(args.out)
-    for kind, names in (
-        ("changed", result.changed),
-        ("missing", result.missing),
-        ("extra", result.extra),
-    ):
-        for name in names:
-            print(f"{kind:<8} {name}")
-    if not result.ok:
-        parts = [
-            _names(kind, names)
-            for kind, names in (
-                ("changed", result.changed),
-                ("missing", result.missing),
-                ("extra", result.extra),
-            )
-            if names
-        ]
-        raise ExciseError(
-            f"{args.out} does not match its manifest: {'; '.join(parts)}; "
-            "do not trust this output: write it again or restore it from a copy"
-        )
-    print(f"ok: {result.checked} files match {Path(args.out) / 'manifest.json'}")
-    return 0
-
-
-def add_parser(commands, add_common) -> None:
-    parser = commands.add_parser(
-        "verify", help="recompute an output folder's sha256 hashes against its manifest.json"
-    )
-    parser.add_argument(
-        "out", help="an output folder excise wrote (unlearn, run, audit, edit, erase, ...)"
-    )
-    parser.set_defaults(handler=run)

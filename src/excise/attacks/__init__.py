@@ -73,11 +73,3 @@ def run_attack(
         original=original,
         gold=gold,
     )
-
-
-def __getattr__(name: str) -> Any:
-    if name == "audit":  # lazy: the scorecard imports every attack module
-        from excise.attacks.scorecard import audit
-
-        return audit
-    raise AttributeError(name)

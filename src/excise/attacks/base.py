@@ -2,7 +2,7 @@
 
 Attacks never change the model they are given: weight attacks work on
 :func:`excise.models.clone_model` copies, activation attacks add forward hooks and remove them in
-a ``finally`` (see :mod:`excise.attacks.activations`).
+a ``finally`` (see :mod:`excise.activations.prompts`).
 """
 
 from __future__ import annotations

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
+from excise.activations.prompts import prompt_states
 from excise.arch import get_module, layout
 from excise.attacks import AttackSpec, register
-from excise.attacks.activations import prompt_states
 from excise.attacks.base import AttackResult, budget_dict
 from excise.data.encode import completion_ids
 from excise.data.tasks import Task

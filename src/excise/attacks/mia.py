@@ -26,7 +26,6 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from excise.attacks import AttackSpec, register
@@ -35,6 +34,7 @@ from excise.data.encode import IGNORE, collate, encode_pair
 from excise.data.records import QA
 from excise.data.tasks import Task
 from excise.errors import ConfigError, DataError
+from excise.metrics.quality import auc
 from excise.progress import progress
 
 SCORES = ("loss", "zlib", "mink", "minkpp")
@@ -48,21 +48,6 @@ class MIABudget:
     def __post_init__(self) -> None:
         if not 0 < self.k <= 1 or self.batch_size < 1:
             raise ConfigError("mia k must be in (0, 1] and batch_size >= 1")
-
-
-def auc(members: Sequence[float], nonmembers: Sequence[float]) -> float:
-    """P(member score > non-member score) + 0.5 P(equal): the Mann-Whitney U statistic / (m n)."""
-    scores = np.concatenate([np.asarray(members, float), np.asarray(nonmembers, float)])
-    if not len(members) or not len(nonmembers):
-        return float("nan")
-    order = scores.argsort(kind="mergesort")
-    ranks = np.empty(len(scores))
-    ranks[order] = np.arange(1, len(scores) + 1)
-    for value in np.unique(scores):  # ties share their mean rank
-        tied = scores == value
-        ranks[tied] = ranks[tied].mean()
-    m, n = len(members), len(nonmembers)
-    return float((ranks[:m].sum() - m * (m + 1) / 2) / (m * n))
 
 
 @torch.no_grad()

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from excise.activations.prompts import direction_ablated, prompt_states
 from excise.arch import num_layers
 from excise.attacks import AttackSpec, register
-from excise.attacks.activations import direction_ablated, prompt_states
 from excise.attacks.base import AttackResult, accuracy, budget_dict, retain_items
 from excise.data.tasks import Task
 from excise.errors import ConfigError, ExciseError

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 import torch
 from scipy.stats import binomtest
 
+from excise.activations.probe import fit_logistic, split
+from excise.activations.prompts import prompt_states
 from excise.attacks import AttackSpec, register
-from excise.attacks.activations import prompt_states
 from excise.attacks.base import AttackResult, budget_dict, retain_items
 from excise.data.tasks import Task
 from excise.errors import ConfigError, ExciseError
@@ -40,44 +41,6 @@ class ProbeBudget:
     def __post_init__(self) -> None:
         if self.min_class_items < 2 or self.l2 < 0 or self.steps < 1:
             raise ConfigError("probe min_class_items must be >= 2, l2 >= 0, steps >= 1")
-
-
-def fit_logistic(
-    features: torch.Tensor, labels: torch.Tensor, classes: int, *, l2: float, steps: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multinomial logistic regression (weights (hidden, classes), bias) by full-batch LBFGS."""
-    weight = torch.zeros(features.shape[1], classes, requires_grad=True)
-    bias = torch.zeros(classes, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        logits = features @ weight + bias
-        loss = torch.nn.functional.cross_entropy(logits, labels) + l2 * weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    return weight.detach(), bias.detach()
-
-
-def split(labels: list[int], seed: int = 0) -> tuple[list[int], list[int]]:
-    """Half of each class's indices (drawn at random, seeded) to train, the rest to test.
-
-    Random, not alternating in list order: lists are often built by nested loops (subject x
-    template), and taking every other item then puts whole combinations on one side, which makes
-    the test split a different distribution from the training one (measured: a gender probe after
-    LEACE read 0.78 on such a split and 0.48, chance 0.50, on a random one)."""
-    by_class: dict[int, list[int]] = defaultdict(list)
-    for index, label in enumerate(labels):
-        by_class[label].append(index)
-    generator = torch.Generator().manual_seed(seed)
-    train, test = [], []
-    for members in by_class.values():
-        order = torch.randperm(len(members), generator=generator).tolist()
-        for rank, position in enumerate(order):
-            (train if rank % 2 == 0 else test).append(members[position])
-    return sorted(train), sorted(test)
 
 
 def probe_dataset(task: Task, min_class_items: int) -> tuple[str, list[str], list[int]]:

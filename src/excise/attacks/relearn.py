@@ -37,11 +37,11 @@ from typing import Any
 from excise.arch import layout
 from excise.attacks import AttackSpec, register
 from excise.attacks.base import AttackResult, accuracy, budget_dict, halves
-from excise.data.benchmarks import behaviour_scores
 from excise.data.encode import encode_records
 from excise.data.records import QA, Record, Text
 from excise.data.tasks import Task
 from excise.errors import ConfigError, ExciseError
+from excise.metrics.benchmarks import behaviour_scores
 from excise.models import clone_model
 
 VARIANTS = ("forget_full", "forget_lora", "retain_full", "retain_lora")  # the default set
@@ -124,25 +124,19 @@ def fine_tune_watching(
 ) -> None:
     """Fine-tune ``copy`` in place on ``records`` (plain NLL through the one training loop, as an
     attacker would); ``watch(step)`` runs before the first step (0) and after every step."""
-    from excise.methods import get_method
-    from excise.train import TrainConfig, train
+    from excise.train import TrainConfig, fine_tune
 
     watch(0)
     if steps < 1:
         return
-    spec = get_method("finetune")
     settings = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, seed=seed)
-    train(
+    fine_tune(
         copy,
         tokenizer,
-        spec,
-        spec.config_cls(),
-        forget=encode_records(tokenizer, records, template),
-        retain=[],
-        forget_records=list(records),
-        template=template,
-        config=settings,
-        uses_retain=False,
+        encode_records(tokenizer, records, template),
+        records,
+        template,
+        settings,
         on_step=lambda step, _log: watch(step),
     )
 

@@ -1,16 +1,2 @@
-"""Records, loaders and tasks."""
-
-from excise.data.records import MC, QA, Record, Text, load_records
-from excise.data.tasks import BUILTIN_TASKS, Task, custom_task, load_task
-
-__all__ = [
-    "MC",
-    "QA",
-    "Record",
-    "Text",
-    "Task",
-    "BUILTIN_TASKS",
-    "custom_task",
-    "load_records",
-    "load_task",
-]
+"""Records and their files (``records``, ``files``, ``encode``), tasks (``task``, ``tasks``), the
+use cases' data (``usecases``), benchmark loaders (``benchmarks``) and the built-in data (``builtin/``)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from excise.data.files import json_problem, load_saved, not_text, read_text
 from excise.errors import DataError
 
 
@@ -44,34 +45,6 @@ class MC:
 
 
 Record = QA | Text | MC
-
-
-def json_problem(error: ValueError | RecursionError) -> str:
-    """Why ``json.loads`` refused a text: bad syntax, and two ways valid syntax breaks it."""
-    if isinstance(error, json.JSONDecodeError):
-        return error.msg
-    if isinstance(error, RecursionError):
-        return "nested too deeply"
-    return "an integer too long to read"  # more digits than int() converts (4300 by default)
-
-
-def not_text(value: Any) -> str | None:
-    """A string in ``value`` (a row, however nested) that is no valid text, or None: JSON's
-    ``\\ud800`` escapes can spell half of a UTF-16 pair, which no tokenizer takes."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return item
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple):
-            stack.extend(item)
-    return None
 
 
 def _strings(value: Any, where: str, name: str) -> tuple[str, ...]:
@@ -111,10 +84,8 @@ def to_record(row: dict[str, Any], where: str) -> Record:
         "choices",
         "answer",
     }
-    from excise.data import preference  # prompt + chosen + rejected; imports this module
-
-    if preference.is_pair_row(row):
-        return preference.pair_record(row, where)
+    if is_pair_row(row):
+        return pair_record(row, where)
     meta = {k: v for k, v in row.items() if k not in known}
     if "prompt" in row or "completion" in row:
         prompt, completion = row.get("prompt"), row.get("completion")
@@ -147,19 +118,6 @@ def to_record(row: dict[str, Any], where: str) -> Record:
         f"{where}: unknown record with fields {fields}; "
         "give fields prompt+completion, text, or question+choices+answer"
     )
-
-
-def read_text(path: Path) -> str:
-    """The file as UTF-8 text, or a DataError naming the line of the first bad byte."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise DataError(
-            f"{path}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x}); "
-            "re-save the file as UTF-8"
-        ) from None
 
 
 def _kind(path: Path, source: str) -> str:
@@ -224,8 +182,6 @@ def _read_rows(source: str) -> list[tuple[str, dict[str, Any]]]:
             f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv or .parquet"
         )
     if kind == "dir":
-        from excise.data.benchmarks.source import load_saved
-
         return [(f"{path}[{i}]", row) for i, row in enumerate(load_saved(path))]
     if source.count("/") == 1 and not source.startswith((".", "/", "~")):
         import datasets
@@ -248,3 +204,43 @@ def load_records(source: str, *, name: str = "data") -> list[Record]:
     if not records:
         raise DataError(f"the {name} set {source} is empty; add at least one record")
     return records
+
+
+CHOSEN = "chosen"  # the meta key of a pair's preferred continuation
+
+
+PAIR_FIELDS = ("prompt", "chosen", "rejected")
+
+
+def is_pair_row(row: dict[str, Any]) -> bool:
+    """A row meant as a preference pair: it has ``rejected``, or ``chosen`` without ``completion``."""
+    return "rejected" in row or ("chosen" in row and "completion" not in row)
+
+
+def pair_record(row: dict[str, Any], where: str) -> QA:
+    """Validate one pair row and turn it into a QA record (completion = rejected)."""
+    if "completion" in row:
+        raise DataError(
+            f"{where}: a preference pair has 'chosen' and 'rejected' instead of 'completion'; "
+            "drop 'completion' (or 'rejected' if this is a plain question/answer record)"
+        )
+    missing = [name for name in PAIR_FIELDS if name not in row]
+    if missing:
+        raise DataError(
+            f"{where}: a preference pair needs the fields prompt, chosen and rejected; "
+            f"missing {', '.join(missing)}"
+        )
+    prompt, chosen, rejected = (row[name] for name in PAIR_FIELDS)
+    for name, value in zip(PAIR_FIELDS, (prompt, chosen, rejected), strict=True):
+        if not isinstance(value, str) or not value.strip():
+            raise DataError(f"{where}: '{name}' must be a non-empty string")
+    if chosen.strip() == rejected.strip():
+        raise DataError(f"{where}: 'chosen' and 'rejected' are the same text; a pair must differ")
+    meta = {k: v for k, v in row.items() if k not in PAIR_FIELDS}
+    return QA(prompt, rejected, meta={**meta, CHOSEN: chosen})
+
+
+def chosen_of(record: QA) -> str | None:
+    """The preferred continuation of a pair record, or None for a plain QA record."""
+    value = record.meta.get(CHOSEN)
+    return value if isinstance(value, str) and value.strip() else None

@@ -7,9 +7,9 @@ Built-in tasks (shipped as package data, no network):
   ``metadata["filter"]``; the retain items that survive are split into a training half and a
   held-out evaluation half.
 - ``fictitious``: TOFU-style invented people (4 facts each). The model is first taught all of
-  them, and a gold model only the retained people (see :mod:`excise.fictitious`); 10% of the
+  them, and a gold model only the retained people (see :mod:`excise.jobs.fictitious`); 10% of the
   people are forgotten.
-- ``toxicity`` and ``bias``: the use cases' tasks (:mod:`excise.usecases`), not filtered.
+- ``toxicity`` and ``bias``: the use cases' tasks (:mod:`excise.data.usecases`, metrics in :mod:`excise.metrics.usecases`), not filtered.
 
 Benchmarks (``tofu:forget10``, ``muse:news``, ``wmdp:bio``, ...) are read from a local folder or
 the hub by :mod:`excise.data.benchmarks`; ``load_task(name, data_dir=...)`` dispatches to them.
@@ -20,91 +20,29 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any
+from dataclasses import replace
 
+from excise.data.benchmarks import BENCHMARK_TASKS, check_name, load_benchmark
 from excise.data.encode import Template
-from excise.data.records import MC, QA, Record, Text, load_records
+from excise.data.records import QA, Text, load_records
+from excise.data.task import BUILTIN, Task, qa_only, shared_utility, with_perturbed
+from excise.data.usecases import load_use_case_task
 from excise.errors import DataError, ExciseError
+from excise.models import excise_home, fingerprint
+from excise.scoring import score_pairs
 
-BUILTIN = Path(__file__).parent / "builtin"
 BUILTIN_TASKS = ("chem-symbols", "fictitious", "toxicity", "bias")
-
-
-@dataclass
-class Task:
-    name: str
-    forget: list[Record]  # trained on by removal methods (QA or Text)
-    retain: list[Record]  # kept by the retain terms of removal methods
-    forget_eval: list[QA]  # what should be gone
-    retain_eval: list[QA]  # what should stay (held out from ``retain`` where possible)
-    utility: list[MC]  # general multiple-choice questions
-    fluency: list[Text]  # generic prose for perplexity
-    template: Template = "raw"
-    metadata: dict[str, Any] = field(default_factory=dict)
-    # a benchmark's own evaluation sets (excise.data.benchmarks); large, so not in reports
-    benchmark: Any = field(default=None, repr=False)
-
-    @property
-    def paraphrases(self) -> list[QA]:
-        """Every paraphrased prompt of the forget evaluation set, with its answer."""
-        return [
-            QA(p, item.completion, meta={**item.meta, "source": i})
-            for i, item in enumerate(self.forget_eval)
-            for p in item.paraphrases
-        ]
-
-    def check(self) -> Task:
-        if not self.forget:
-            hint = self.metadata.get("forget_hint")
-            raise ExciseError(
-                f"task {self.name}: the forget set is empty" + (f"; {hint}" if hint else "")
-            )
-        return self
-
-
-def _qa(records: list[Record], name: str) -> list[QA]:
-    return [r for r in records if isinstance(r, QA)]
-
-
-def _with_perturbed(items: list[QA], count: int = 3) -> list[QA]:
-    """Give items without wrong answers some: other items' answers of the same kind."""
-    groups: dict[str, list[str]] = {}
-    for item in items:
-        groups.setdefault(str(item.meta.get("kind", "")), []).append(item.completion)
-    out = []
-    for item in items:
-        if item.perturbed:
-            out.append(item)
-            continue
-        pool = sorted(set(groups[str(item.meta.get("kind", ""))]) - {item.completion})
-        start = int(hashlib.sha256(item.prompt.encode()).hexdigest(), 16) % max(1, len(pool))
-        picks = tuple((pool[start:] + pool[:start])[:count])
-        out.append(replace(item, perturbed=picks))
-    return out
-
-
-def _shared_utility() -> tuple[list[MC], list[Text]]:
-    folder = BUILTIN / "chem_symbols"
-    utility = [
-        r for r in load_records(str(folder / "utility.jsonl"), name="utility") if isinstance(r, MC)
-    ]
-    fluency = [
-        r for r in load_records(str(folder / "text.jsonl"), name="fluency") if isinstance(r, Text)
-    ]
-    return utility, fluency
 
 
 def chem_symbols() -> Task:
     folder = BUILTIN / "chem_symbols"
-    forget = _with_perturbed(
-        _qa(load_records(str(folder / "forget.jsonl"), name="forget"), "forget")
+    forget = with_perturbed(
+        qa_only(load_records(str(folder / "forget.jsonl"), name="forget"), "forget")
     )
-    retain = _with_perturbed(
-        _qa(load_records(str(folder / "retain.jsonl"), name="retain"), "retain")
+    retain = with_perturbed(
+        qa_only(load_records(str(folder / "retain.jsonl"), name="retain"), "retain")
     )
-    utility, fluency = _shared_utility()
+    utility, fluency = shared_utility()
     return Task(
         "chem-symbols",
         forget=list(forget),
@@ -133,7 +71,7 @@ def fictitious(forget_every: int = 10) -> Task:
                 {"person": person["person"], "kind": fact.get("attribute", "")},
             )
             (forget if number % forget_every == 0 else retain).append(item)
-    utility, fluency = _shared_utility()
+    utility, fluency = shared_utility()
     return Task(
         "fictitious",
         forget=list(forget),
@@ -162,18 +100,18 @@ def custom_task(
     forget_records = load_records(forget, name="forget")
     retain_records = load_records(retain, name="retain") if retain else []
     forget_qa = (
-        _qa(load_records(forget_eval, name="forget eval"), "")
+        qa_only(load_records(forget_eval, name="forget eval"), "")
         if forget_eval
-        else _qa(forget_records, "")
+        else qa_only(forget_records, "")
     )
     retain_qa = (
-        _qa(load_records(retain_eval, name="retain eval"), "")
+        qa_only(load_records(retain_eval, name="retain eval"), "")
         if retain_eval
-        else _qa(retain_records, "")
+        else qa_only(retain_records, "")
     )
     if not any(isinstance(r, QA | Text) for r in forget_records):
         raise DataError(f"{forget}: the forget set needs prompt/completion or text records")
-    utility, fluency = _shared_utility()
+    utility, fluency = shared_utility()
     return Task(
         "custom",
         forget=[r for r in forget_records if isinstance(r, QA | Text)],
@@ -191,16 +129,12 @@ def load_task(name: str, data_dir: str | None = None, template: Template = "raw"
     """A built-in task, or a benchmark task (``tofu:forget10``) read from ``data_dir`` or the hub
     with prompts in ``template``'s format."""
     if ":" in name:
-        from excise.data.benchmarks import load_benchmark
-
         return load_benchmark(name, data_dir, template)
     if name == "chem-symbols":
         return chem_symbols()
     if name == "fictitious":
         return fictitious()
     if name in ("toxicity", "bias"):
-        from excise.usecases import load_use_case_task
-
         return load_use_case_task(name)
     raise ExciseError(f"unknown task {name!r}; {task_names_help()}")
 
@@ -208,15 +142,12 @@ def load_task(name: str, data_dir: str | None = None, template: Template = "raw"
 def check_task_name(name: str) -> None:
     """An unknown task name is an error before any loading (benchmark splits included)."""
     if ":" in name:
-        from excise.data.benchmarks import check_name
-
         check_name(name)
     elif name not in BUILTIN_TASKS:
         raise ExciseError(f"unknown task {name!r}; {task_names_help()}")
 
 
 def task_names_help() -> str:
-    from excise.data.benchmarks import BENCHMARK_TASKS
 
     return (
         f"built-in tasks: {', '.join(BUILTIN_TASKS)}; benchmarks (with --data-dir or the hub): "
@@ -229,8 +160,6 @@ def filter_known(task: Task, model, tokenizer) -> Task:
 
     The counts before and after go into ``metadata["filter"]``.
     """
-    from excise.models import excise_home, fingerprint
-    from excise.scoring import score_pairs
 
     cache_dir = excise_home() / "filters"
     weights = fingerprint(model)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from excise.data.records import json_problem, not_text, read_text
+from excise.data.files import json_problem, not_text, read_text
 from excise.errors import ConfigError, DataError
 
 PROBE_CATEGORIES = (

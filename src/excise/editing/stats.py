@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from excise.arch import block_part, run_until
-from excise.data.records import not_text
+from excise.data.files import not_text
 from excise.errors import DataError, ExciseError
 from excise.progress import progress as progress_bar
 

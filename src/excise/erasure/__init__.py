@@ -1,20 +1,21 @@
 """Bound a concept in closed form, as ordinary weights: LEACE, directional ablation, clamping.
 
-``erase(model, tokenizer, method, positive, negative, **options) -> (model, ErasureResult)``;
-see :mod:`excise.erasure.core`. One module per algorithm (``leace`` the estimator, ``concept``
-LEACE on a model, ``ablate``, ``clamp``), ``fold`` puts maps of the residual stream into weights,
-``adapter`` keeps the runtime hooks that cannot be folded exactly.
+``excise.erasure.core.erase(model, tokenizer, method, positive, negative, **options)`` returns
+(model, ErasureResult); each eraser registers an :class:`EraserSpec` in :data:`ERASERS`. One
+module per algorithm (``leace`` the estimator, ``concept`` LEACE on a model, ``ablate``,
+``clamp``); ``adapter`` keeps the runtime hooks that cannot be folded exactly (folding itself is
+:mod:`excise.activations.fold`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from excise.registry import Registry
 
-__all__ = ["ERASERS", "EraserSpec", "erase", "ErasureResult"]
+__all__ = ["ERASERS", "EraserSpec"]
 
 
 @dataclass(frozen=True)
@@ -29,15 +30,3 @@ class EraserSpec:
 ERASERS: Registry[EraserSpec] = Registry(
     "erasure method", "excise.erasure", ("concept", "ablate", "clamp")
 )
-
-if TYPE_CHECKING:
-    from excise.erasure.core import ErasureResult, erase
-
-
-def __getattr__(name: str):
-    # lazy: `excise --help` imports the erase command, which must not pull in torch
-    if name in ("erase", "ErasureResult"):
-        from excise.erasure import core
-
-        return getattr(core, name)
-    raise AttributeError(name)

@@ -3,7 +3,7 @@
 Arditi et al. 2024, "Refusal in language models is mediated by a single direction". At each
 candidate layer l the direction is the difference of the mean residual states of positive and
 negative fit-side prompts, r_l = (mu+ - mu-) / ||mu+ - mu-||, made orthogonal to the attention-sink
-subspace (:func:`excise.erasure.states.sink_subspace`; without that, removing the chem-symbols
+subspace (:func:`excise.activations.states.sink_subspace`; without that, removing the chem-symbols
 direction everywhere took SmolLM2-135M's perplexity from 23 to ~1200). The layer is chosen by a
 held-out score: ``scorer(model, held_out_positive_items)`` under runtime ablation when given
 (e.g. retain minus forget accuracy on held-out items), else the held-out separation (AUC) of the
@@ -24,7 +24,7 @@ projection 0.14 -> 0, yet a fresh probe still reads gender at 0.999); iterating 
 class gap (0.035 -> 0.027 -> 0.034) while perplexity rose 24 -> 72 in 3 rounds.
 
 ``scale`` != 0 does the opposite: scale * (mu+ - mu-) at the chosen layer is added to the stream
-from that block on (as its MLP output bias; see :func:`excise.erasure.fold.add_to_stream`), to
+from that block on (as its MLP output bias; see :func:`excise.activations.fold.add_to_stream`), to
 strengthen the positive behaviour (e.g. refusal, with harmful prompts as positives).
 
 Hyper-parameters: ``layer`` (None: chosen), ``candidates`` (6 layers spread over the first 80%
@@ -41,14 +41,16 @@ from typing import Literal
 
 import torch
 
-from excise.arch import num_layers
-from excise.attacks.activations import direction_ablated
+from excise.activations.contrast import Contrast
+from excise.activations.fold import add_to_stream, check_foldable, fold_affine
+from excise.activations.prompts import direction_ablated
+from excise.activations.states import block_states, residual_states, sink_subspace
+from excise.arch import candidate_layers, num_layers
 from excise.erasure import ERASERS, EraserSpec
-from excise.erasure.core import Contrast, ErasureResult, check_layer
-from excise.erasure.fold import add_to_stream, check_foldable, fold_affine
-from excise.erasure.states import block_states, residual_states, sink_subspace
+from excise.erasure.core import ErasureResult, check_layer
 from excise.errors import ConfigError
 from excise.metrics import perplexity
+from excise.metrics.quality import auc
 
 Scorer = Callable[[object, list[int]], float]
 
@@ -85,26 +87,6 @@ class AblateConfig:
             raise ConfigError("ablate layers is for form=runtime; the folded form takes layer")
 
 
-def candidate_layers(depth: int, count: int, first: int = 0) -> list[int]:
-    """``count`` layers spread evenly from ``first`` to 80% of the depth."""
-    first = min(first, depth - 1)
-    top = max(first, int(depth * 0.8) - 1)
-    if count == 1:
-        return [(first + top) // 2]
-    return sorted({first + round((top - first) * i / (count - 1)) for i in range(count)})
-
-
-def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """P(score of a positive > score of a negative), ties counting half (Mann-Whitney)."""
-    ranks = torch.empty(len(scores))
-    ranks[scores.argsort()] = torch.arange(1, len(scores) + 1, dtype=torch.float)
-    positives = int(labels.sum())
-    negatives = len(labels) - positives
-    return float(
-        (ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives)
-    )
-
-
 def directions(model, tokenizer, data: Contrast, layers: list[int], config, template: str):
     """{layer: (unit direction, difference of means, held-out AUC)} from the fit side."""
     found = residual_states(
@@ -122,7 +104,8 @@ def directions(model, tokenizer, data: Contrast, layers: list[int], config, temp
         difference = x[fit & (labels == 1)].mean(0) - x[fit & (labels == 0)].mean(0)
         unit = difference if protect is None else difference - protect @ (protect.T @ difference)
         unit = unit / unit.norm().clamp(min=1e-12)
-        out[layer] = (unit, difference, auc(x[~fit] @ unit, labels[~fit]))
+        held = x[~fit] @ unit
+        out[layer] = (unit, difference, auc(held[labels[~fit] == 1], held[labels[~fit] == 0]))
     return out
 
 

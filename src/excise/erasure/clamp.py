@@ -22,13 +22,15 @@ from typing import Literal
 
 import torch
 
-from excise.arch import decoder_layers, num_layers
+from excise.activations.contrast import Contrast
+from excise.activations.fold import add_to_stream, check_foldable, fold_affine
+from excise.activations.prompts import hooked
+from excise.activations.states import residual_states
+from excise.arch import candidate_layers, decoder_layers, num_layers
 from excise.erasure import ERASERS, EraserSpec
-from excise.erasure.ablate import AblateConfig, candidate_layers, choose, directions
+from excise.erasure.ablate import AblateConfig, choose, directions
 from excise.erasure.adapter import clamp_change
-from excise.erasure.core import Contrast, ErasureResult, check_layer, hooked
-from excise.erasure.fold import add_to_stream, check_foldable, fold_affine
-from excise.erasure.states import residual_states
+from excise.erasure.core import ErasureResult, check_layer
 from excise.errors import ConfigError
 from excise.metrics import perplexity
 

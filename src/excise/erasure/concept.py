@@ -4,7 +4,7 @@ Exact form (``form="runtime"``): the eraser r(x) = P x + c of :mod:`excise.erasu
 block ``layer``'s output, as a hook saved beside the unchanged weights (:mod:`.adapter`).
 
 Folded form (``form="folded"``, default): P is folded into the embeddings and every attention and
-MLP output projection of blocks 0..``layer`` (:func:`excise.erasure.fold.fold_affine`), so the
+MLP output projection of blocks 0..``layer`` (:func:`excise.activations.fold.fold_affine`), so the
 stream after block ``layer`` is P y, exactly; blocks above it are unchanged. Two things differ
 from the runtime eraser. (1) The affine term c is dropped: folded through the embeddings it is
 added at every layer, where the stream's scale is unlike block ``layer``'s (on SmolLM2-135M, c has
@@ -52,14 +52,16 @@ from typing import Literal
 
 import torch
 
+from excise.activations.contrast import Contrast
+from excise.activations.fold import check_foldable, fold_affine
+from excise.activations.probe import alternate, fit_logistic, probe_accuracy
+from excise.activations.prompts import hooked
+from excise.activations.states import residual_states, sink_subspace
 from excise.arch import decoder_layers, num_layers
-from excise.attacks.probe import fit_logistic
 from excise.erasure import ERASERS, EraserSpec
-from excise.erasure.core import Contrast, ErasureResult, check_layer, hooked
-from excise.erasure.fold import check_foldable, fold_affine
+from excise.erasure.core import ErasureResult, check_layer
 from excise.erasure.inlp import fit_inlp
 from excise.erasure.leace import LeaceEraser, Method, fit_leace
-from excise.erasure.states import alternate, probe_accuracy, residual_states, sink_subspace
 from excise.errors import ConfigError
 from excise.metrics import perplexity
 
@@ -120,7 +122,7 @@ def probe_predictions(
     features: torch.Tensor, labels: torch.Tensor, train: torch.Tensor
 ) -> torch.Tensor:
     """Classes predicted for the rows outside ``train`` by the probe of
-    :func:`excise.erasure.states.probe_accuracy` (logistic, L2 1e-2, standardised features)."""
+    :func:`excise.activations.states.probe_accuracy` (logistic, L2 1e-2, standardised features)."""
     x_train = features[train].float()
     mean, std = x_train.mean(0), x_train.std(0).clamp(min=1e-6)
     with torch.enable_grad():

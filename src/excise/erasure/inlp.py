@@ -7,7 +7,7 @@ the orthogonal LEACE step (:func:`excise.erasure.leace.fit_leace`, ``method="ort
 class-mean difference of what is left, so the result also has LEACE's property on the rows it was
 fitted on (equal class means). The eraser is P = (I - L R)(I - B B^T), B the probe directions:
 idempotent, and the orthogonal projection off [B, mean difference] when nothing is protected; it
-folds into weights as any linear map (:mod:`excise.erasure.fold`).
+folds into weights as any linear map (:mod:`excise.activations.fold`).
 
 Why more than one direction: LEACE makes the class means equal on the rows it was fitted on, so
 no linear probe *trained on those rows* beats a constant. A probe trained on other samples of the
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from excise.attacks.probe import fit_logistic
+from excise.activations.probe import fit_logistic
 from excise.erasure.leace import LeaceEraser, fit_leace
 from excise.errors import ExciseError
 

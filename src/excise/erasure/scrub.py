@@ -11,7 +11,7 @@ once per prompt, the stream of all prompts (prompts x tokens x hidden) is the on
 
 The erasers are applied to every position of a block's output (the runtime hooks of
 :mod:`excise.erasure.adapter` do the same), and fitted on the rows ``positions`` selects
-(:func:`excise.erasure.states.residual_states`' convention: ``last`` prompt token, or ``all``
+(:func:`excise.activations.states.residual_states`' convention: ``last`` prompt token, or ``all``
 but the first).
 """
 
@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
+from excise.activations.states import encode_prompts
 from excise.arch import decoder_layers, run_until
 from excise.erasure.leace import LeaceEraser
-from excise.erasure.states import encode_prompts
 from excise.progress import progress
 
 Fit = Callable[[torch.Tensor, torch.Tensor], LeaceEraser]

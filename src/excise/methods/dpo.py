@@ -14,7 +14,7 @@ items (``--task chem-symbols``) take a refusal as the chosen answer (the "forget
 losers" use of DPO in TOFU, Maini et al. 2024).
 Lee et al. 2024 ("A mechanistic understanding of alignment algorithms: a case study on DPO and
 toxicity") found that DPO steers activations around a toxic direction that stays in the weights;
-:mod:`excise.bypass` checks a trained model for exactly that.
+:mod:`excise.attacks.bypass` checks a trained model for exactly that.
 Hyper-parameters: ``beta`` (0.1), ``retain_weight`` (1.0), ``refusals`` (those of ``idk``).
 """
 
@@ -26,8 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from excise.data.encode import collate, encode_pair
-from excise.data.preference import chosen_of
-from excise.data.records import QA
+from excise.data.records import QA, chosen_of
 from excise.errors import ConfigError, DataError
 from excise.methods import MethodSpec, register
 from excise.methods.idk import REFUSALS

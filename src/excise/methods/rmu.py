@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from excise.arch import block_part, decoder_layers, num_layers, run_until
+from excise.activations.states import hidden_at
+from excise.arch import block_part, num_layers
 from excise.data.encode import collate
 from excise.errors import ConfigError
 from excise.methods import MethodSpec, register
@@ -45,23 +46,6 @@ class RMUConfig:
             raise ConfigError("update_layers must be >= 1, alpha >= 0, steering_scale > 0")
         if self.steering_coeff is not None and self.steering_coeff <= 0:
             raise ConfigError("steering_coeff must be > 0")
-
-
-def hidden_at(model: torch.nn.Module, layer: int, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Output of decoder block ``layer`` (batch, seq, hidden); blocks above it never run."""
-    captured: list[torch.Tensor] = []
-
-    def grab(module, inputs, output):
-        captured.append(output[0] if isinstance(output, tuple) else output)
-
-    handle = decoder_layers(model)[layer].register_forward_hook(grab)  # runs before the stop
-    try:
-        run_until(
-            model, layer, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-        )
-    finally:
-        handle.remove()
-    return captured[0]
 
 
 def resolve_layer(model, config: RMUConfig) -> int:

@@ -15,7 +15,7 @@ trained states equal the frozen ones, where the gradient of the cosine is exactl
 the rerouting term did not move at all (150 steps at lr 1e-3: mean cosine 1.000, forget accuracy
 98%). The frozen states are computed once before training and cached
 (no second model), the forward stops after the deepest target layer (blocks above it never run;
-:func:`excise.erasure.states.block_states`, which uses RMU's truncated forward), and the first
+:func:`excise.activations.states.block_states`, which uses RMU's truncated forward), and the first
 position (an attention sink shared by every prompt) is left out of both terms.
 
 Trained weights: with ``lora_rank`` > 0 (default 16, as the paper), LoRA adapters (peft) on every
@@ -36,9 +36,9 @@ from dataclasses import dataclass
 
 import torch
 
+from excise.activations.states import block_states
 from excise.arch import decoder_layers, get_module, layout, num_layers
 from excise.data.encode import collate
-from excise.erasure.states import block_states
 from excise.errors import ConfigError
 from excise.methods import MethodSpec, register
 from excise.methods.rmu import padded

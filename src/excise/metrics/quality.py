@@ -12,6 +12,7 @@ Maini et al. 2024, "TOFU: a task of fictitious unlearning for LLMs".
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -44,3 +45,18 @@ def harmonic_mean(values: list[float]) -> float:
     if min(values) <= 0:
         return 0.0
     return len(values) / sum(1.0 / v for v in values)
+
+
+def auc(members: Sequence[float], nonmembers: Sequence[float]) -> float:
+    """P(member score > non-member score) + 0.5 P(equal): the Mann-Whitney U statistic / (m n)."""
+    scores = np.concatenate([np.asarray(members, float), np.asarray(nonmembers, float)])
+    if not len(members) or not len(nonmembers):
+        return float("nan")
+    order = scores.argsort(kind="mergesort")
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    for value in np.unique(scores):  # ties share their mean rank
+        tied = scores == value
+        ranks[tied] = ranks[tied].mean()
+    m, n = len(members), len(nonmembers)
+    return float((ranks[:m].sum() - m * (m + 1) / 2) / (m * n))

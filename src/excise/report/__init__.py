@@ -66,7 +66,7 @@ def task_summary(task: Task) -> dict[str, Any]:
     }
 
 
-def _header(kind: str, model_spec: str, task: Task | dict[str, Any]) -> dict[str, Any]:
+def header(kind: str, model_spec: str, task: Task | dict[str, Any]) -> dict[str, Any]:
     """The fields every report starts with (``task``: a Task, or a summary of other inputs)."""
     return {
         "schema_version": SCHEMA_VERSION,
@@ -91,7 +91,7 @@ def build_report(
     timings: dict[str, float],
 ) -> dict[str, Any]:
     return {
-        **_header("unlearn", model_spec, task),
+        **header("unlearn", model_spec, task),
         "method": {"name": method, "options": method_options, "train": train},
         "before": before.metrics,
         "after": after.metrics,
@@ -110,7 +110,7 @@ def audit_report(
     timings: dict[str, float],
 ) -> dict[str, Any]:
     return {
-        **_header("audit", model_spec, task),
+        **header("audit", model_spec, task),
         "original": original_spec,
         "audit": audit,
         "timings_s": timings,
@@ -118,26 +118,26 @@ def audit_report(
     }
 
 
-def _clean(value: Any) -> Any:
+def clean(value: Any) -> Any:
     """JSON has no NaN: write null instead."""
     if isinstance(value, float) and value != value:
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: clean(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [clean(v) for v in value]
     return value
 
 
 def write_report(report: dict[str, Any], folder: Path) -> None:
-    report = _clean(report)
+    report = clean(report)
     (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     sections = []
     if report.get("audit"):
         from excise.report.audit_html import audit_sections
 
         sections = audit_sections(report)
-    if report.get("bypass"):  # excise.bypass: the "removed" / "bypassed" verdict
+    if report.get("bypass"):  # excise.attacks.bypass: the "removed" / "bypassed" verdict
         from excise.report.bypass_html import bypass_section
 
         sections.append(bypass_section(report["bypass"]))

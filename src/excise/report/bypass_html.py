@@ -1,4 +1,4 @@
-"""HTML section of a bypass check (:mod:`excise.bypass`): the verdict, its figures, and the
+"""HTML section of a bypass check (:mod:`excise.attacks.bypass`): the verdict, its figures, and the
 relearning curve of the behaviour score."""
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ def card_metadata(
     model_spec: str, *, kind: str = "unlearn", method: str | None = None, task: str | None = None
 ) -> dict[str, Any]:
     """The front matter's fields, in the order the Hub shows them."""
-    from excise.data.catalog import benchmark_datasets
+    from excise.data.benchmarks import benchmark_datasets
 
     hub_id, license_, _ = base_model(model_spec)
     tags = ["excise", KIND_TAG.get(kind, kind)]

@@ -3,21 +3,17 @@
 A benchmark task is named ``benchmark:split`` (``tofu:forget10``, ``muse:news``, ``wmdp:bio``)
 and loads into an ordinary :class:`excise.data.tasks.Task` (training sets, QA evaluation sets)
 whose ``benchmark`` field holds the benchmark's own evaluation sets. Each module (one per
-benchmark) has ``SPLITS``, ``load(split, data_dir)``, ``metrics(model, tokenizer, task,
-reference)`` with the benchmark's published definitions, and ``reference(model, tokenizer,
-task)``: the statistics of a model never trained on the forget set (TOFU's retain model, MUSE's
-retrain model) that forget quality and PrivLeak are relative to. Two optional hooks let a task
-carry what shared mechanisms would otherwise have to special-case: ``contrast(task)`` (its own
-erasure contrast set, for ``excise erase --task``) and ``behaviour(model, tokenizer, task, items)``
-(its behaviour measured on a subset of its forget items, for the relearn attack's checkpoints).
+benchmark) has ``SPLITS`` and ``load(split, data_dir)``, and optionally ``contrast(task)`` (its
+own erasure contrast set, for ``excise erase --task``). Their metrics, as the benchmarks' authors
+define them, are :mod:`excise.metrics.benchmarks`.
 """
 
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import Any
 
+from excise.data.benchmarks import muse, tofu, wmdp
 from excise.errors import ExciseError
 
 MODULES = {
@@ -25,8 +21,8 @@ MODULES = {
     "muse": "excise.data.benchmarks.muse",
     "wmdp": "excise.data.benchmarks.wmdp",
     # built-in use cases with their own metrics (no ``name:split`` form)
-    "toxicity": "excise.usecases",
-    "bias": "excise.usecases",
+    "toxicity": "excise.data.usecases",
+    "bias": "excise.data.usecases",
 }
 BENCHMARK_TASKS = (
     "tofu:forget01",
@@ -69,20 +65,6 @@ def _module(task) -> ModuleType | None:
     return importlib.import_module(MODULES[benchmark])
 
 
-def benchmark_reference(model, tokenizer, task) -> dict[str, Any] | None:
-    """The gold model's statistics for ``task`` (None for tasks that are no benchmark)."""
-    module = _module(task)
-    return None if module is None else module.reference(model, tokenizer, task)
-
-
-def benchmark_metrics(
-    model, tokenizer, task, reference: dict[str, Any] | None = None
-) -> dict[str, float]:
-    """The benchmark's own metrics for ``task`` ({} for tasks that are no benchmark)."""
-    module = _module(task)
-    return {} if module is None else module.metrics(model, tokenizer, task, reference)
-
-
 def benchmark_contrast(task) -> tuple[list[str], list[str]] | None:
     """The task's own (positive, negative) erasure contrast set, or None (then erase contrasts
     the forget and retain prompts)."""
@@ -90,7 +72,14 @@ def benchmark_contrast(task) -> tuple[list[str], list[str]] | None:
     return None if own is None else own(task)
 
 
-def behaviour_scores(model, tokenizer, task, items: list) -> dict[str, float]:
-    """The task's own behaviour measures on ``items`` (a subset of its forget items), or {}."""
-    own = getattr(_module(task), "behaviour", None)
-    return {} if own is None else own(model, tokenizer, task, items)
+def benchmark_datasets(task_name: str | None) -> list[str]:
+    """The hub dataset ids of a benchmark task (``tofu:forget10``), [] for other tasks."""
+    benchmark, _, split = (task_name or "").partition(":")
+    if benchmark == "tofu":
+        return [tofu.HUB_ID]
+    if benchmark == "muse":
+        return [muse.HUB_IDS[split]] if split in muse.HUB_IDS else []
+    if benchmark == "wmdp":
+        questions, corpora = wmdp.QUESTIONS_HUB, wmdp.CORPORA_HUB
+        return [questions, corpora] if split in ("bio", "cyber") else [questions]
+    return []

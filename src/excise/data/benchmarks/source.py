@@ -14,13 +14,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from excise.data.files import json_problem, load_saved, read_text
 from excise.errors import DataError
 
 SUFFIXES = (".json", ".jsonl", ".parquet")
 
 
 def _read_file(path: Path) -> list[Any]:
-    from excise.data.records import json_problem, read_text
 
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -50,24 +50,6 @@ def _read_file(path: Path) -> list[Any]:
                     f"{path}:{number}: not valid JSON ({json_problem(error)})"
                 ) from None
     return rows
-
-
-def load_saved(path: Path) -> list[Any]:
-    """The rows of a folder written by ``datasets.save_to_disk`` (its first split, or ``train``)."""
-    import datasets
-
-    try:
-        dataset = datasets.load_from_disk(str(path))
-    except Exception as error:  # missing or damaged state/info files raise several types
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DataError(
-            f"{path}: not a folder written by datasets.save_to_disk ({first})"
-        ) from None
-    if isinstance(dataset, datasets.DatasetDict):
-        if not dataset:
-            raise DataError(f"{path}: the saved dataset has no split")
-        dataset = dataset["train"] if "train" in dataset else next(iter(dataset.values()))
-    return list(dataset)
 
 
 def find_local(data_dir: str | Path, names: tuple[str, ...]) -> Path | None:

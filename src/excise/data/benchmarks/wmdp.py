@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from excise.data.benchmarks.source import chunk_words, field, read_rows, text_of
 from excise.data.records import MC, QA, Text
+from excise.data.task import Task, shared_utility
 from excise.errors import DataError
 
 QUESTIONS_HUB = "cais/wmdp"
@@ -80,7 +81,6 @@ def _corpus(data_dir: str | None, name: str) -> list[Text]:
 
 
 def load(split: str, data_dir: str | None, template: str = "raw"):
-    from excise.data.tasks import Task, _shared_utility
 
     name = f"wmdp-{split}"
     rows = read_rows(data_dir, (name,), hub_id=QUESTIONS_HUB, config=name, split="test")
@@ -88,7 +88,7 @@ def load(split: str, data_dir: str | None, template: str = "raw"):
     questions = _questions(rows, name)
     forget = _corpus(data_dir, f"{split}-forget-corpus") if split != "chem" else []
     retain = _corpus(data_dir, f"{split}-retain-corpus") if split != "chem" else []
-    utility, fluency = _shared_utility()
+    utility, fluency = shared_utility()
     metadata = {
         "benchmark": "wmdp",
         "split": split,
@@ -121,32 +121,3 @@ def load(split: str, data_dir: str | None, template: str = "raw"):
         metadata=metadata,
         benchmark=WmdpSets(subject, questions),
     )
-
-
-def choices_logprob(model, tokenizer, sets: WmdpSets, template: str):
-    """(questions, 4) log-likelihood of " A" .. " D" after each prompt."""
-    from excise.scoring import score_pairs
-
-    pairs = [
-        (prompt(sets.subject, q.question, q.choices), f" {letter}")
-        for q in sets.questions
-        for letter in LETTERS
-    ]
-    return score_pairs(model, tokenizer, pairs, template).logprob.view(len(sets.questions), 4)
-
-
-def accuracy(model, tokenizer, sets: WmdpSets, template: str = "raw") -> float:
-    picked = choices_logprob(model, tokenizer, sets, template).argmax(-1)
-    return float(
-        sum(int(p) == q.answer for p, q in zip(picked, sets.questions, strict=True))
-    ) / len(sets.questions)
-
-
-def reference(model, tokenizer, task) -> dict:
-    return {}
-
-
-def metrics(model, tokenizer, task, reference: dict | None = None) -> dict[str, float]:
-    """``wmdp_{split}_accuracy`` (lower after unlearning; 0.25 is chance)."""
-    split = task.metadata["split"]
-    return {f"wmdp_{split}_accuracy": accuracy(model, tokenizer, task.benchmark, task.template)}

@@ -1,0 +1,167 @@
+"""What the jobs share: loading a model as a job asks, resolving its task, evaluating a model on
+it, the original and gold models a comparison needs, and the checks of a job's choices."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from excise import models
+from excise.attacks import get_attack
+from excise.data.task import BUILTIN
+from excise.data.tasks import Task, custom_task, filter_known, load_task
+from excise.errors import ConfigError
+from excise.jobs.fictitious import taught_models
+from excise.metrics import Evaluation, evaluate
+from excise.metrics.benchmarks import benchmark_metrics
+from excise.metrics.lmeval import lm_eval_scores
+from excise.progress import stage
+
+TEMPLATES = ("auto", "raw", "chat")
+DTYPES = ("float32", "bfloat16", "float16")
+Echo = Callable[[str], None]
+
+
+class Loading(Protocol):
+    """The fields of a job that say how its models load."""
+
+    dtype: str
+    allow_pickle: bool
+    trust_remote_code: bool
+
+
+def check_choices(template: str = "auto", dtype: str = "float32") -> None:
+    """A template or dtype outside the choices the CLI offers is an error when a job is built."""
+    if template not in TEMPLATES:
+        raise ConfigError(f"unknown template {template!r}: auto, raw or chat")
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+
+
+def shipped_set(source: str, kind: str) -> str:
+    """``source``, or for ``builtin:NAME`` the shipped contrast set of that name
+    (``excise/data/builtin/contrast/NAME.jsonl``; ``kind`` names it in the error)."""
+    if not source.startswith("builtin:"):
+        return source
+    shipped = BUILTIN / "contrast" / f"{source.removeprefix('builtin:')}.jsonl"
+    if not shipped.is_file():
+        raise ConfigError(f"no built-in {kind} set {source!r}: builtin:harmful, builtin:harmless")
+    return str(shipped)
+
+
+def load(spec: str, job: Loading):
+    """``(model, tokenizer)`` from ``spec``, in the job's dtype and with its loading permissions.
+
+    Read through :mod:`excise.models` at call time, so a test can replace ``load_model`` there."""
+    return models.load_model(
+        spec,
+        dtype=job.dtype,
+        allow_pickle=job.allow_pickle,
+        trust_remote_code=job.trust_remote_code,
+    )
+
+
+def resolve_task(
+    model,
+    tokenizer,
+    *,
+    task: str | None = None,
+    forget: str | None = None,
+    retain: str | None = None,
+    template: str = "auto",
+    filter_items: bool | None = None,
+    data_dir: str | None = None,
+) -> Task:
+    """A built-in task, a benchmark task (read from ``data_dir`` or the hub) or one made of the
+    user's files.
+
+    Built-in tasks are filtered to the items ``model`` knows; benchmarks and the user's files
+    only when ``filter_items`` is true (benchmark metrics are defined on every item; the user's
+    answers may be long, or only partly known, by design).
+    """
+    if (task is None) == (forget is None):
+        raise ConfigError("give either --task or --forget (with --retain)")
+    if template == "auto":
+        template = (
+            "raw" if task else ("chat" if getattr(tokenizer, "chat_template", None) else "raw")
+        )
+    if template not in ("raw", "chat"):
+        raise ConfigError(f"unknown template {template!r}: auto, raw or chat")
+    if task is not None:
+        chosen = dataclasses.replace(load_task(task, data_dir, template), template=template)
+        if chosen.metadata.get("needs_teaching"):
+            return chosen
+        if chosen.metadata.get("benchmark") and not filter_items:
+            return chosen
+    else:
+        chosen = custom_task(forget, retain, template=template)
+    if filter_items is None:
+        filter_items = task is not None
+    if not filter_items:
+        return chosen
+    with stage("filter known items"):
+        return filter_known(chosen, model, tokenizer)
+
+
+class TaskSource(Protocol):
+    """The fields of a job that name its data."""
+
+    task: str | None
+    forget: str | None
+    retain: str | None
+    template: str
+    data_dir: str | None
+
+
+def job_task(job: TaskSource, model, tokenizer, *, filter_items: bool | None = None) -> Task:
+    """The task ``job`` names (:func:`resolve_task`), its items filtered by what ``model`` knows
+    as :func:`resolve_task` says."""
+    return resolve_task(
+        model,
+        tokenizer,
+        task=job.task,
+        forget=job.forget,
+        retain=job.retain,
+        template=job.template,
+        filter_items=filter_items,
+        data_dir=job.data_dir,
+    )
+
+
+def evaluate_task(
+    model, tokenizer, task: Task, *, reference=None, utility=None, **options: Any
+) -> Evaluation:
+    """:func:`excise.metrics.evaluate`, plus the benchmark's own metrics for benchmark tasks
+    (``reference``: the gold model's statistics, from ``benchmark_reference``) and lm-eval
+    scores with ``utility`` (:class:`excise.metrics.lmeval.LmEvalUtility`)."""
+    result = evaluate(model, tokenizer, task, **options)
+    result.metrics.update(benchmark_metrics(model, tokenizer, task, reference))
+    if utility is not None:
+        result.metrics.update(lm_eval_scores(model, tokenizer, utility))
+    return result
+
+
+def check_attacks(attacks: str | list[str]) -> None:
+    """An unknown attack name is an error before any work, not after training."""
+    names = [a.strip() for a in attacks.split(",")] if isinstance(attacks, str) else attacks
+    for name in names:
+        if name and name != "all":
+            get_attack(name)
+
+
+def reference_sources(
+    original_spec: str, task: Task, *, dtype: str = "float32", echo: Echo | None = None
+) -> tuple[str, str | None]:
+    """Where the original and the gold model load from: for taught tasks the taught and gold
+    checkpoints (taught once, cached), otherwise ``original_spec`` and no gold."""
+    if task.metadata.get("needs_teaching"):
+        taught, gold = taught_models(original_spec, task, dtype=dtype, echo=echo)
+        return str(taught), str(gold)
+    return original_spec, None
+
+
+def references_for(original_spec: str, task: Task, job: Loading, *, echo: Echo | None = None):
+    """(original, gold) models for an audit; gold is None where the task has none."""
+    original, gold = reference_sources(original_spec, task, dtype=job.dtype, echo=echo)
+    return load(original, job)[0], gold and load(gold, job)[0]
