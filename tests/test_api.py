@@ -163,3 +163,5 @@ def test_a_bad_argument_is_an_excise_error_before_anything_loads(work, monkeypat
         excise.edit(requests=work["requests"], sequential=0)
     with pytest.raises(excise.ExciseError, match="unknown attack"):
         excise.audit(model=work["model"], original=work["model"], attacks=["nope"])
+    with pytest.raises(excise.ExciseError, match=r"unknown argument\(s\) stepz for UnlearnJob"):
+        excise.unlearn(method="ga", forget=work["forget"], stepz=3)

@@ -16,10 +16,12 @@ is written exactly as the command writes it. Errors a user can cause raise
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from excise.errors import ConfigError
 from excise.jobs import audit as audit_job
 from excise.jobs import edit as edit_job
 from excise.jobs import erase as erase_job
@@ -54,27 +56,37 @@ def _fields_of(job: type) -> Callable[[F], F]:
     return mirror
 
 
+def _job(job: type, fields: dict[str, Any]) -> Any:
+    """``job(**fields)``, an unknown keyword being a one-line ConfigError like a bad option."""
+    known = [f.name for f in dataclasses.fields(job)]
+    if unknown := sorted(set(fields) - set(known)):
+        raise ConfigError(
+            f"unknown argument(s) {', '.join(unknown)} for {job.__name__}; known: {', '.join(known)}"
+        )
+    return job(**fields)
+
+
 @_fields_of(UnlearnJob)
 def unlearn(**fields: Any) -> UnlearnResult:
     """Remove what a forget set holds (:class:`~excise.jobs.unlearn.UnlearnJob`'s fields)."""
-    return unlearn_job.run(UnlearnJob(**fields))
+    return unlearn_job.run(_job(UnlearnJob, fields))
 
 
 @_fields_of(AuditJob)
 def audit(**fields: Any) -> AuditResult:
     """Attack a changed model; the report holds the worst case
     (:class:`~excise.jobs.audit.AuditJob`'s fields)."""
-    return audit_job.run(AuditJob(**fields))
+    return audit_job.run(_job(AuditJob, fields))
 
 
 @_fields_of(EditJob)
 def edit(**fields: Any) -> EditResult:
     """Change facts in place; the result holds the exact weight deltas too
     (:class:`~excise.jobs.edit.EditJob`'s fields)."""
-    return edit_job.run(EditJob(**fields))
+    return edit_job.run(_job(EditJob, fields))
 
 
 @_fields_of(EraseJob)
 def erase(**fields: Any) -> EraseResult:
     """Bound a concept in closed form (:class:`~excise.jobs.erase.EraseJob`'s fields)."""
-    return erase_job.run(EraseJob(**fields))
+    return erase_job.run(_job(EraseJob, fields))

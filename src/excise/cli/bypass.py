@@ -12,7 +12,7 @@ import argparse
 import json
 
 from excise.cli import helptext
-from excise.cli.common import add_common, parse_set
+from excise.cli.common import add_common, job_from, parse_set
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -44,25 +44,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run_bypass(args: argparse.Namespace) -> int:
     from excise.jobs.bypass import BypassJob, run  # lazy: torch and transformers
 
-    job = BypassJob(
-        model=args.model,
-        original=args.original,
-        control=args.control,
-        task=args.task,
-        forget=args.forget,
-        retain=args.retain,
-        positive=args.positive,
-        negative=args.negative,
-        template=args.template,
-        filter_known=args.filter_known,
-        dtype=args.dtype,
-        layer=args.layer,
-        options=parse_set(args.set),
-        out=args.out,
-        overwrite=args.overwrite,
-        allow_pickle=args.allow_pickle,
-        trust_remote_code=args.trust_remote_code,
-    )
+    job = job_from(args, BypassJob, options=parse_set(args.set))
     result = run(job)
     if args.json:
         print(json.dumps(result.check, indent=2))

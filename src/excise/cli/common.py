@@ -4,6 +4,7 @@ several commands take (model and data, loading, trackers, benchmarks). Imports s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Any
 
@@ -30,6 +31,13 @@ def parse_set(pairs: list[str] | None) -> dict[str, Any]:
         except yaml.YAMLError as error:
             raise ConfigError(f"--set {key}: cannot read value {raw!r}") from error
     return options
+
+
+def job_from(args: argparse.Namespace, job: type, **given: Any) -> Any:
+    """``job`` built from the parsed options named like its fields, and ``given`` (values the
+    command line spells differently, e.g. ``options=parse_set(args.set)``)."""
+    names = [f.name for f in dataclasses.fields(job) if f.name not in given]
+    return job(**{name: getattr(args, name) for name in names if hasattr(args, name)}, **given)
 
 
 def attack_names(value: str) -> str | list[str]:

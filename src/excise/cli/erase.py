@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from excise.cli import helptext
-from excise.cli.common import add_common, parse_set
+from excise.cli.common import add_common, job_from, parse_set
 from excise.cli.show import print_erase
 
 METHODS = ("leace", "ablate", "clamp")  # excise.erasure.ERASERS; a test keeps them equal
@@ -46,23 +46,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run_erase(args: argparse.Namespace) -> int:
     from excise.jobs.erase import EraseJob, run  # lazy: torch and transformers
 
-    job = EraseJob(
-        method=args.method,
-        model=args.model,
-        task=args.task,
-        forget=args.forget,
-        retain=args.retain,
-        positive=args.positive,
-        negative=args.negative,
-        template=args.template,
-        filter_known=args.filter_known,
-        dtype=args.dtype,
-        layer=args.layer,
-        options=parse_set(args.set),
-        out=args.out,
-        overwrite=args.overwrite,
-        allow_pickle=args.allow_pickle,
-        trust_remote_code=args.trust_remote_code,
-    )
+    job = job_from(args, EraseJob, options=parse_set(args.set))
     print_erase(run(job).report, args.out)
     return 0
