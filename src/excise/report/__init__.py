@@ -6,7 +6,7 @@ Schema (``schema_version`` 1): ``kind`` ("unlearn" | "audit"), ``created``, ``ex
 {stage: seconds}, and for audits ``audit`` (see :mod:`excise.attacks`). Every metric is explained
 in ``metric_help``. ``unlearn`` reports also hold ``examples`` {set: [{prompt, expected, before,
 after, before_match, after_match}]} (:mod:`excise.report.examples`) and, with ``--report-to``,
-``tracking`` {report_to, logging_dir, run} (:mod:`excise.tracking`).
+``tracking`` {report_to, logging_dir, run} (:mod:`excise.train.tracking`).
 """
 
 from __future__ import annotations
