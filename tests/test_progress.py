@@ -67,3 +67,28 @@ def test_a_recipe_takes_report_to():
         "r.yaml",
     )
     assert job.report_to == "tensorboard" and job.logging_dir is None
+
+
+def test_loading_and_saving_a_model_in_a_log_leave_the_hub_bars_off(
+    tmp_path, tiny_tokenizer, monkeypatch
+):
+    """A log (or --quiet) turns the hub's bars off; loading a model must not turn them back on,
+    which huggingface_hub answers with a warning in every log (seen in `excise demo`)."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    from excise.models import load_model, save_model
+    from tests.conftest import make_tiny_model
+
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            folder = save_model(make_tiny_model(tiny_tokenizer), tiny_tokenizer, tmp_path / "m")
+            load_model(str(folder))
+        assert not hf_logging.is_progress_bar_enabled()
+        assert not [w for w in caught if "progress bars" in str(w.message)]
+    finally:
+        hf_logging.enable_progress_bar()

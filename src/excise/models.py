@@ -214,6 +214,7 @@ def load_model(
         raise ModelError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     source = resolve(spec, allow_pickle=allow_pickle)
     verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()  # off in a log or with --quiet: stays off
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
@@ -270,7 +271,8 @@ def load_model(
         raise ModelError(f"cannot load model {spec!r}: {_first_line(error)}") from error
     finally:
         hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
+        if bars:
+            hf_logging.enable_progress_bar()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -306,9 +308,11 @@ def save_model(model: PreTrainedModel, tokenizer: object, out: str | os.PathLike
     """Write a standard HF checkpoint (safetensors) that plain ``from_pretrained`` loads."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     model.save_pretrained(out, safe_serialization=True)
-    hf_logging.enable_progress_bar()
+    if bars:  # turning them on where excise.progress turned them off warns (huggingface_hub)
+        hf_logging.enable_progress_bar()
     tokenizer.save_pretrained(out)
     return out
 
