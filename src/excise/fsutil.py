@@ -32,43 +32,53 @@ def _umask() -> int:
     return mask
 
 
-def _foreign_files(folder: Path) -> list[str] | None:
-    """Files in ``folder`` that its manifest does not list; None when it has no manifest."""
+def files_below(folder: Path) -> set[str]:
+    """Every file (and link) below ``folder``, as paths relative to it."""
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+def not_excise_output(path: Path) -> str | None:
+    """Why ``path`` is not something excise wrote, or None when it is: an empty folder, a folder
+    whose manifest lists every file in it, or a safetensors file excise marked (``written_by``)."""
+    if not path.is_dir():
+        if path.suffix == ".safetensors" and "written_by" in safetensors_metadata(path):
+            return None
+        return "it carries no excise metadata"
+    if not any(path.iterdir()):
+        return None
     try:
-        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
+        manifest = None
     if not isinstance(manifest, dict):
-        return None
-    present = {
-        str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink()
-    }
-    return sorted(present - set(manifest) - {"manifest.json"})
+        return "it has no excise manifest"
+    unlisted = sorted(files_below(path) - set(manifest) - {"manifest.json"})
+    if unlisted:
+        return f"it holds files its manifest does not list ({', '.join(unlisted[:3])})"
+    return None
 
 
-def written_by_excise(path: Path) -> bool:
-    """An empty folder, a folder whose manifest lists every file, or a file excise marked."""
-    if path.is_dir() and not path.is_symlink():
-        if not any(path.iterdir()):
-            return True
-        return _foreign_files(path) == []
-    if path.is_file() and path.suffix == ".safetensors":
-        return "written_by" in safetensors_metadata(path)
-    return False
+def safetensors_header(path: Path) -> tuple[int, dict]:
+    """(length of the header in bytes, the header) of a safetensors file, read without its
+    tensors; ValueError (or OSError) when the file has no valid header."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        if size < 8 or not 2 <= length <= size - 8:
+            raise ValueError("no valid header")
+        header = json.loads(handle.read(length))
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a mapping")
+    return length, header
 
 
 def safetensors_metadata(path: Path) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors file's header ({} when it has none or is no such
     file); reads the header only."""
     try:
-        with open(path, "rb") as handle:
-            size = int.from_bytes(handle.read(8), "little")
-            if not 2 <= size <= 100_000_000:
-                return {}
-            header = json.loads(handle.read(size))
+        meta = safetensors_header(path)[1].get("__metadata__")
     except (OSError, ValueError):
         return {}
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
     return meta if isinstance(meta, dict) else {}
 
 
@@ -155,15 +165,7 @@ def check_output(
             raise ExciseError(f"{out} is a folder; --out takes a file here: choose another")
         if out.is_symlink():
             raise ExciseError(f"{out} is a symbolic link; --overwrite does not follow links")
-        if not written_by_excise(out):
-            foreign = _foreign_files(out) if out.is_dir() else None
-            why = (
-                f"it holds files its manifest does not list ({', '.join(foreign[:3])})"
-                if foreign
-                else "it has no excise manifest"
-                if out.is_dir()
-                else "it carries no excise metadata"
-            )
+        if why := not_excise_output(out):
             raise ExciseError(
                 f"{out} was not written by excise ({why}); --overwrite replaces only what excise "
                 f"wrote or an empty folder: choose another --out or remove it yourself"
@@ -293,13 +295,7 @@ def check_safetensors(path: Path, what: str) -> None:
     before any long work): the header must parse and every tensor must lie inside the file."""
     try:
         size = path.stat().st_size
-        with open(path, "rb") as handle:
-            length = int.from_bytes(handle.read(8), "little")
-            if size < 8 or not 2 <= length <= size - 8:
-                raise ValueError("no valid header")
-            header = json.loads(handle.read(length))
-        if not isinstance(header, dict):
-            raise ValueError("the header is not a mapping")
+        length, header = safetensors_header(path)
         end = 0
         for name, entry in header.items():
             if name == "__metadata__":

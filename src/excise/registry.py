@@ -105,7 +105,7 @@ def _adapter(cls: type) -> Any:
         return None
 
 
-def make_config(cls: type, overrides: dict[str, Any] | None) -> Any:
+def make_config(cls: type, overrides: dict[str, Any] | None, *, label: str | None = None) -> Any:
     """Build a config dataclass from user options, typed as recipes are (pydantic, lax: ``"1e-3"``
     and ``"inf"`` are floats for a float field), then judged by the class's own checks; unknown
     keys and non-finite numbers are refused with a message that names the option."""
@@ -124,9 +124,8 @@ def make_config(cls: type, overrides: dict[str, Any] | None) -> Any:
     except ValidationError as error:
         first = error.errors()[0]
         key = ".".join(str(part) for part in first["loc"]) or "options"
-        raise ConfigError(
-            f"{cls.__name__}: option {key}: {first['msg']}, got {first.get('input')!r}"
-        ) from None
+        where = f"{label}.{key}" if label else f"{cls.__name__}: option {key}"
+        raise ConfigError(f"{where}: {first['msg']}, got {first.get('input')!r}") from None
     except TypeError as error:
         raise ConfigError(f"{cls.__name__}: {error}") from error
     for key in overrides:
@@ -137,7 +136,10 @@ def make_config(cls: type, overrides: dict[str, Any] | None) -> Any:
     return config
 
 
-def typed_options(cls: type, overrides: dict[str, Any] | None) -> dict[str, Any]:
-    """``overrides`` as ``cls`` reads them (``"1e-3"`` -> 0.001), checked by :func:`make_config`."""
-    config = make_config(cls, overrides)
+def typed_options(
+    cls: type, overrides: dict[str, Any] | None, *, label: str | None = None
+) -> dict[str, Any]:
+    """``overrides`` as ``cls`` reads them (``"1e-3"`` -> 0.001), checked by :func:`make_config`
+    (``label`` names where a mistyped option was given, e.g. ``recipe.yaml: method.options``)."""
+    config = make_config(cls, overrides, label=label)
     return {key: getattr(config, key) for key in overrides or {}}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from excise.errors import ExciseError
-from excise.fsutil import sha256_file
+from excise.fsutil import files_below, sha256_file
 
 
 @dataclass
@@ -63,8 +63,5 @@ def verify(folder: str | Path) -> Verification:
         result.checked += 1
         if sha256_file(path) != expected:
             result.changed.append(name)
-    present = {
-        str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink()
-    }
-    result.extra = sorted(present - set(manifest) - {"manifest.json"})
+    result.extra = sorted(files_below(folder) - set(manifest) - {"manifest.json"})
     return result

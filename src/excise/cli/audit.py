@@ -8,7 +8,7 @@ import argparse
 import json
 
 from excise.cli import helptext
-from excise.cli.common import add_benchmark, add_common, attack_names, echo
+from excise.cli.common import add_benchmark, add_common, attack_names, echo, job_from
 from excise.cli.show import print_scorecard
 
 
@@ -48,22 +48,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 def run_audit(args: argparse.Namespace) -> int:
     from excise.jobs.audit import AuditJob, run  # lazy: torch and transformers
 
-    job = AuditJob(
-        model=args.model,
-        original=args.original,
-        task=args.task,
-        forget=args.forget,
-        retain=args.retain,
-        data_dir=args.data_dir,
-        template=args.template,
-        dtype=args.dtype,
-        attacks=attack_names(args.attacks),
-        expect_hash=args.expect_hash,
-        out=args.out,
-        overwrite=args.overwrite,
-        allow_pickle=args.allow_pickle,
-        trust_remote_code=args.trust_remote_code,
-    )
+    job = job_from(args, AuditJob, attacks=attack_names(args.attacks))
     report = run(job, echo=echo).report
     print_scorecard(report["audit"])
     print(f"audited weights sha256 {report['model_sha256']}")
@@ -74,20 +59,7 @@ def run_audit(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from excise.jobs.evaluate import EvaluateJob, run  # lazy: torch and transformers
 
-    job = EvaluateJob(
-        model=args.model,
-        original=args.original,
-        task=args.task,
-        forget=args.forget,
-        retain=args.retain,
-        data_dir=args.data_dir,
-        template=args.template,
-        dtype=args.dtype,
-        gold=args.gold,
-        utility=args.utility,
-        allow_pickle=args.allow_pickle,
-        trust_remote_code=args.trust_remote_code,
-    )
+    job = job_from(args, EvaluateJob)
     metrics = run(job).metrics
     if args.json:
         print(json.dumps(metrics, indent=2))

@@ -131,11 +131,3 @@ def add_benchmark(parser: argparse.ArgumentParser, *, gold: bool = True) -> None
             help="benchmarks: a model never trained on the forget set (TOFU retain model, MUSE "
             "retrain model) for TOFU forget quality and MUSE PrivLeak",
         )
-
-
-def loading(args: argparse.Namespace) -> dict[str, bool]:
-    """The loading permissions of a command that has them (``add_loading``), else off."""
-    return {
-        "allow_pickle": getattr(args, "allow_pickle", False),
-        "trust_remote_code": getattr(args, "trust_remote_code", False),
-    }

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from excise.cli import helptext
-from excise.cli.common import echo, loading, parse_set
+from excise.cli.common import echo, job_from, parse_set
 from excise.errors import ConfigError
 
 
@@ -133,25 +133,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 def run_edit(args: argparse.Namespace) -> int:
     from excise.jobs.edit import EditJob, run  # lazy: torch and transformers
 
-    job = EditJob(
-        model=args.model,
-        requests=args.requests,
-        task=args.task,
-        method=args.method,
-        limit=args.limit,
-        sequential=args.sequential,
+    job = job_from(
+        args,
+        EditJob,
         options=parse_set(args.set),
-        stats=args.stats,
-        stats_corpus=args.stats_corpus,
-        preserve=args.preserve,
-        min_retain=args.min_retain,
-        on_drop=args.on_drop,
         generation=not args.no_generation,
-        template=args.template,
-        dtype=args.dtype,
         progress=not args.quiet,
-        out=args.out,
-        overwrite=args.overwrite,
     )
     started = time.perf_counter()
     report = run(job, echo=echo).report
@@ -181,15 +168,7 @@ def print_edit_table(report: dict[str, Any]) -> None:
 def run_delta(args: argparse.Namespace) -> int:
     from excise.jobs.delta import DeltaJob, run_delta  # lazy: torch and transformers
 
-    job = DeltaJob(
-        model=args.model,
-        delta=args.delta,
-        out=args.out,
-        sign=args.sign,
-        overwrite=args.overwrite,
-        dtype=args.dtype,
-        **loading(args),
-    )
+    job = job_from(args, DeltaJob)  # no --allow-pickle here: the job's defaults (off)
     done = run_delta(job)
     verb = "applied" if args.sign > 0 else "reverted"
     print(f"{verb} {done['tensors']} tensor deltas ({done['method']}); wrote {args.out}")
@@ -207,15 +186,6 @@ def parse_layers(text: str) -> list[int]:
 def run_stats(args: argparse.Namespace) -> int:
     from excise.jobs.delta import StatsJob, run_stats  # lazy: torch and transformers
 
-    job = StatsJob(
-        out=args.out,
-        model=args.model,
-        method=args.method,
-        layers=parse_layers(args.layers) if args.layers else None,
-        tokens=args.tokens,
-        corpus=args.corpus,
-        overwrite=args.overwrite,
-        **loading(args),
-    )
+    job = job_from(args, StatsJob, layers=parse_layers(args.layers) if args.layers else None)
     print(json.dumps(run_stats(job)))
     return 0

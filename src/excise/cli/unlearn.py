@@ -197,8 +197,7 @@ def run_demo(args: argparse.Namespace) -> int:
     # lazy: jobs load torch and transformers; `excise --help` and parse errors stay fast
     from excise.jobs import usecases
     from excise.jobs.erase import EraseJob
-    from excise.jobs.erase import run as run_erase
-    from excise.jobs.unlearn import UnlearnJob, run
+    from excise.jobs.unlearn import UnlearnJob
 
     if args.use_case:
         job = usecases.demo_job(args.use_case, args.out, overwrite=args.overwrite, quiet=args.quiet)
@@ -213,13 +212,8 @@ def run_demo(args: argparse.Namespace) -> int:
             report_to=args.report_to,
             logging_dir=args.logging_dir,
         )
-    if isinstance(job, EraseJob):
-        print_erase(run_erase(job).report, args.out)
-        return 0
-    started = time.perf_counter()
-    report = run(job, echo=echo).report
-    print_unlearn(report, args.out, started)
-    if args.use_case:
+    report = run_and_print(job, args.out)
+    if args.use_case and not isinstance(job, EraseJob):
         for key, (before, after) in usecases.shown_figures(args.use_case, report).items():
             print(f"{key:<34}{before:>10.3f}{after:>10.3f}")
         for key, value in usecases.extra_figures(args.use_case, job).items():
@@ -230,10 +224,7 @@ def run_demo(args: argparse.Namespace) -> int:
 def run_recipe(args: argparse.Namespace) -> int:
     """``excise run recipe.yaml``: validate the recipe, print the plan, and (unless --dry-run) run it."""
     # lazy: jobs load torch and transformers; `excise --help` and parse errors stay fast
-    from excise.jobs.erase import EraseJob
-    from excise.jobs.erase import run as run_erase
     from excise.jobs.recipe import check_recipe_out, load_recipe, override
-    from excise.jobs.unlearn import run
 
     job = override(load_recipe(args.recipe), out=args.out, overwrite=args.overwrite or None)
     print(job.plan())
@@ -251,9 +242,22 @@ def run_recipe(args: argparse.Namespace) -> int:
         report_to=args.report_to,
         logging_dir=args.logging_dir,
     )
-    if isinstance(job, EraseJob):
-        print_erase(run_erase(job).report, job.out)
-        return 0
-    started = time.perf_counter()
-    print_unlearn(run(job, echo=echo).report, job.out, started)
+    run_and_print(job, job.out)
     return 0
+
+
+def run_and_print(job: Any, out: Any) -> dict[str, Any]:
+    """Run a recipe's or a demo's job (unlearn, or erase for an erasure recipe), print what its
+    command prints, and return the report."""
+    from excise.jobs.erase import EraseJob
+    from excise.jobs.erase import run as run_erase
+    from excise.jobs.unlearn import run  # lazy: torch and transformers
+
+    if isinstance(job, EraseJob):
+        report = run_erase(job).report
+        print_erase(report, out)
+        return report
+    started = time.perf_counter()
+    report = run(job, echo=echo).report
+    print_unlearn(report, out, started)
+    return report

@@ -239,11 +239,18 @@ def import_stats(path: str | Path, *, model_hash: str | None = None) -> KeyStats
             moments = {int(k.removeprefix("layer")): handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
     except Exception as error:  # safetensors raises several types for a corrupt header
         raise DataError(f"{path} is not a statistics file written by `excise stats`") from error
-    if model_hash and meta.get("model") not in (None, model_hash):
-        raise DataError(
-            f"{path} was computed for model {meta.get('model')}, not this one ({model_hash}); "
-            "recompute with `excise stats`"
-        )
-    return KeyStats(
+    stats = KeyStats(
         moments, int(meta.get("tokens", 0)), meta.get("model", ""), meta.get("corpus", "")
     )
+    return check_stats_model(stats, path, model_hash) if model_hash else stats
+
+
+def check_stats_model(stats: KeyStats, path: str | Path, model_hash: str) -> KeyStats:
+    """Refuse statistics made from another model than the one with ``model_hash`` (a file that
+    names no model is taken as it is)."""
+    if stats.model not in ("", model_hash):
+        raise DataError(
+            f"{path} was computed for model {stats.model}, not this one ({model_hash}); "
+            "recompute with `excise stats`"
+        )
+    return stats

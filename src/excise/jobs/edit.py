@@ -21,7 +21,7 @@ from excise.editing.metrics import edit_metrics, in_context_prefix
 from excise.editing.preserve import DEFAULTS
 from excise.editing.preserve import resolve as resolve_preserve
 from excise.editing.requests import builtin_requests, load_requests
-from excise.editing.stats import import_stats
+from excise.editing.stats import check_stats_model, import_stats
 from excise.editing.utility import utility_probe
 from excise.errors import ConfigError
 from excise.fsutil import atomic_dir, check_output, disk_errors, write_manifest
@@ -111,8 +111,8 @@ def run(job: EditJob, *, echo: Echo | None = None) -> EditResult:
     if not requests:
         raise ConfigError("no edit requests to apply")
     kept = resolve_preserve(job.method, job.preserve, requests)  # a bad source fails now
-    if job.stats:  # a damaged or foreign file fails now; the model check comes after loading
-        import_stats(job.stats)
+    # read once, now: a damaged or foreign file fails before loading; its model is checked after
+    stats = import_stats(job.stats) if job.stats else None
     # edit prompts are cloze prompts: auto is raw (--template chat for instruct models)
     template = "raw" if job.template == "auto" else job.template
     timer = Timer(echo)
@@ -120,7 +120,8 @@ def run(job: EditJob, *, echo: Echo | None = None) -> EditResult:
         model, tokenizer = models.load_model(job.model, dtype=job.dtype)
         make_config(job.method, job.options).layers_for(model)  # layers out of range fail here
         model_hash = models.fingerprint(model)
-        stats = import_stats(job.stats, model_hash=model_hash) if job.stats else None
+        if stats is not None:
+            check_stats_model(stats, job.stats, model_hash)
         quick, full, retain_items = utility_probe(model, tokenizer, requests)
 
     def measure(current, context=None, items=requests) -> dict[str, float]:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Strict, TypeAdapter, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Strict, ValidationError
 
 from excise.data.records import load_records
 from excise.data.tasks import check_task_name
@@ -48,7 +48,7 @@ from excise.jobs.training import train_config
 from excise.jobs.unlearn import UnlearnJob
 from excise.methods import get_method
 from excise.metrics.lmeval import parse_utility
-from excise.registry import make_config
+from excise.registry import make_config, typed_options
 from excise.train.lora import LoraSettings
 
 
@@ -220,24 +220,11 @@ def _config_class(name: str) -> type:
 
 
 def _method_options(name: str, options: dict[str, Any], source: str) -> dict[str, Any]:
-    """The method's options, type-checked against its config dataclass (and its own checks)."""
+    """The method's options, typed and checked as ``--set`` is (values as the config reads them,
+    "5" -> 5, so the job sees the checked types)."""
     config_cls = _config_class(name)
     make_config(config_cls, {})  # the defaults themselves must be valid
-    unknown = sorted(map(str, set(options) - {f.name for f in dataclasses.fields(config_cls)}))
-    if unknown:
-        make_config(config_cls, options)  # raises, listing the known options
-    try:
-        checked = TypeAdapter(config_cls).validate_python(options)
-    except ValidationError as error:
-        first = error.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(
-            f"{source}: method.options.{field}: {first['msg']}, got {first.get('input')!r}"
-        ) from None
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"{source}: method.options: {error}") from None
-    # values as the config read them ("5" -> 5), so the pipeline sees the checked types
-    return {key: getattr(checked, key) for key in options}
+    return typed_options(config_cls, options, label=f"{source}: method.options")
 
 
 def parse_recipe(data: Any, source: str = "recipe") -> UnlearnJob | EraseJob:
