@@ -27,6 +27,12 @@ class Task:
     fluency: list[Text]  # generic prose for perplexity
     template: Template = "raw"
     metadata: dict[str, Any] = field(default_factory=dict)
+    # what should stay although it sits next to the forget domain: other domains' questions whose
+    # answers are the forget answers' words (``near_retain_accuracy``); empty where a task has none
+    near_retain_eval: list[QA] = field(default_factory=list)
+    # the forget knowledge as 4-way multiple choice (WMDP's format; chance 0.25):
+    # ``forget_mc_accuracy``; empty where a task has none
+    forget_mc: list[MC] = field(default_factory=list)
     # a benchmark's own evaluation sets (excise.data.benchmarks); large, so not in reports
     benchmark: Any = field(default=None, repr=False)
 

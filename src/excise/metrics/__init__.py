@@ -10,6 +10,10 @@ Metrics (flat names, every value in [0, 1] except perplexity):
 - ``*_truth``: max(0, 1 - truth ratio), averaged (see :mod:`excise.metrics.quality`).
 - ``*_rouge``: ROUGE-L recall of greedy generations against the answer (sample).
 - ``mc_accuracy``: general multiple-choice accuracy, choice picked by log-likelihood.
+- ``near_retain_accuracy`` / ``near_retain_prob``: the near-domain retain set (other domains'
+  questions answered with the forget domain's words), where the task has one.
+- ``forget_mc_accuracy``: the forget knowledge as 4-way multiple choice (chance 0.25), where the
+  task has it.
 - ``perplexity``: on generic prose (fluency).
 - ``model_utility``: harmonic mean of retain prob, retain ROUGE, retain truth and mc accuracy.
 - ``forget_quality``: KS p-value of forget truth ratios against a gold model's (when given).
@@ -124,16 +128,21 @@ def evaluate(
         ("forget", task.forget_eval, True),
         ("paraphrase", task.paraphrases, False),
         ("retain", task.retain_eval, True),
+        ("near_retain", task.near_retain_eval, False),
     ):
         values, per_item = qa_metrics(
             model, tokenizer, items, task.template, prefix, truth=truth, batch_size=batch_size
         )
         metrics.update(values)
         details.update(per_item)
-        if generate and items and prefix != "paraphrase":
+        if generate and items and prefix in ("forget", "retain"):
             metrics[f"{prefix}_rouge"] = rouge(model, tokenizer, items, task.template, generate)
     if task.utility:
         metrics["mc_accuracy"] = mc_accuracy(model, tokenizer, task.utility, batch_size=batch_size)
+    if task.forget_mc:
+        metrics["forget_mc_accuracy"] = mc_accuracy(
+            model, tokenizer, task.forget_mc, batch_size=batch_size
+        )
     if task.fluency:
         metrics["perplexity"] = perplexity(model, tokenizer, [t.text for t in task.fluency])
     parts = [
