@@ -3,6 +3,7 @@
     python bench/large_model.py [--preset llama-1b] [--tokenizer DIR] [--dtype bfloat16]
                                 [--batch-size 32] [--max-length 256] [--steps 5] [--warmup 2]
                                 [--methods ga,graddiff,npo,npo-naive,...] [--json FILE]
+                                [--train '{"optimizer_in_backward": true, ...}']
 
 The model is the shape of Llama-3.2-1B (16 layers, hidden 2048, MLP 8192, 32 query and 8 key/value
 heads, tied embeddings) with the bundled tokenizer's 49,152-token vocabulary: 1.07B parameters,
@@ -47,6 +48,18 @@ PRESETS = {
         "num_attention_heads": 32,
         "num_key_value_heads": 8,
         "tie_word_embeddings": True,
+        "rope_theta": 500000.0,
+    },
+    # Llama-3.1-8B's body (8.0B parameters with its 128k vocabulary; 7.5B with the bundled
+    # tokenizer's 49k): full-parameter training on one 80 GB GPU needs the memory options, e.g.
+    # --train '{"optimizer_in_backward": true, "gradient_checkpointing": true}'
+    "llama-8b": {
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "tie_word_embeddings": False,
         "rope_theta": 500000.0,
     },
     # activation memory on a CPU: a 49k-vocabulary head on a small body
@@ -106,8 +119,13 @@ def build_model(preset: str, tokenizer, dtype: torch.dtype):
         **PRESETS[preset],
     )
     torch.manual_seed(0)
-    with device():
-        model = LlamaForCausalLM(config)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in dtype: an 8B model never exists in float32
+    try:
+        with device():
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
     return model.to(dtype).eval()
 
 
@@ -183,8 +201,9 @@ def worker(name: str, args) -> dict:
         config=TrainConfig(
             steps=args.warmup + args.steps,
             batch_size=args.batch_size,
-            lr=spec.train_defaults.get("lr", 1e-5),
             progress=False,
+            # memory options (TrainConfig fields), lr
+            **{"lr": spec.train_defaults.get("lr", 1e-5), **json.loads(args.train)},
         ),
         uses_retain=spec.uses_retain,
         on_step=on_step,
@@ -231,7 +250,7 @@ def run_worker(name: str, args) -> dict | None:
     command = [sys.executable, __file__, "--worker", name, "--preset", args.preset]
     command += ["--dtype", args.dtype, "--batch-size", str(args.batch_size)]
     command += ["--max-length", str(args.max_length), "--steps", str(args.steps)]
-    command += ["--warmup", str(args.warmup)]
+    command += ["--warmup", str(args.warmup), "--train", args.train]
     command += ["--tokenizer", args.tokenizer] if args.tokenizer else []
     command += ["--profile"] if args.profile else []
     command += ["--any-attention"] if args.any_attention else []
@@ -274,6 +293,11 @@ def main() -> None:
         "--one-backward",
         action="store_true",
         help="one backward of the whole loss instead of the forget part first (Context.release)",
+    )
+    parser.add_argument(
+        "--train",
+        default="{}",
+        help='TrainConfig overrides as JSON, e.g. {"optimizer_in_backward": true}',
     )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()

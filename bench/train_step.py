@@ -283,7 +283,10 @@ def worker(name: str, args) -> dict:
         forget_records=task.forget,
         template=task.template,
         config=TrainConfig(
-            steps=args.warmup + args.steps, batch_size=args.batch_size, lr=lr, progress=False
+            steps=args.warmup + args.steps,
+            batch_size=args.batch_size,
+            progress=False,
+            **{"lr": lr, **json.loads(args.train)},  # memory options (train_memory.py), lr
         ),
         uses_retain=spec.uses_retain,
         on_step=lambda step, terms: stamps.append(time.perf_counter()),
@@ -344,6 +347,7 @@ def run_worker(name: str, args) -> dict | None:
     command += ["--threads", str(args.threads), "--steps", str(args.steps)]
     command += ["--warmup", str(args.warmup), "--batch-size", str(args.batch_size)]
     command += ["--lora", str(args.lora)] + (["--unfused-adamw"] if args.unfused_adamw else [])
+    command += ["--train", args.train]
     return worker_result(command, name)
 
 
@@ -383,6 +387,9 @@ def main() -> None:
     )
     parser.add_argument("--lora", type=int, default=0, help="train LoRA adapters of this rank")
     parser.add_argument("--json", default=None, help="also write the rows here")
+    parser.add_argument(
+        "--train", default="{}", help='TrainConfig overrides as JSON, e.g. {"lr": 1e-5}'
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.warmup < 1 or args.steps < 1:

@@ -11,6 +11,10 @@
   :mod:`~excise.train.zero3` are the sharded ones' mechanics.
 - :mod:`~excise.train.checkpoint`: save, load, resume checks; :mod:`~excise.train.signals`:
   Ctrl-C/SIGTERM and divergence.
+- memory options (:class:`TrainConfig` ``optimizer_in_backward``, ``optimizer_states``,
+  ``gradient_checkpointing``): :mod:`~excise.train.optim` (the optimizer, stepped in the
+  backward or not), :mod:`~excise.train.adamw_bf16` (bf16 moments),
+  :mod:`~excise.train.recompute` (activation checkpointing).
 - :mod:`~excise.train.objectives`: plain fine-tuning (:data:`FINETUNE`) for teaching and the
   relearn attack; :mod:`~excise.train.lora`: LoRA adapters; :mod:`~excise.train.tracking`:
   experiment trackers (``--report-to``).

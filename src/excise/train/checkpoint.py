@@ -34,6 +34,12 @@ LAUNCHES = {  # Launch.written_as: (who wrote a checkpoint, how a run goes)
 }
 
 
+# settings a run may resume with changed (they do not change what is computed)
+UNCHECKED = ("progress", "checkpoint_every", "gradient_checkpointing")
+# settings checked only when not at their default, so checkpoints written before they were resume
+OPTIONAL = {"optimizer_in_backward": False, "optimizer_states": "fp32"}
+
+
 def latest_checkpoint(folder: Path) -> Path | None:
     steps = [p for p in folder.glob("step-*") if p.name.removeprefix("step-").isdigit()]
     steps.sort(key=lambda p: int(p.name.removeprefix("step-")))
@@ -43,7 +49,10 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 def checkpoint_settings(config: TrainConfig, method_config: Any) -> dict[str, Any]:
     """What a checkpoint must have been trained with to be resumed (JSON-comparable)."""
-    train = {k: v for k, v in asdict(config).items() if k not in ("progress", "checkpoint_every")}
+    train = {k: v for k, v in asdict(config).items() if k not in UNCHECKED}
+    for key, default in OPTIONAL.items():  # as before these settings were, at their defaults
+        if train.get(key) == default:
+            del train[key]
     method = asdict(method_config) if is_dataclass(method_config) else {}
     return json.loads(json.dumps({"train": train, "method": method}, default=str))
 

@@ -35,6 +35,12 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 0  # 0: no checkpoints
     progress: bool = True
+    # memory (excise.train.optim, excise.train.recompute): step each weight from its gradient
+    # hook and free the gradient (no clipping, grad_accum 1, one process); AdamW's moments in
+    # fp32 (torch's: the weights' dtype), bf16 or 8bit (bitsandbytes); recompute activations
+    optimizer_in_backward: bool = False
+    optimizer_states: Literal["fp32", "bf16", "8bit"] = "fp32"
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         for name, low in (("steps", 0), ("batch_size", 1), ("grad_accum", 1)):
@@ -51,6 +57,15 @@ class TrainConfig:
             raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
         if self.checkpoint_every < 0 or self.warmup_steps < 0:
             raise ConfigError("checkpoint_every and warmup_steps must be >= 0")
+        if self.optimizer_states not in ("fp32", "bf16", "8bit"):
+            raise ConfigError(
+                f"unknown optimizer_states {self.optimizer_states!r}: fp32, bf16 or 8bit"
+            )
+        if self.optimizer_in_backward and self.grad_accum > 1:
+            raise ConfigError(
+                "optimizer_in_backward applies each gradient as it is made, so it cannot "
+                f"accumulate {self.grad_accum} micro-batches: use grad_accum 1"
+            )
 
 
 def config_dict(config: Any) -> dict[str, Any]:

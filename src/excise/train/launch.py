@@ -12,6 +12,9 @@ launch, chosen by :func:`choose_launch` from what ``accelerate launch`` (configs
 - ``zero3`` (:class:`Zero3`, :mod:`excise.train.zero3`): a partitioned copy driven by a DeepSpeed
   engine (its backward, step, accumulation, clipping and gradient norm; the batch sizes,
   accumulation and clipping of its config come from :class:`TrainConfig`).
+- ``in-backward`` (:class:`InBackward`, ``optimizer_in_backward``): one process; each weight is
+  stepped from its gradient hook during the one backward of the loss and its gradient freed
+  (:mod:`excise.train.optim`: no clipping, no accumulation, no backward in parts).
 
 Under every kind each process builds the same global batch and takes its own share, methods'
 caches are computed in ``prepare`` by every process on the whole model, and only the main process
@@ -35,7 +38,7 @@ import torch
 from accelerate import Accelerator
 
 from excise.errors import ConfigError
-from excise.train import fsdp, zero3
+from excise.train import fsdp, optim, recompute, zero3
 from excise.train.config import Batch, Context, Method, TrainConfig
 
 # Methods whose loss has a forget and a retain part backward the first before the second's forward
@@ -61,22 +64,26 @@ class Launch:
         return model
 
     def optimizer(self, named: dict[str, torch.nn.Parameter]) -> torch.optim.Optimizer:
-        """AdamW over the trained parameters; no weight decay on vectors (norms, biases)."""
+        """AdamW over the trained parameters (states as ``optimizer_states`` asks:
+        :mod:`excise.train.optim`); no weight decay on vectors (norms, biases)."""
         decay = [p for p in named.values() if p.ndim >= 2]
         no_decay = [p for p in named.values() if p.ndim < 2]
         groups = [
             {"params": decay, "weight_decay": self.config.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        return torch.optim.AdamW(
+        return optim.adamw(
+            self.config,
             [g for g in groups if g["params"] or self.empty_groups],
-            lr=self.config.lr,
-            # one fused kernel instead of a loop over tensors: the optimizer step took 12-31% of a
-            # full-model step on CPU and 0.11-0.22x of that fused (bench/README.md)
             fused=all(
                 p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in named.values()
             ),
+            seed=self.config.seed,
         )
+
+    def training(self, module: torch.nn.Module, optimizer) -> contextlib.AbstractContextManager:
+        """Around the training steps: activation checkpointing when asked."""
+        return recompute.recomputed(module, self.config.gradient_checkpointing)
 
     def prepare(self, ctx: Context, optimizer: torch.optim.Optimizer) -> Any:
         """Point ``ctx.model`` at the module the loss runs; return the optimizer to step."""
@@ -255,6 +262,39 @@ class Zero3(Sharded):
         self.engine.destroy()  # its hooks and buffers go with the copy
 
 
+class InBackward(Launch):
+    """One process, each weight stepped from its gradient hook in the backward
+    (``optimizer_in_backward``: :class:`excise.train.optim.InBackward`); no clipping."""
+
+    kind = "in-backward"
+    early_backward = False  # one backward of the whole loss: a second one would step again
+
+    def optimizer(self, named: dict[str, torch.nn.Parameter]) -> torch.optim.Optimizer:
+        config = self.config
+
+        def build(groups: list[dict[str, Any]], index: int) -> torch.optim.Optimizer:
+            param = groups[0]["params"][0]
+            groups[0]["weight_decay"] = optim.decay_of(param, config)
+            fused = param.device.type in ("cpu", "cuda") and param.is_floating_point()
+            return optim.adamw(config, groups, fused=fused, seed=hash((config.seed, index)))
+
+        return optim.InBackward(named, build)
+
+    def prepare(self, ctx: Context, optimizer: torch.optim.Optimizer) -> Any:
+        ctx.model = self.accelerator.prepare(ctx.model)  # the optimizer is stepped in hooks
+        return optimizer
+
+    def training(self, module: torch.nn.Module, optimizer) -> contextlib.AbstractContextManager:
+        stack = contextlib.ExitStack()
+        stack.enter_context(super().training(module, optimizer))
+        stack.enter_context(optimizer.hooked())
+        return stack
+
+    def step(self, named: dict[str, torch.nn.Parameter], optimizer) -> float:
+        optimizer.step()  # nothing left to do; the lr scheduler checks that it was called
+        return optimizer.grad_norm()  # applied in the backward, unclipped
+
+
 def choose_launch(config: TrainConfig, method: Method) -> Launch:
     """The launch this process runs under, with its Accelerator; refuses a method that cannot
     train a sharded model under FSDP or ZeRO-3."""
@@ -266,6 +306,12 @@ def choose_launch(config: TrainConfig, method: Method) -> Launch:
         kind = FSDP
     else:
         kind = DDP if accelerator.num_processes > 1 else Launch
+    if config.optimizer_in_backward:
+        if accelerator.num_processes > 1:
+            raise ConfigError(
+                "optimizer_in_backward runs in one process only (no ddp, fsdp or zero3 launch)"
+            )
+        kind = InBackward
     if kind.shards and not getattr(method, "shardable", True):
         name = getattr(method, "name", "this method")
         raise ConfigError(

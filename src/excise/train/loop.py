@@ -49,6 +49,8 @@ from excise.train.checkpoint import (
 from excise.train.config import Context, Method, TrainConfig, schedule
 from excise.train.launch import Launch, choose_launch
 from excise.train.lora import LoraSettings, add_adapters
+from excise.train.optim import check_states
+from excise.train.recompute import check_recompute
 from excise.train.signals import TrainingDiverged, TrainingInterrupted, stop_flag
 
 # Attention kernels the loop lets PyTorch choose from on a GPU (None: all). Its first choice on
@@ -96,6 +98,8 @@ def train(
         )
     set_seed(config.seed)
     launch = choose_launch(config, method)
+    check_states(config)  # before any long work
+    check_recompute(config, method, model)
     accelerator = launch.accelerator
     if config.batch_size % accelerator.num_processes:
         raise ConfigError(
@@ -147,7 +151,7 @@ def train(
         if ATTENTION is not None and accelerator.device.type == "cuda"
         else contextlib.nullcontext()
     )
-    with stop_flag() as interrupted, kernels:
+    with stop_flag() as interrupted, kernels, launch.training(trained, optimizer):
         for step in range(start, config.steps):
             totals = train_step(
                 ctx, method, config, launch, named, optimizer, scheduler, step, uses_retain
