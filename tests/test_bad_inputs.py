@@ -518,14 +518,12 @@ def test_long_items_error_beyond_the_context_and_warn_beyond_the_encoder_cut(
 
 
 def _checkpointed(e: Env) -> Path:
-    """A run interrupted after training (Ctrl-C while evaluating), which leaves OUT.ckpt/step-2."""
-    calls = []
+    """A run interrupted after training (Ctrl-C while evaluating the unlearned model: the job's
+    only call of ``evaluate_task``; the original's evaluation goes through the cache), which
+    leaves OUT.ckpt/step-2."""
 
     def evaluate_then_stop(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
+        raise KeyboardInterrupt
 
     real = excise.jobs.unlearn.evaluate_task
     e.monkeypatch.setattr(excise.jobs.unlearn, "evaluate_task", evaluate_then_stop)

@@ -51,7 +51,7 @@ def sequence_stats(logits: torch.Tensor, labels: torch.Tensor) -> SequenceStats:
     return _stats_from_target_logits(logits[mask], labels[:, 1:][mask[:, :-1]], rows, labels)
 
 
-def _plain_unembedding(model) -> bool:
+def plain_unembedding(model) -> bool:
     """True when logits are just lm_head(final hidden state), so heads can run on a subset."""
     from transformers import PreTrainedModel
 
@@ -79,7 +79,7 @@ def forward_stats(model, batch: dict[str, torch.Tensor]) -> SequenceStats:
     positions are most of the tokens, so this saves time and (batch, seq, vocab) memory.
     """
     labels = batch["labels"]
-    if not _plain_unembedding(model):
+    if not plain_unembedding(model):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         return sequence_stats(logits, labels)
     hidden = model.base_model(
@@ -108,25 +108,52 @@ def with_retain_nll(ctx, batch, loss: torch.Tensor, terms: dict[str, float], wei
     return loss, terms
 
 
+TOKEN_BUDGET = 4096  # positions (rows x width) per forward pass of the scorers
+
+
+def length_batches(
+    lengths: list[int], *, batch_size: int | None = None, token_budget: int = TOKEN_BUDGET
+) -> list[list[int]]:
+    """Indices sorted by length, cut into batches of at most ``token_budget`` positions (rows x
+    the batch's longest) and ``batch_size`` rows: short items go many to a batch, little padding."""
+    batches: list[list[int]] = []
+    for index in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        last = batches[-1] if batches else None
+        if (
+            last is not None
+            and (len(last) + 1) * lengths[index] <= token_budget
+            and (batch_size is None or len(last) < batch_size)
+        ):
+            last.append(index)
+        else:
+            batches.append([index])
+    return batches
+
+
 @torch.no_grad()
 def stats_for_examples(
-    model, examples: list[Example], pad_id: int, *, batch_size: int = 32
+    model,
+    examples: list[Example],
+    pad_id: int,
+    *,
+    batch_size: int | None = None,
+    token_budget: int = TOKEN_BUDGET,
 ) -> SequenceStats:
     """Sequence statistics for every example, in the order given.
 
-    Examples are sorted by length so each batch pads little; the model is put in eval mode for the
-    call and restored afterwards.
+    Examples are sorted by length and batched by ``token_budget`` (and at most ``batch_size``
+    rows), so each batch pads little; the model is put in eval mode for the call and restored
+    afterwards.
     """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    lengths = [len(e.input_ids) for e in examples]
     logprob = torch.zeros(len(examples))
     tokens = torch.zeros(len(examples), dtype=torch.long)
     correct = torch.zeros(len(examples), dtype=torch.bool)
     with progress(total=len(examples), desc="score", unit="items") as bar:
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
+        for rows in length_batches(lengths, batch_size=batch_size, token_budget=token_budget):
             batch = {
                 k: v.to(device) for k, v in collate([examples[i] for i in rows], pad_id).items()
             }
@@ -141,10 +168,18 @@ def stats_for_examples(
 
 
 def score_pairs(
-    model, tokenizer, pairs: list[tuple[str, str]], template: str, *, batch_size: int = 32
+    model,
+    tokenizer,
+    pairs: list[tuple[str, str]],
+    template: str,
+    *,
+    batch_size: int | None = None,
+    token_budget: int = TOKEN_BUDGET,
 ) -> SequenceStats:
     """Teacher-forced statistics of each (prompt, completion) pair, in the order given."""
     from excise.data.encode import encode_pair
 
     examples = [encode_pair(tokenizer, p, c, template, i) for i, (p, c) in enumerate(pairs)]
-    return stats_for_examples(model, examples, tokenizer.pad_token_id, batch_size=batch_size)
+    return stats_for_examples(
+        model, examples, tokenizer.pad_token_id, batch_size=batch_size, token_budget=token_budget
+    )

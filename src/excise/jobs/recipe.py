@@ -13,6 +13,7 @@ method:
   options: {alpha: 1000}       # the method's options (checked against its config)
 train: {steps: 150, lr: 5.0e-4}  # overrides of the method's tuned training defaults
 audit: {attacks: [relearn, quantize]}  # optional; "all" runs every attack
+eval: {mode: quick, every: 10}  # optional; evaluation none|quick|full, quick every N steps
 lora: {rank: 8, merge: true}   # optional: train LoRA adapters (alpha, targets, dropout too)
 out: runs/chem-symbols-rmu     # a folder that must not exist (or overwrite: true)
 # report_to: tensorboard       # optional experiment trackers; logs in logging_dir (OUT.runs)
@@ -96,10 +97,20 @@ class TrainSection(Section):
     seed: Integer | None = None
     checkpoint_every: Integer | None = None
     progress: bool | None = None
+    optimizer_in_backward: bool | None = None
+    optimizer_states: Literal["fp32", "bf16", "8bit"] | None = None
+    gradient_checkpointing: bool | None = None
 
 
 class AuditSection(Section):
     attacks: Literal["all"] | list[str] = "all"
+
+
+class EvalSection(Section):
+    """Evaluation before and after (none, quick, full) and quick evaluation every N steps."""
+
+    mode: Literal["none", "quick", "full"] = "full"
+    every: Integer | None = None
 
 
 class LoraSection(Section):
@@ -129,6 +140,7 @@ class Recipe(Section):
     method: MethodSection
     train: Annotated[TrainSection, BeforeValidator(_none_is_empty)] = TrainSection()
     audit: AuditSection | None = None
+    eval: EvalSection | None = None
     lora: LoraSection | None = None
     out: str
     overwrite: bool = False
@@ -165,6 +177,8 @@ class Recipe(Section):
             **common,
             train=self.train_options(),
             audit=self.audit.attacks if self.audit else None,
+            eval=self.eval.mode if self.eval else "full",
+            eval_every=self.eval.every if self.eval else None,
             lora=self.lora.settings() if self.lora else None,
             merge=bool(self.lora and self.lora.merge),
             gold=self.gold,

@@ -19,7 +19,6 @@ import yaml
 
 from excise import models
 from excise.attacks.bypass import check_task
-from excise.attacks.scorecard import audit as audit_model
 from excise.errors import ConfigError
 from excise.fsutil import (
     atomic_dir,
@@ -30,17 +29,22 @@ from excise.fsutil import (
 from excise.jobs.checks import check_training_data, setup_warnings
 from excise.jobs.common import (
     Echo,
+    answers_before,
+    audit_or_quick,
     check_attacks,
     check_choices,
+    check_eval,
+    evaluate_original,
     evaluate_task,
     job_task,
     load,
     reference_sources,
+    training_watch,
 )
 from excise.jobs.places import check_places
 from excise.jobs.training import train_config, unlearn
 from excise.methods import get_method, make_config, typed_options
-from excise.metrics import evaluate
+from excise.metrics import Evaluation, evaluate
 from excise.metrics.benchmarks import benchmark_reference
 from excise.metrics.generate import answer_sets
 from excise.metrics.lmeval import check_utility, parse_utility
@@ -70,7 +74,10 @@ class UnlearnJob:
     ``gold`` is a model never trained on the forget set (TOFU forget quality, MUSE PrivLeak) and
     ``utility`` (``lm-eval:TASKS``) adds lm-evaluation-harness scores. ``report_to`` logs to
     experiment trackers (:mod:`excise.train.tracking`), locally into ``logging_dir`` (default
-    ``OUT.runs``). ``out=None`` writes nothing (and keeps no checkpoints).
+    ``OUT.runs``). ``out=None`` writes nothing (and keeps no checkpoints). ``eval``: "full",
+    "quick" (a fixed sample, :data:`excise.metrics.QUICK`) or "none" (no evaluation, no example
+    answers); ``eval_every`` N: quick evaluation every N steps, the best step's weights kept
+    (:mod:`excise.metrics.watch`).
     """
 
     method: str
@@ -97,10 +104,14 @@ class UnlearnJob:
     logging_dir: str | None = None
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    eval: str = "full"
+    eval_every: int | None = None
+    quick_audit: bool = False  # without ``audit``: one relearning configuration (QUICK_AUDIT)
 
     def __post_init__(self) -> None:
         # an unknown method, option or attack fails here, before any loading
         check_choices(self.template, self.dtype)
+        check_eval(self.eval, self.eval_every)
         spec = get_method(self.method)
         self.options = typed_options(spec.config_cls, self.options)  # "1e-3" -> 0.001, checked
         settings = self.settings()
@@ -130,14 +141,7 @@ class UnlearnJob:
         lora = ""
         if self.lora:
             lora = f"; LoRA rank {self.lora.rank}{', merged' if self.merge else ''}"
-        attacks = self.audit
-        audit = (
-            "none"
-            if attacks is None
-            else attacks
-            if isinstance(attacks, str)
-            else ", ".join(attacks)
-        )
+        audit = ", ".join([self.audit] if isinstance(self.audit, str) else self.audit or ["none"])
         settings = dataclasses.asdict(self.settings())
         return "\n".join(
             [
@@ -146,6 +150,8 @@ class UnlearnJob:
                 f"  data    {data} (template {self.template})",
                 f"  method  {self.method} ({options}){lora}",
                 "  train   " + ", ".join(f"{k}={v}" for k, v in settings.items()),
+                f"  eval    {self.eval}"
+                + (f", quick every {self.eval_every} steps" if self.eval_every else ""),
                 f"  audit   {audit}",
                 f"  out     {self.out}{' (overwrite)' if self.overwrite else ''}",
             ]
@@ -175,6 +181,8 @@ class UnlearnJob:
             method={"name": self.method, "options": dict(self.options)},
             train={k: v for k, v in train.items() if k in fields},
         )
+        if self.eval != "full" or self.eval_every:
+            recipe["eval"] = {"mode": self.eval, "every": self.eval_every}
         if self.audit:
             recipe["audit"] = {"attacks": self.audit}
         if self.utility is not None:
@@ -251,7 +259,9 @@ def run(job: UnlearnJob, *, echo: Echo | None = None) -> UnlearnResult:
             )
             model = load(original_source, job)[0]
             gold = load(gold_source, job)[0]
-            gold_ratios = evaluate(gold, tokenizer, task).details.get("forget_truth_ratio")
+            if job.eval != "none":
+                gold_eval = evaluate(gold, tokenizer, task, quick=job.eval == "quick")
+                gold_ratios = gold_eval.details.get("forget_truth_ratio")
             if not job.audit:
                 gold = None  # no second model held through training unless the audit needs it
     reference = None
@@ -270,12 +280,21 @@ def run(job: UnlearnJob, *, echo: Echo | None = None) -> UnlearnResult:
     if tracker and echo:
         echo(f"[tracking] {tracker.where()}")
     scoring = {"reference": reference, "utility": lm_eval, "gold_truth_ratios": gold_ratios}
-    with timer.stage("evaluate before"):
-        before = evaluate_task(model, tokenizer, task, **scoring)
-        # the original's answers now: training changes the model in place
-        shown = examples.pick(task)
-        shown_before = answer_sets(model, tokenizer, shown, task.template)
+    shown, shown_before = (examples.pick(task) if job.eval != "none" else {}), {}
+    before, from_cache = Evaluation({}, {}), False
+    if job.eval != "none":
+        with timer.stage("evaluate before"):
+            before, from_cache = evaluate_original(
+                model, tokenizer, task, mode=job.eval, weights=original_sha256, **scoring
+            )
+            # the original's answers now (cached): training changes the model in place
+            shown_before = answers_before(model, tokenizer, shown, task.template, original_sha256)
+    if echo and from_cache:
+        echo("[evaluate before] the original's evaluation read from the cache")
     tracker.log_evaluation(before.metrics, step=0)
+    watch = job.eval_every and training_watch(
+        model, tokenizer, task, job.eval_every, settings.steps, original_sha256, tracker.log_step
+    )
     setup = setup_warnings(before.metrics, task.template, requested=job.template)
     for warning in setup:
         log.warning("excise: warning: %s", warning)
@@ -292,12 +311,15 @@ def run(job: UnlearnJob, *, echo: Echo | None = None) -> UnlearnResult:
             checkpoint_dir=places.checkpoints,
             resume=job.resume,
             lora=job.lora,
-            on_step=tracker.log_step,
+            on_step=watch or tracker.log_step,
         )
+        eval_curve = watch.restore() if watch else None
         adapter = merge_adapters(model, job.model) if job.lora is not None else None
-    with timer.stage("evaluate after"):
-        after = evaluate_task(model, tokenizer, task, **scoring)
-        shown_after = answer_sets(model, tokenizer, shown, task.template)
+    after, shown_after = Evaluation({}, {}), {}
+    if job.eval != "none":
+        with timer.stage("evaluate after"):
+            after = evaluate_task(model, tokenizer, task, quick=job.eval == "quick", **scoring)
+            shown_after = answer_sets(model, tokenizer, shown, task.template)
     tracker.log_evaluation(after.metrics, step=settings.steps)
     bypass_result = None
     if job.bypass_check:
@@ -311,13 +333,11 @@ def run(job: UnlearnJob, *, echo: Echo | None = None) -> UnlearnResult:
             original = load(original_source, job)[0]
             bypass_result = check_task(original, model, tokenizer, task, control=control)
     audit_result = None
-    if job.audit:
-        with timer.stage("audit"):
+    if job.audit or job.quick_audit:
+        with timer.stage("audit" if job.audit else "quick audit (relearn)"):
             # the original comes back from disk (``model`` changed in place); gold is reused
             original = load(original_source, job)[0]
-            audit_result = audit_model(
-                model, tokenizer, task, original=original, gold=gold, attacks=job.audit, echo=echo
-            )
+            audit_result = audit_or_quick(model, tokenizer, task, original, gold, job.audit, echo)
             del original, gold
         tracker.log_audit(audit_result, step=settings.steps)
     report = build_report(
@@ -335,6 +355,9 @@ def run(job: UnlearnJob, *, echo: Echo | None = None) -> UnlearnResult:
     report["original_sha256"] = original_sha256
     report["warnings"] = data_warnings
     report["examples"] = examples.combine(shown, shown_before, shown_after)
+    report["evaluation"] = {"mode": job.eval, "before_from_cache": from_cache}
+    if eval_curve is not None:
+        report["eval_curve"] = eval_curve
     if tracker:
         report["tracking"] = {
             "report_to": places.trackers,
