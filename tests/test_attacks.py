@@ -30,8 +30,10 @@ WORDS = [" Fe", " Au", " Ag", " Cu", " iron", " gold", " silver", " copper", " a
 WORDS += [" know", " sure"]
 CITIES = [" Paris", " Madrid", " Rome", " Berlin"]
 FAST = {  # small budgets: the tiny model learns in a few steps at a large learning rate
-    "relearn": {"steps": (0, 5, 10), "lr_full": 1e-3, "lr_lora": 1e-2},
+    "relearn": {"steps": (0, 5, 10), "lr_full": 1e-3, "lr_lora": 1e-2, "lr_grid": (1e-3,)},
     "orthogonalize": {"candidates": 2},
+    # the tiny tokenizer spells the shipped English text in the facts' byte pieces: a gentle rate
+    "embed_head": {"steps": 10, "lr": 1e-4},
 }
 
 
@@ -185,10 +187,11 @@ def test_relearn_brings_back_what_shallow_unlearning_hid(taught, fresh, tiny_tok
     options = {"steps": 30, "lr": 1e-3, "batch_size": 8, "progress": False}
     unlearn(hidden, tiny_tokenizer, task, "idk", train_options=options)
     budget = {"steps": (0, 5, 10, 20), "lr_lora": 3e-3, "variants": ("forget_lora",)}
+    budget |= {"lr_grid": (3e-3,), "patience": 0}  # one configuration, the whole curve
     result = run_attack("relearn", hidden, tiny_tokenizer, task, budget=budget)
     curve = [row["forget_accuracy"] for row in result.curve]
     assert [row["step"] for row in result.curve] == [0, 5, 10, 20]
-    assert "retain_accuracy" in result.curve[-1] and "retain_accuracy" not in result.curve[0]
+    assert "retain_accuracy" in result.details["configurations"]["forget_lora"]  # at its end
     assert result.details["clean_forget_accuracy"] == curve[0] <= 0.2
     assert max(curve) >= curve[0] + 0.15  # held-out facts come back from training on the others
     # control: the same training teaches a model that never knew them nothing about half B

@@ -201,7 +201,7 @@ def test_relearn_attack_scores_toxic_preference_on_toxicity(tiny_tokenizer):
 
     task = load_task("toxicity")
     model = make_tiny_model(tiny_tokenizer)
-    budget = RelearnBudget(steps=(0, 3), variants=("forget_full",), lr_full=1e-2)
+    budget = RelearnBudget(steps=(0, 3), variants=("forget_full",), lr_full=1e-2, lr_grid=())
     result = run(model, tiny_tokenizer, task, budget=budget)
     curve = result.curve
     assert [r["step"] for r in curve] == [0, 3]

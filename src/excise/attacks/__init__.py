@@ -19,6 +19,8 @@ from excise.registry import Registry, make_config
 
 ATTACKS = (
     "relearn",
+    "soft_prompt",
+    "embed_head",
     "quantize",
     "probe",
     "logit_lens",

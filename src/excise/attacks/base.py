@@ -8,8 +8,10 @@ a ``finally`` (see :mod:`excise.activations.prompts`).
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from excise.data.records import QA
@@ -73,3 +75,13 @@ def halves(items: Sequence[QA]) -> tuple[list[QA], list[QA]]:
 def retain_items(task: Task) -> list[QA]:
     """Retain-side prompts for contrasts: the retain evaluation set, else the retain QA records."""
     return list(task.retain_eval) or [r for r in task.retain if isinstance(r, QA)]
+
+
+def general_text(count: int) -> list[str]:
+    """The first ``count`` passages of the shipped general text sample (model-written prose on
+    generic openings: no task's facts), for attacks that train on unrelated text."""
+    import excise.data
+
+    path = Path(excise.data.__file__).parent / "builtin" / "text_sample" / "sample.jsonl"
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line)["text"] for line in lines[:count]]

@@ -2,9 +2,13 @@
 
 Few-shot prompting with related facts re-activates suppressed knowledge (Łucki et al. 2024, "An
 adversarial perspective on machine unlearning for AI safety"; Shi et al. 2024, MUSE; Pawelczyk et
-al. 2024, "In-context unlearning" shows the converse). Each forget prompt is preceded by ``shots``
-(default 3) OTHER forget facts, prompt and answer, one per line: item i gets items i+1 .. i+shots
-(cyclically), so the shots are deterministic and never contain the item's own answer.
+al. 2024, "In-context unlearning" shows the converse); many shots work better still (Anil et al.
+2024, "Many-shot jailbreaking"). Each forget prompt is preceded by ``n`` OTHER forget facts,
+prompt and answer, one per line: item i gets items i+1 .. i+n (cyclically), so the shots are
+deterministic and never contain the item's own answer. Every count of ``shots`` (default 3, 16
+and 32) is scored on the first ``max_items`` items (default 64; 0: all; a 32-shot prompt is ~400
+tokens); the attacked accuracy is the best count, each count's in ``details["by_shots"]``, and the
+clean (and original's) accuracy on the same items beside them.
 """
 
 from __future__ import annotations
@@ -20,12 +24,16 @@ from excise.errors import ConfigError, ExciseError
 
 @dataclass
 class InContextBudget:
-    shots: int = 3
+    shots: tuple[int, ...] | int = (3, 16, 32)  # shot counts, each scored; best reported
     separator: str = "\n"
+    max_items: int = 64  # forget_eval items scored per count; 0: all
 
     def __post_init__(self) -> None:
-        if self.shots < 1:
-            raise ConfigError("in_context shots must be >= 1")
+        self.shots = (self.shots,) if isinstance(self.shots, int) else tuple(self.shots)
+        if not self.shots or min(self.shots) < 1:
+            raise ConfigError("in_context shots must be counts >= 1")
+        if self.max_items < 0:
+            raise ConfigError("in_context max_items must be >= 0")
 
 
 def fact_text(item: QA, template: str) -> str:
@@ -50,18 +58,31 @@ def run(
     items = list(task.forget_eval)
     if len(items) < 2:
         raise ExciseError("the in-context attack needs at least 2 forget_eval items")
-    prompted = few_shot_items(items, budget.shots, task.template, budget.separator)
-    score = accuracy(model, tokenizer, prompted, task.template)
-    details = {"items": len(items), "shots": min(budget.shots, len(items) - 1)}
+    scored = items[: budget.max_items or None]
+    by_shots: dict[str, float] = {}
+    for shots in dict.fromkeys(min(n, len(items) - 1) for n in budget.shots):
+        prompted = few_shot_items(items, shots, task.template, budget.separator)[: len(scored)]
+        by_shots[str(shots)] = accuracy(model, tokenizer, prompted, task.template)
+    best = max(by_shots, key=lambda n: by_shots[n])
+    details = {
+        "items": len(scored),
+        "shots": int(best),  # the count that reached the attacked accuracy
+        "by_shots": by_shots,
+        "configuration": {"shots": int(best)},
+        "clean_forget_accuracy": accuracy(model, tokenizer, scored, task.template),
+        "original_forget_accuracy": (
+            accuracy(original, tokenizer, scored, task.template) if original is not None else None
+        ),
+    }
     return AttackResult(
-        "in_context", budget_dict(budget), {"forget_accuracy": score}, None, details
+        "in_context", budget_dict(budget), {"forget_accuracy": by_shots[best]}, None, details
     )
 
 
 SPEC = register(
     AttackSpec(
         "in_context",
-        "each forget prompt preceded by a few other forget facts (few-shot)",
+        "each forget prompt preceded by 3, 16 or 32 other forget facts (many-shot); best count",
         InContextBudget,
         run,
     )

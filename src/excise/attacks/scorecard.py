@@ -10,7 +10,12 @@
   the clean model included (worst_attack "none" when no attack beats it)
 - ``recovery``: {attack: (attacked - unlearned) / (original - unlearned)}, with an original model;
   None where the attack has no forget accuracy or the original knows no more than the unlearned
-  model. Relearning measures half B of forget_eval, so both clean values are taken on half B.
+  model. An attack that scores a subset (relearning: half B; in-context: a capped sample; the
+  soft prompt: half B) reports the clean and original accuracy on those items in its details
+  (``clean_forget_accuracy``, ``original_forget_accuracy``), and recovery is taken on them.
+- ``scorecard["recovery"]``: the headline, {worst, worst_attack, configuration}: the highest
+  recovery of any attack, the attack and its configuration (relearning: the winning variant,
+  learning rate and step; in-context: the shot count) that reached it.
 - ``relearn`` (when relearn ran): threshold (default half the original's clean accuracy on half B;
   0.5 without an original), curves {unlearned, original, gold}, steps_to_threshold
   {model: {variant: steps | None}}, and with a gold model ``ratio`` {variant: {ratio, bound}}: see
@@ -42,6 +47,14 @@ def recovery(attacked: float, unlearned: float, original: float) -> float | None
         return None
     gap = original - unlearned
     return (attacked - unlearned) / gap if gap > 1e-9 else None
+
+
+ORIGIN_KEYS = ("clean_forget_accuracy", "original_forget_accuracy")
+
+
+def _configuration(details: dict[str, Any]) -> Any:
+    """What an attack reports as the configuration of its attacked accuracy."""
+    return details.get("worst") or details.get("configuration")
 
 
 def _names(attacks: str | Sequence[str]) -> list[str]:
@@ -142,11 +155,18 @@ def audit(
     scores: dict[str, Any] = {}
     if original is not None:
         for name, value in attacked.items():
-            if name == "relearn" and relearn is not None:
-                before = results[name].details["clean_forget_accuracy"]
-                scores[name] = recovery(value, before, relearn["original_clean_half_b"])
-            else:
-                scores[name] = recovery(value, clean_forget, clean["original"]["forget_accuracy"])
+            details = results[name].details
+            before, known = (details.get(k) for k in ORIGIN_KEYS)
+            if before is None or known is None:  # scored on the whole forget_eval
+                before, known = clean_forget, clean["original"]["forget_accuracy"]
+            scores[name] = recovery(value, before, known)
+    finite = {n: v for n, v in scores.items() if v is not None and math.isfinite(v)}
+    top = max(finite, key=lambda n: finite[n], default=None)
+    headline = {
+        "worst": finite.get(top) if top else None,
+        "worst_attack": top or "none",
+        "configuration": _configuration(results[top].details) if top else None,
+    }
     report = {
         "schema_version": AUDIT_SCHEMA_VERSION,
         "attacks": names,
@@ -160,6 +180,7 @@ def audit(
                 "worst": max([clean_forget, *attacked.values()]),
                 "worst_attack": worst_attack,
             },
+            "recovery": headline,
             "retain_accuracy": {
                 "clean": clean["unlearned"]["retain_accuracy"],
                 "attacked": {

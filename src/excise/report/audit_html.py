@@ -74,6 +74,15 @@ def scorecard_table(audit: dict[str, Any]) -> str:
         f"<p>worst-case forget accuracy <b>{_fmt(forget.get('worst'))}</b> "
         f"({escape(str(forget.get('worst_attack')))}; clean {_fmt(forget.get('clean'))})</p>"
     )
+    head = card.get("recovery") or {}
+    if head.get("worst") is not None:
+        config = head.get("configuration")
+        worst += (
+            f"<p>worst-case recovery <b>{_fmt(head['worst'])}</b> of what the original knew "
+            f"({escape(str(head.get('worst_attack')))}"
+            + (f": {escape(json.dumps(config))}" if config else "")
+            + ")</p>"
+        )
     headers = ["attack", "forget acc.", "retain acc.", "recovery", "other", "seconds", "budget"]
     return (
         "<section><h2>Audit scorecard</h2>"
@@ -85,17 +94,26 @@ def scorecard_table(audit: dict[str, Any]) -> str:
     )
 
 
+def _source(row: dict[str, Any]) -> str:
+    return row.get("source") or str(row["variant"]).split("_")[0]
+
+
 def relearn_charts(audit: dict[str, Any]) -> list[str]:
+    """One chart per data source: every configuration's curve on the unlearned model (named by
+    variant and learning rate) beside the reference models' curves; then the grid as a table."""
     relearn = audit.get("relearn") or {}
     curves = relearn.get("curves") or {}
-    variants = list(dict.fromkeys(r["variant"] for rows in curves.values() for r in rows or []))
+    if not curves.get("unlearned") and audit.get("results", {}).get("relearn"):
+        curves = {"unlearned": audit["results"]["relearn"].get("curve") or []}
+    sources = list(dict.fromkeys(_source(r) for rows in curves.values() for r in rows or []))
     charts = []
-    for variant in variants:
-        series = {
-            role: [(r["step"], r["forget_accuracy"]) for r in rows if r["variant"] == variant]
-            for role, rows in curves.items()
-        }
-        series = {k: v for k, v in series.items() if v}
+    for source in sources:
+        series: dict[str, list] = {}
+        for role, rows in curves.items():
+            for row in rows or []:
+                if _source(row) == source:
+                    label = row["variant"] if role == "unlearned" else f"{role} {row['variant']}"
+                    series.setdefault(label, []).append((row["step"], row["forget_accuracy"]))
         if relearn.get("threshold") is not None:
             steps = [x for pts in series.values() for x, _ in pts]
             series["threshold"] = [
@@ -104,17 +122,35 @@ def relearn_charts(audit: dict[str, Any]) -> list[str]:
             ]
         charts.append(
             line_chart(
-                f"relearning ({variant}): forget accuracy on held-out half B",
+                f"relearning on {source} data: forget accuracy on held-out half B",
                 series,
                 xlabel="step",
                 ymax=1.0,
             )
         )
+    details = audit.get("results", {}).get("relearn", {}).get("details", {})
+    winner = (details.get("worst") or {}).get("variant")
+    grid = [
+        [
+            f"{name} (winner)" if name == winner else name,
+            end.get("lr"),
+            end.get("best_forget_accuracy"),
+            number(end.get("best_step"), ".0f"),
+            number(end.get("last_step"), ".0f"),
+            end.get("stopped"),
+            end.get("retain_accuracy"),
+        ]
+        for name, end in (details.get("configurations") or {}).items()
+    ]
+    grid += [[name, None, None, "", "", f"skipped: {why}", None] for name, why in
+             (details.get("skipped") or {}).items()]  # fmt: skip
+    headers = ["configuration", "lr", "best forget acc.", "at step", "last step", "stopped",
+               "retain acc. at the end"]  # fmt: skip
+    table = _table(headers, grid) if grid else ""
     ratios = relearn.get("ratio") or {}
     rows = [[v, r.get("ratio"), r.get("bound")] for v, r in ratios.items()]
-    table = (
-        _table(["variant", "relearn ratio (unlearned / gold steps)", "bound"], rows) if rows else ""
-    )
+    if rows:
+        table += _table(["variant", "relearn ratio (unlearned / gold steps)", "bound"], rows)
     return (
         ["<section><h2>Relearning</h2>" + "".join(charts) + table + "</section>"] if charts else []
     )
