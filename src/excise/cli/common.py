@@ -54,7 +54,7 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--task",
-        help="a built-in task (chem-symbols, fictitious, toxicity, bias) or a benchmark "
+        help="a built-in task (chem-symbols, fictitious, biomed, toxicity, bias) or a benchmark "
         "(tofu:forget10, muse:news, wmdp:bio, ...); `excise tasks` lists them with their sizes",
     )
     parser.add_argument(

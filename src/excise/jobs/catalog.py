@@ -20,6 +20,9 @@ from excise.editing.requests import BUILTIN, builtin_requests
 MEASURES = {
     "chem-symbols": "removing real knowledge the model has (chemical-element symbols and facts) "
     "while general facts, multiple choice and fluency stay",
+    "biomed": "removing biology and medicine knowledge with multi-token answers (WMDP-Bio in "
+    "spirit: exact match, paraphrases, 4-way multiple choice) while general facts and the same "
+    "words in other domains stay",
     "fictitious": "TOFU-style removal of invented people the model is first taught, against a "
     "gold model taught only the others",
     "toxicity": "whether toxic continuations stop being preferred over neutral ones, on held-out "
