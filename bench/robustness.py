@@ -92,23 +92,13 @@ DEFAULT_OPTIONS = {
         "text_passages": 240,
         "text_tokens": 32,
     },
-    # that mask on the rmu model with no distillation steps (rmu, then the text-ranked Fisher
-    # perturbation). Full audit: retain 0.95 of the original, ppl 24.7, worst forget 0.15 (relearn)
-    "chem-symbols/distill@ssd03rank": {
-        "init_method": "rmu",
-        "alpha": 0.8,
-        "perturb_fraction": 0.0003,
-        "mask_text_passages": 256,
-        "text_tokens": 32,
-    },
+    # that mask on the rmu model with no distillation steps is token surgery, not distillation:
+    # the fisher_noise method (its defaults are these settings: rmu, then the text-ranked Fisher
+    # perturbation of 0.03%). Full audit: retain 0.95 of the original, ppl 24.7, worst forget 0.15
+    # (relearn); it moves ~274 embedding rows of chemistry words (issue #23)
+    "chem-symbols/fisher_noise": {},
     # 0.1% of the entries: relearning peak 0.05, but retain 0.88 and ppl 26.0 (bench/README.md)
-    "chem-symbols/distill@ssd1rank": {
-        "init_method": "rmu",
-        "alpha": 0.8,
-        "perturb_fraction": 0.001,
-        "mask_text_passages": 256,
-        "text_tokens": 32,
-    },
+    "chem-symbols/fisher_noise@1": {"perturb_fraction": 0.001},
 }
 DEFAULT_TRAIN = {
     "fictitious/tar": {"steps": 20},
@@ -120,8 +110,6 @@ DEFAULT_TRAIN = {
     "distill@ssd1text": {"steps": 60},
     "distill@ssd03text": {"steps": 60},
     "distill@ssd03textrank": {"steps": 60},
-    "distill@ssd03rank": {"steps": 0},
-    "distill@ssd1rank": {"steps": 0},
 }
 
 

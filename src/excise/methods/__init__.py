@@ -16,7 +16,21 @@ from excise.registry import Registry, make_config, typed_options
 
 __all__ = ["METHODS", "MethodSpec", "get_method", "make_config", "register", "typed_options"]
 
-UNLEARNING = ("ga", "graddiff", "npo", "simnpo", "idk", "dpo", "rmu", "rr", "tar", "distill")
+UNLEARNING = (
+    "ga",
+    "graddiff",
+    "npo",
+    "simnpo",
+    "sam_npo",
+    "idk",
+    "dpo",
+    "rmu",
+    "rr",
+    "tar",
+    "distill",
+    "task_vector",
+    "fisher_noise",
+)
 MODULES = (*UNLEARNING, "finetune")
 
 

@@ -22,6 +22,9 @@
    partition {teacher's top-k tokens, everything else} (exact for the kept tokens, a lower bound
    of the full KL).
 
+``steps`` must be >= 1: with none nothing is distilled, and the perturbation alone (with a
+``perturb_fraction`` mask, token surgery on chem-symbols) is the ``fisher_noise`` method.
+
 Hyper-parameters: ``init_method`` ("npo"; None distills the model as given), ``init_options``,
 ``init_train`` (overrides of the init method's tuned training defaults), ``alpha`` (0.1),
 ``noise_scale`` beta (1.0), ``top_k`` (64), ``include_forget`` (False), ``text_passages`` (0),
@@ -188,6 +191,11 @@ def kl_to_teacher(logits: torch.Tensor, batch, table, rows: list[int]) -> torch.
 
 def prepare(ctx) -> None:
     model, config = ctx.unwrapped, ctx.config
+    if ctx.state.get("steps", 1) < 1:
+        raise ConfigError(
+            "distill needs steps >= 1: with 0 steps nothing is distilled and only the noise "
+            "is left; that is the fisher_noise method (--method fisher_noise)"
+        )
     for param in model.parameters():
         param.requires_grad_(True)
     if (earlier := recall(model, "distill")) is not None:
