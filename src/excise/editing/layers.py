@@ -20,6 +20,8 @@ WINDOWS: dict[str, tuple[float, float, float]] = {
     "qwen3": (4 / 28, 8 / 28, 5 / 28),
     "gemma": (4 / 28, 8 / 28, 5 / 28),
     "gemma2": (4 / 26, 8 / 26, 5 / 26),
+    # Gemma 3: Gemma 2's fractions (no published edit layers yet); 18 layers -> MEMIT 3-6, ROME 3
+    "gemma3_text": (4 / 26, 8 / 26, 5 / 26),
     "phi3": (4 / 32, 8 / 32, 5 / 32),
     "olmo2": (4 / 32, 8 / 32, 5 / 32),
     "gpt2": (13 / 48, 17 / 48, 17 / 48),

