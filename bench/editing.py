@@ -9,6 +9,9 @@
     python bench/editing.py damage    [--edits 10] [--variants JSON]
                                        one batch: unrelated facts lost to the edit vs to a random
                                        change of the same norm in the same weights
+    python bench/editing.py ripple    [--edits 20] [--methods memit] [--options JSON]
+                                       the same requests edited at once with and without
+                                       --ripple: edit metrics (teacher forced and generation)
     python bench/editing.py sequential-report
                                        bench/results/editing-sequential.{json,md} from the traces
 
@@ -455,11 +458,66 @@ def bench_damage(args) -> None:
     (RESULTS / "editing-damage.json").write_text(json.dumps(rows, indent=1) + "\n")
 
 
+def bench_ripple(args) -> None:
+    """The first ``--edits`` requests edited at once by each method, plain and with ripple (the
+    implied facts the model knows, :mod:`excise.editing.ripple`); every edit metric teacher
+    forced and by generation, on the requests only (the implied ones are not scored). Rows are
+    appended to ``bench/results/editing-ripple.json`` as they finish."""
+    from excise.editing import edit
+    from excise.editing.metrics import edit_metrics
+
+    model, tokenizer, requests = _setup(args.threads, args.requests)
+    chosen = requests[: args.edits]
+    options = json.loads(args.options)
+    path = RESULTS / "editing-ripple.json"
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    for method in args.methods.split(","):
+        for ripple in (False, True):
+            started = time.perf_counter()
+            result = edit(
+                model,
+                tokenizer,
+                chosen,
+                method,
+                progress=False,
+                prefixes=args.prefixes,
+                preserve=args.preserve,
+                ripple=ripple or None,
+                **options,
+            )
+            edited = time.perf_counter() - started
+            metrics = edit_metrics(result.model, tokenizer, chosen, fluency_sample=0)
+            row = {
+                "method": method,
+                "ripple": ripple,
+                "edits": len(chosen),
+                "implied": len(result.implied),
+                "options": options,
+                "prefixes": args.prefixes,
+                "edit_s": round(edited, 1),
+                "metrics": metrics,
+                "implied_sample": result.implied[:12],
+                "date": time.strftime("%Y-%m-%d"),
+            }
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "implied_sample"}), flush=True)
+            path.write_text(json.dumps(rows, indent=1) + "\n")
+            del result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
         "what",
-        choices=("time", "stats", "sequential", "sequential-report", "nullspace", "damage"),
+        choices=(
+            "time",
+            "stats",
+            "sequential",
+            "sequential-report",
+            "nullspace",
+            "damage",
+            "ripple",
+        ),
     )
     parser.add_argument("--edits", default=None)
     parser.add_argument("--sizes", default="1000,10000,100000")
@@ -493,6 +551,9 @@ def main() -> None:
     elif args.what == "damage":
         args.edits = int(args.edits or 10)
         bench_damage(args)
+    elif args.what == "ripple":
+        args.edits = int(args.edits or 20)
+        bench_ripple(args)
     elif args.what == "sequential":
         args.edits = int(args.edits or SEQUENTIAL_EDITS)
         bench_sequential(args)

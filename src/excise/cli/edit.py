@@ -59,6 +59,22 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         choices=("stop", "warn"),
         help="what --min-retain does when retain accuracy falls below it",
     )
+    edit.add_argument(
+        "--ripple",
+        nargs="?",
+        const="builtin",
+        metavar="RELATIONS",
+        help="also edit the facts each request implies (the model's own answers about the new "
+        "object, e.g. the new country's capital and language), in the same batch; RELATIONS: a "
+        "relation-templates JSON file (default: the shipped one)",
+    )
+    edit.add_argument(
+        "--guard",
+        action="store_true",
+        help="memit/alphaedit, for --sequential: drift guard (stop each target once it is the "
+        "most probable answer, pull the weights toward the starting ones: --set norm_anchor=A, "
+        "cap each update: --set max_update=R)",
+    )
     edit.add_argument("--no-generation", action="store_true", help="teacher-forced metrics only")
     edit.add_argument(
         "--template",

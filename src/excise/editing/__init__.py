@@ -4,6 +4,9 @@
 sequential batches, and returns an :class:`EditResult` holding the model, the exact weight deltas
 (float64, reversible: :mod:`excise.editing.delta`), per-batch diagnostics, refused edits and, when
 a monitor is given, the retain/utility trace that can stop a collapsing sequence.
+
+``ripple`` edits the facts each request implies with it (:mod:`excise.editing.ripple`);
+``guard`` turns on the drift guard for sequential runs (:mod:`excise.editing.guard`).
 """
 
 from __future__ import annotations
@@ -72,10 +75,13 @@ class EditResult:
     refused: list[dict[str, Any]]
     stopped: str | None = None  # why a sequential run stopped early, if it did
     preserved: int = 0  # texts in the preservation set
+    implied: list[dict[str, Any]] = field(default_factory=list)  # ripple: the extra requests
 
     @property
     def applied(self) -> int:
-        return sum(b["size"] for b in self.batches) - len(self.refused)
+        """Requests applied (implied ripple requests not counted)."""
+        refused = [r for r in self.refused if "+ripple" not in r["case_id"]]
+        return sum(b["size"] for b in self.batches) - len(refused)
 
 
 def make_config(name: str, options: dict[str, Any] | None) -> Any:
@@ -101,6 +107,8 @@ def edit(
     on_drop: str = "stop",
     progress: bool = True,
     echo: Callable[[str], None] | None = None,
+    ripple: str | bool | None = None,
+    guard: bool = False,
     **options: Any,
 ) -> EditResult:
     """Apply ``requests`` with ``method``; ``batch_size`` splits them into sequential batches.
@@ -111,11 +119,15 @@ def edit(
     default (:mod:`excise.editing.preserve`). ``in_place=False`` (default) edits a copy and
     leaves ``model`` untouched; ``True`` changes ``model`` itself. After each batch ``monitor(model)`` (if given) is recorded; when
     ``monitor[monitor_key]`` falls below ``min_monitor`` the run stops (``on_drop="stop"``) or
-    warns and continues (``"warn"``).
+    warns and continues (``"warn"``). ``ripple`` (True: the shipped relation templates; a path:
+    your own) adds each request's implied facts, read from the unedited model, to its batch.
+    ``guard=True`` sets the drift guard's defaults under ``options`` (memit, alphaedit).
     """
     from excise.editing.delta import difference, merge, snapshot
+    from excise.editing.guard import guard_options
     from excise.editing.preserve import preserved_moments
     from excise.editing.preserve import resolve as resolve_preserve
+    from excise.editing.ripple import implied_requests, load_relations, with_implied
     from excise.editing.stats import key_stats
     from excise.editing.targets import context_prefixes
     from excise.models import clone_model
@@ -127,10 +139,20 @@ def edit(
     if batch_size is not None and batch_size < 1:
         raise ConfigError("batch_size (--sequential) must be >= 1")
     spec = EDITORS.get(method)
+    if guard:
+        options = guard_options(method, options)
     config = make_config(method, options)
+    relations = load_relations(None if ripple is True else ripple) if ripple else None
     kept = resolve_preserve(method, preserve, requests)
     target = model if in_place else clone_model(model)
     layers = config.layers_for(target)
+    implied = (
+        implied_requests(target, tokenizer, requests, relations, template=template)
+        if relations
+        else []
+    )
+    if echo and relations:
+        echo(f"ripple: {len(implied)} implied facts added to {len(requests)} requests")
     if stats is None and spec.needs_stats:
         stats = key_stats(
             target,
@@ -165,13 +187,14 @@ def edit(
     ):
         started = time.perf_counter()
         before = snapshot(target, names)
-        outcome = spec.apply(ctx, chunk)
+        outcome = spec.apply(ctx, with_implied(chunk, implied))
         merge(deltas, difference(target, before))
         refused.extend(outcome.refused)
         nll = outcome.target_nll or [float("nan")]
         record = {
             "batch": index,
             "size": len(chunk),
+            "implied": len(with_implied(chunk, implied)) - len(chunk),
             "target_nll": sum(nll) / len(nll),
             "seconds": time.perf_counter() - started,
         }
@@ -208,4 +231,9 @@ def edit(
         refused,
         stopped,
         len(kept),
+        [
+            {"parent": i.parent, "prompt": i.request.text(), "target_new": i.request.target_new}
+            | {"target_true": i.request.target_true, "asked": i.asked, "confidence": i.confidence}
+            for i in implied
+        ],
     )

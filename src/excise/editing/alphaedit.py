@@ -37,7 +37,10 @@ from dataclasses import dataclass
 
 import torch
 
+from excise.arch import block_part
 from excise.editing import EDITORS, EditorSpec, EditOutcome
+from excise.editing.guard import anchor
+from excise.editing.locate import out_in
 from excise.editing.memit import MemitConfig, preserved, spread
 from excise.errors import ConfigError
 
@@ -79,15 +82,22 @@ def alphaedit_update(
     l2: float,
     moment: torch.Tensor | None = None,
     weight: float = 0.0,
+    pull: float = 0.0,
+    drift: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """dW (hidden, d_ff) acting only through ``projection``: solves
-    (P (K^T K + C_p + weight C) + l2 I) dW^T = P K^T R."""
+    (P (K^T K + C_p + weight C + pull I) + l2 I) dW^T = P (K^T R - pull D^T), ``drift`` D the
+    change since the run began (the guard's norm anchor, :mod:`excise.editing.guard`)."""
     eye = torch.eye(projection.shape[0], dtype=projection.dtype)
     kept = keys.T @ keys + past
     if moment is not None and weight:
         kept = kept + weight * moment
+    wanted = keys.T @ residual  # (d_ff, hidden)
+    if drift is not None and pull:
+        kept = kept + pull * eye
+        wanted = wanted - pull * drift.T
     system = projection @ kept + l2 * eye
-    return torch.linalg.solve(system, projection @ keys.T @ residual).T
+    return torch.linalg.solve(system, projection @ wanted).T
 
 
 def apply(ctx, requests) -> EditOutcome:
@@ -106,7 +116,11 @@ def apply(ctx, requests) -> EditOutcome:
         if kept is not None:
             past = past + kept
         weight = keys.shape[1] if config.mom2_weight is None else config.mom2_weight
-        return alphaedit_update(projectors[layer], keys, residual, past, config.l2, moment, weight)
+        current = out_in(block_part(ctx.model, layer, "mlp_out"))
+        pull, drift = anchor(ctx, layer, current, moment, weight or keys.shape[1])
+        return alphaedit_update(
+            projectors[layer], keys, residual, past, config.l2, moment, weight, pull, drift
+        )
 
     outcome, used = spread(ctx, requests, solve)
     for layer, keys in used.items():

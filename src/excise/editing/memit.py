@@ -9,6 +9,8 @@ ordinary text (second moment ``C``, weight ``lambda``) is
 
 where ``K_s`` are the keys (every token) of texts to preserve (for memit none unless asked;
 ``edit(preserve=...)``), each weighted ``w`` (``preserve_weight``; see :func:`preserved`).
+The drift guard's options (``most_probable``, ``norm_anchor``, ``max_update``) are in
+:mod:`excise.editing.guard`.
 
 AlphaEdit (:mod:`excise.editing.alphaedit`) shares this driver and swaps the solve.
 """
@@ -22,6 +24,7 @@ import torch
 
 from excise.arch import block_part
 from excise.editing import EDITORS, EditorSpec, EditOutcome
+from excise.editing.guard import anchor, capped, check, origin
 from excise.editing.layers import check_layers, default_layers
 from excise.editing.locate import mean_by_owner, out_in, read_at
 from excise.editing.stats import DEFAULT_TOKENS
@@ -44,11 +47,15 @@ class MemitConfig(TargetConfig):
     # weight of each key of the preserved texts (``edit(preserve=...)``, ``--preserve``); None:
     # 1 (as much as an edited key) up to PRESERVE_MASS x d_ff keys, shared out beyond that
     preserve_weight: float | None = None
+    # drift guard (excise.editing.guard): pull toward the run's starting weights, cap each update
+    norm_anchor: float = 0.0
+    max_update: float | None = None  # |dW|_F / |W_0|_F per batch and layer
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.preserve_weight is not None and self.preserve_weight < 0:
             raise ConfigError("preserve_weight must be >= 0 (None: automatic)")
+        check(self.norm_anchor, self.max_update)
 
     def layers_for(self, model) -> list[int]:
         return check_layers(model, list(self.layers) if self.layers else default_layers(model))
@@ -77,8 +84,10 @@ def spread(ctx, requests, solve: Solver) -> tuple[EditOutcome, dict[int, torch.T
         keys = mean_by_owner(raw, key_rows, len(requests)).double()
         current = read_at(ctx.model, plain, [top], ctx.pad_id, what="residual")[top].double()
         residual = (z - current) / (len(layers) - i)
-        update = solve(layer, keys, residual)  # (hidden, d_ff)
         weight = out_in(block_part(ctx.model, layer, "mlp_out"))
+        if ctx.config.norm_anchor or ctx.config.max_update is not None:
+            origin(ctx, layer, weight)  # the run's starting weights, before any update
+        update = capped(ctx, layer, solve(layer, keys, residual))  # (hidden, d_ff)
         with torch.no_grad():
             weight.add_(update.to(weight))  # solved on the CPU in float64
         keys_used[layer] = keys
@@ -91,13 +100,20 @@ def memit_update(
     residual: torch.Tensor,
     weight: float,
     kept: torch.Tensor | None = None,
+    pull: float = 0.0,
+    drift: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """dW (hidden, d_ff) = R^T K (weight C + K^T K + kept)^-1 for keys (n, d_ff), residuals
-    (n, hidden); ``kept`` is the (weighted) sum of k k^T over keys whose output must stay."""
+    """dW (hidden, d_ff) = (R^T K - pull D)(weight C + K^T K + kept + pull I)^-1 for keys
+    (n, d_ff), residuals (n, hidden); ``kept`` is the (weighted) sum of k k^T over keys whose
+    output must stay, ``drift`` D the change since the run began (the guard's norm anchor)."""
     system = weight * moment + keys.T @ keys
     if kept is not None:
         system = system + kept
-    return residual.T @ torch.linalg.solve(system, keys.T).T
+    if drift is None or not pull:
+        return residual.T @ torch.linalg.solve(system, keys.T).T
+    system = system + pull * torch.eye(system.shape[0], dtype=system.dtype)
+    target = residual.T @ keys - pull * drift  # (hidden, d_ff)
+    return torch.linalg.solve(system, target.T).T  # the system is symmetric
 
 
 def preserved(ctx, layer: int) -> torch.Tensor | None:
@@ -120,7 +136,9 @@ def apply(ctx, requests) -> EditOutcome:
     def solve(layer: int, keys: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         weight = ctx.config.mom2_weight or keys.shape[1]
         moment = ctx.stats.covariance(layer)
-        return memit_update(moment, keys, residual, weight, preserved(ctx, layer))
+        current = out_in(block_part(ctx.model, layer, "mlp_out"))
+        pull, drift = anchor(ctx, layer, current, moment, weight)
+        return memit_update(moment, keys, residual, weight, preserved(ctx, layer), pull, drift)
 
     return spread(ctx, requests, solve)[0]
 

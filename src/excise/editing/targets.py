@@ -7,6 +7,11 @@ minimise the new target's negative log-likelihood, plus a KL term keeping the mo
 subject ("{subject} is a") and a decay on ``|delta|``; its norm is clamped to a multiple of the
 original activation's. Requests are independent, so all of them are optimised in one batch
 (Adam is element-wise: this equals optimising each alone).
+
+``most_probable`` (ENCORE's most-probable early stopping, Gupta et al. 2025): a request stops
+being optimised (its shift is frozen) once every token of its target is the argmax in every
+context, instead of pushing on to ``early_stop`` NLL; over-optimised shifts are what sequential
+edits pile up.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class TargetConfig:
     early_stop: float = 0.05  # mean NLL per target token
     prefixes: int = 2  # text openings the edit must hold under (0: plain prompt only; MEMIT used 5)
     chunk: int = 32  # requests optimised per batch (memory bound)
+    most_probable: bool = False  # stop each request once its target is the argmax (MPES)
 
     def __post_init__(self) -> None:
         if self.v_steps < 1 or self.v_lr <= 0 or self.clamp_norm <= 0 or self.chunk < 1:
@@ -143,6 +149,7 @@ def _optimise_chunk(model, tokenizer, requests, layer, config, template, prefixe
         optimiser = torch.optim.Adam([delta], lr=config.v_lr)
         limit = config.clamp_norm * base.norm(dim=1)
         per_request = torch.zeros(n)
+        done = torch.zeros(n, dtype=torch.bool, device=device)  # MPES: frozen requests
         for _step in range(config.v_steps):
             with shifted(block, batch["position"], delta[owner]):
                 stats = forward_stats(model, batch)  # unembeds the target tokens only
@@ -150,8 +157,14 @@ def _optimise_chunk(model, tokenizer, requests, layer, config, template, prefixe
             counts = torch.bincount(owner, minlength=n).clamp(min=1)
             nll = torch.zeros(n, device=device).index_add(0, owner, row_nll) / counts
             per_request = nll.detach().cpu()
-            if bool((per_request < config.early_stop).all()):
+            if config.most_probable:
+                wrong = torch.zeros(n, device=device).index_add(0, owner, (~stats.correct).float())
+                done = done | (wrong == 0)
+                if bool(done.all()):
+                    break
+            elif bool((per_request < config.early_stop).all()):
                 break
+            kept = delta.detach()[done].clone()
             with shifted(block, kl_batch["position"], delta):
                 edited = _last_logprobs(model, kl_batch)
             kl = F.kl_div(edited, kl_reference, log_target=True, reduction="none").sum(1)
@@ -163,6 +176,7 @@ def _optimise_chunk(model, tokenizer, requests, layer, config, template, prefixe
             with torch.no_grad():
                 norms = delta.norm(dim=1).clamp(min=1e-12)
                 delta.mul_((limit / norms).clamp(max=1.0).unsqueeze(1))
+                delta[done] = kept  # Adam's momentum would move a finished request on
     finally:
         for p, g in zip(model.parameters(), grads, strict=True):
             p.requires_grad_(g)

@@ -4,7 +4,9 @@ Load, measure, edit, measure again, write model + deltas + report. The report ho
 metric twice (teacher forced and generated), the same metrics for the in-context baseline (the
 unedited model told the new fact in its prompt), unrelated knowledge and utility before and after
 (the ``chem-symbols`` items the model knows, general multiple choice, perplexity), the per-batch
-trace of a sequential run, and any refused edit.
+trace of a sequential run, and any refused edit. ``ripple`` adds each request's implied facts
+(read from the model) to its batch and lists them in the report; ``guard`` turns on the drift
+guard of sequential runs.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class EditJob:
     ``on_drop="warn"``, warns) when retain accuracy falls below it. ``options`` are the editor's;
     ``stats`` a key statistics file (``excise stats``), ``stats_corpus`` text to compute them
     from; ``preserve`` what memit/alphaedit must keep ("facts", "none" or a records file).
+    ``ripple`` ("builtin" or a relations file) also edits the facts each request implies, as the
+    model knows them; ``guard`` sets the drift guard (memit, alphaedit; ``--set`` overrides).
     ``generation=False`` measures teacher-forced metrics only. ``out=None`` writes nothing."""
 
     model: str = "smollm2-135m"
@@ -56,6 +60,8 @@ class EditJob:
     preserve: str | None = None
     min_retain: float | None = None
     on_drop: str = "stop"
+    ripple: str | None = None
+    guard: bool = False
     generation: bool = True
     template: str = "auto"
     dtype: str = "float32"
@@ -70,6 +76,14 @@ class EditJob:
             raise ConfigError("give either --requests FILE or --task (built-in requests)")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be >= 1, got {self.limit}")
+        if self.guard:
+            from excise.editing.guard import guard_options
+
+            make_config(self.method, guard_options(self.method, self.options))
+        if self.ripple is not None:
+            from excise.editing.ripple import load_relations
+
+            load_relations(None if self.ripple == "builtin" else self.ripple)  # a bad file fails
         config = make_config(self.method, self.options)  # unknown options fail here
         self.options = {key: getattr(config, key) for key in self.options}  # as the config reads
         if self.min_retain is not None and not self.sequential:
@@ -106,6 +120,7 @@ def run(job: EditJob, *, echo: Echo | None = None) -> EditResult:
     if job.out is not None:
         inputs = {"--model": job.model, "--requests": job.requests, "--stats": job.stats}
         inputs |= {"--stats-corpus": job.stats_corpus, "--preserve": job.preserve}
+        inputs["--ripple"] = job.ripple if job.ripple != "builtin" else None
         check_output(Path(job.out), overwrite=job.overwrite, inputs=inputs)
     requests = job.load_requests()
     if not requests:
@@ -152,6 +167,8 @@ def run(job: EditJob, *, echo: Echo | None = None) -> EditResult:
             on_drop=job.on_drop,
             progress=job.progress,
             echo=echo,
+            ripple=(True if job.ripple == "builtin" else job.ripple) if job.ripple else None,
+            guard=job.guard,
             **job.options,
         )
     with timer.stage("evaluate after"):
@@ -172,6 +189,8 @@ def run(job: EditJob, *, echo: Echo | None = None) -> EditResult:
             "texts": len(kept),
         },
         "applied": result.applied,
+        "ripple": {"relations": job.ripple, "implied": result.implied} if job.ripple else None,
+        "guard": job.guard,
         "sequential": job.sequential,
         "before": before,
         "after": after,

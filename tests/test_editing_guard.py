@@ -1,0 +1,132 @@
+"""The drift guard: 50 sequential edits keep an unrelated probe where plain MEMIT drifts."""
+
+from __future__ import annotations
+
+import pytest
+
+from excise.data.records import QA
+from excise.editing.requests import EditRequest
+from excise.errors import ConfigError
+from tests.conftest import corpus, make_tiny_model, teach
+
+LAYERS = [0, 1]
+CAPITALS = {"France": "Paris", "Spain": "Madrid", "Italy": "Rome", "Germany": "Berlin"}
+UNRELATED = [
+    ("The element iron has the symbol", " Fe"),
+    ("The element gold has the symbol", " Au"),
+    ("The element silver has the symbol", " Ag"),
+    ("The element copper has the symbol", " Cu"),
+]
+
+
+def _requests(count: int = 50) -> list[EditRequest]:
+    """``count`` edits in sequence, each moving a country's capital to another one."""
+    countries, cities = list(CAPITALS), list(CAPITALS.values())
+    requests = []
+    for i in range(count):
+        country = countries[i % 4]
+        new = cities[(i // 4 + 1 + i % 4) % 4]
+        if new == CAPITALS[country]:
+            new = cities[(i // 4 + 2 + i % 4) % 4]
+        requests.append(EditRequest(str(i), "The capital of {}", country, new, CAPITALS[country]))
+    return requests
+
+
+@pytest.fixture(scope="module")
+def taught(tiny_tokenizer):
+    facts = [QA(p, a) for p, a in UNRELATED]
+    facts += [QA(f"The capital of {c} is", " " + a) for c, a in CAPITALS.items()]
+    return teach(make_tiny_model(tiny_tokenizer), tiny_tokenizer, facts, steps=80)
+
+
+def _logprobs(model, tokenizer, pairs):
+    from excise.scoring import score_pairs
+
+    stats = score_pairs(model, tokenizer, pairs, "raw")
+    return stats.logprob / stats.tokens.clamp(min=1)
+
+
+def _sequence(model, tokenizer, **options):
+    """Mean |change| of the unrelated answers' log-probabilities after 50 sequential edits, and
+    the share of edits that held right after their own batch (new answer above the old)."""
+    from excise.editing import edit
+    from excise.editing.stats import KeyStats, compute
+
+    texts = [t for t in corpus() if "capital" not in t]
+    moments, count = compute(model, tokenizer, LAYERS, texts=texts, tokens=10_000, progress=False)
+    requests = _requests()
+    held: list[bool] = []
+
+    def monitor(current) -> dict[str, float]:
+        request = requests[len(held)]
+        pairs = [
+            (request.text(), " " + request.target_new),
+            (request.text(), " " + request.target_true),
+        ]
+        new, old = _logprobs(current, tokenizer, pairs)
+        held.append(bool(new > old))
+        return {}
+
+    before = _logprobs(model, tokenizer, UNRELATED)
+    result = edit(
+        model,
+        tokenizer,
+        requests,
+        "memit",
+        stats=KeyStats(moments, count, "tiny", "text"),
+        batch_size=1,
+        monitor=monitor,
+        progress=False,
+        preserve="none",
+        layers=LAYERS,
+        prefixes=0,
+        v_steps=25,
+        **options,
+    )
+    after = _logprobs(result.model, tokenizer, UNRELATED)
+    assert len(held) == 50
+    return float((after - before).abs().mean()), sum(held) / len(held)
+
+
+def test_guard_keeps_unrelated_facts_over_50_sequential_edits(taught, tiny_tokenizer):
+    baseline_drift, baseline_held = _sequence(taught, tiny_tokenizer)
+    guarded_drift, guarded_held = _sequence(taught, tiny_tokenizer, guard=True)
+    assert guarded_held >= 0.9, guarded_held  # the guard still makes every edit
+    assert guarded_drift < 0.05, guarded_drift  # unrelated answers: within 0.05 nats
+    assert baseline_drift > 0.5 and baseline_drift > 20 * guarded_drift, (
+        baseline_drift,
+        guarded_drift,
+        baseline_held,
+    )
+
+
+def test_norm_anchor_pulls_drift_back_in_closed_form():
+    """With no edit to make (zero residual), the anchored update undoes part of the drift."""
+    import torch
+
+    from excise.editing.memit import memit_update
+
+    gen = torch.Generator().manual_seed(0)
+    moment = torch.eye(6, dtype=torch.float64)
+    keys = torch.randn(2, 6, generator=gen, dtype=torch.float64)
+    residual = torch.zeros(2, 3, dtype=torch.float64)
+    drift = torch.randn(3, 6, generator=gen, dtype=torch.float64)
+    assert float(memit_update(moment, keys, residual, 1.0).abs().max()) == 0.0
+    pulled = memit_update(moment, keys, residual, 1.0, None, 10.0, drift)
+    assert float((drift + pulled).norm()) < 0.5 * float(drift.norm())
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "message"),
+    [
+        ("rome", {}, "works with memit and alphaedit"),
+        ("memit", {"norm_anchor": -1.0}, "norm_anchor"),
+        ("memit", {"max_update": 0.0}, "max_update"),
+    ],
+)
+def test_guard_options_are_checked(method, options, message):
+    from excise.editing import make_config
+    from excise.editing.guard import guard_options
+
+    with pytest.raises(ConfigError, match=message):
+        make_config(method, guard_options(method, options))

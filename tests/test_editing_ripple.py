@@ -1,0 +1,209 @@
+"""Ripple-aware editing: the implied facts come from the model and are edited with the request."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from excise.data.records import QA
+from excise.editing.requests import EditRequest
+from excise.errors import DataError
+from tests.conftest import corpus, make_tiny_model, teach
+
+LAYERS = [0, 1]
+# the subject ends each prompt: a tiny model reads a fact from its last token
+EDIT = "The country of the city {}"
+IMPLIED = "The capital for the city {}"
+RELATIONS = {
+    "relations": {
+        "located_in": {
+            "match": [EDIT],
+            "implied": [{"ask": "The capital of {object} is", "edit": IMPLIED}],
+        }
+    }
+}
+
+
+@pytest.fixture(scope="module")
+def taught(tiny_tokenizer):
+    facts = [
+        QA("The country of the city Lyon", " France"),
+        QA("The country of the city Porto", " Spain"),
+        QA("The capital of France is", " Paris"),
+        QA("The capital of Italy is", " Rome"),
+        QA("The capital of Spain is", " Madrid"),
+        QA("The capital for the city Lyon", " Paris"),
+        QA("The capital for the city Porto", " Madrid"),
+    ]
+    return teach(make_tiny_model(tiny_tokenizer), tiny_tokenizer, facts, steps=150)
+
+
+@pytest.fixture
+def relations_file(tmp_path):
+    path = tmp_path / "relations.json"
+    path.write_text(json.dumps(RELATIONS))
+    return path
+
+
+def _stats(model, tokenizer):
+    from excise.editing.stats import KeyStats, compute
+
+    texts = [t for t in corpus() if "capital" not in t]
+    moments, count = compute(model, tokenizer, LAYERS, texts=texts, tokens=10_000, progress=False)
+    return KeyStats(moments, count, "tiny", "text")
+
+
+def _prefers(model, tokenizer, prompt: str, new: str, old: str) -> float:
+    """log P(new) - log P(old) after ``prompt`` (per token means)."""
+    from excise.scoring import score_pairs
+
+    stats = score_pairs(model, tokenizer, [(prompt, " " + new), (prompt, " " + old)], "raw")
+    means = stats.logprob / stats.tokens.clamp(min=1)
+    return float(means[0] - means[1])
+
+
+def _edit(model, tokenizer, ripple):
+    from excise.editing import edit
+
+    request = EditRequest("lyon", EDIT, "Lyon", "Italy", "France")
+    return edit(
+        model,
+        tokenizer,
+        [request],
+        "memit",
+        stats=_stats(model, tokenizer),
+        progress=False,
+        layers=LAYERS,
+        prefixes=0,
+        v_steps=40,
+        mom2_weight=1.0,
+        ripple=ripple,
+    )
+
+
+def test_ripple_edits_an_implied_fact_that_a_plain_edit_leaves(
+    taught, tiny_tokenizer, relations_file
+):
+    implied = "The capital for the city Lyon"
+    assert _prefers(taught, tiny_tokenizer, implied, "Rome", "Paris") < 0  # known before
+    plain = _edit(taught, tiny_tokenizer, None)
+    rippled = _edit(taught, tiny_tokenizer, str(relations_file))
+    edit_prompt = "The country of the city Lyon"
+    # both write the request itself
+    assert _prefers(plain.model, tiny_tokenizer, edit_prompt, "Italy", "France") > 0
+    assert _prefers(rippled.model, tiny_tokenizer, edit_prompt, "Italy", "France") > 0
+    # the implied request came from the model's answer about the new object, not from a key
+    assert [(i["target_new"], i["target_true"]) for i in rippled.implied] == [("Rome", "Paris")]
+    assert rippled.batches[0]["implied"] == 1 and rippled.applied == 1
+    # only the ripple edit moves the implied fact
+    assert _prefers(plain.model, tiny_tokenizer, implied, "Rome", "Paris") < 0
+    assert _prefers(rippled.model, tiny_tokenizer, implied, "Rome", "Paris") > 0
+
+
+def test_shipped_relations_load_and_match_counterfact_mini():
+    from excise.editing.requests import builtin_requests
+    from excise.editing.ripple import load_relations, relation_of
+
+    relations = load_relations()
+    requests = builtin_requests()[:100]
+    kinds = [relation_of(r, relations) for r in requests]
+    assert sum(k is not None for k in kinds) >= 60
+    for relation in relations.values():
+        for implication in relation.implied:
+            assert "{object}" in implication.ask and all("{}" in e for e in implication.edits)
+
+
+@pytest.mark.parametrize(
+    ("generated", "expected"),
+    [
+        (" Reykjavik, which is", "Reykjavik"),
+        (" the Euro.", "Euro"),
+        (" North America and", "North America"),
+        (" Buenos Aires is a city", "Buenos Aires"),
+        (" Rome Rome Rome", "Rome"),
+        ("\nThe", ""),
+    ],
+)
+def test_first_answer_cuts_the_phrase(generated, expected):
+    from excise.editing.ripple import first_answer
+
+    assert first_answer(generated) == expected
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{",
+        '{"relations": {}}',
+        '{"relations": {"r": {"implied": [{"ask": "no slot", "edit": "{} x"}]}}}',
+        '{"relations": {"r": {"implied": [{"ask": "{object} x", "edit": "no subject"}]}}}',
+    ],
+)
+def test_bad_relations_file_is_one_clear_error(tmp_path, content):
+    from excise.editing.ripple import load_relations
+
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(DataError):
+        load_relations(path)
+
+
+def test_implied_requests_skip_what_the_subject_already_has(taught, tiny_tokenizer, relations_file):
+    """An implied answer the model already gives for the subject is not edited again."""
+    from excise.editing.ripple import implied_requests, load_relations
+
+    relations = load_relations(relations_file)
+    request = EditRequest("porto", EDIT, "Porto", "France", "Spain")
+    same = EditRequest("lyon", EDIT, "Lyon", "France", "Spain")  # Lyon's is Paris already
+    implied = implied_requests(taught, tiny_tokenizer, [request, same], relations)
+    assert [(i.parent, i.request.target_new) for i in implied] == [("porto", "Paris")]
+
+
+def test_cli_edit_with_ripple_and_guard_writes_the_implied_facts(
+    taught, tiny_tokenizer, relations_file, tmp_path, monkeypatch
+):
+    from excise.cli import main
+    from excise.models import save_model
+
+    monkeypatch.setenv("EXCISE_HOME", str(tmp_path / "home"))
+    base = tmp_path / "base"
+    save_model(taught, tiny_tokenizer, base)
+    requests = tmp_path / "requests.jsonl"
+    rows = [
+        {"case_id": "lyon", "prompt": EDIT, "subject": "Lyon", "target_new": "Italy"},
+        {"case_id": "porto", "prompt": EDIT, "subject": "Porto", "target_new": "France"},
+    ]
+    requests.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    corpus_file = tmp_path / "corpus.jsonl"
+    texts = [t for t in corpus() if "capital" not in t] * 30
+    corpus_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    out = tmp_path / "edited"
+    code = main([
+        "edit", "--model", str(base), "--requests", str(requests), "--method", "alphaedit",
+        "--stats-corpus", str(corpus_file), "--set", "layers=[0,1]", "--set", "stats_tokens=4000",
+        "--set", "prefixes=0", "--set", "l2=0.01", "--preserve", "none", "--sequential", "1",
+        "--ripple", str(relations_file), "--guard", "--no-generation", "--out", str(out),
+        "--quiet",
+    ])  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    implied = report["ripple"]["implied"]
+    assert [(i["parent"], i["target_new"]) for i in implied] == [
+        ("lyon", "Rome"),
+        ("porto", "Paris"),
+    ]
+    assert [b["implied"] for b in report["batches"]] == [1, 1]
+    assert report["guard"] is True and report["method"]["options"]["most_probable"] is True
+    assert report["method"]["options"]["norm_anchor"] > 0
+
+
+def test_cli_refuses_guard_for_rome_before_loading(tmp_path, capsys):
+    from excise.cli import main
+
+    code = main([
+        "edit", "--task", "counterfact-mini", "--method", "rome", "--guard",
+        "--out", str(tmp_path / "x"),
+    ])  # fmt: skip
+    assert code == 2
+    assert "--guard works with memit and alphaedit" in capsys.readouterr().err
