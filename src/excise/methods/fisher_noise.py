@@ -33,8 +33,14 @@ from typing import Any
 from excise.errors import ConfigError
 from excise.methods import MethodSpec, register
 from excise.methods.distill import forget_specific, perturb, text_examples
-from excise.methods.warmstart import check_init_method, forget_mark, recall, remember, unlearn_first
-from excise.scoring import nll
+from excise.methods.warmstart import (
+    check_init_method,
+    forget_mark,
+    recall,
+    remember,
+    retain_repair,
+    unlearn_first,
+)
 
 
 @dataclass
@@ -78,19 +84,13 @@ def prepare(ctx) -> None:
     remember(model, "fisher_noise", dict(ctx.state))
 
 
-def loss(ctx, batch):
-    """The optional repair after the perturbation: retain NLL."""
-    retain_nll = nll(ctx.model, batch["retain"])
-    return retain_nll, {"retain_nll": float(retain_nll.detach())}
-
-
 SPEC = register(
     MethodSpec(
         "fisher_noise",
         "token surgery: noise the entries most forget-specific by Fisher ratio (after rmu)",
         FisherNoiseConfig,
         prepare,
-        loss,
+        retain_repair,
         train_defaults={"steps": 10, "lr": 1e-5},
         finish=forget_mark,
     )

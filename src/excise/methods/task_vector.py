@@ -24,8 +24,7 @@ import torch
 
 from excise.errors import ConfigError
 from excise.methods import MethodSpec, register
-from excise.methods.warmstart import forget_mark, recall, remember, unlearn_first
-from excise.scoring import nll
+from excise.methods.warmstart import forget_mark, recall, remember, retain_repair, unlearn_first
 
 
 @dataclass
@@ -71,19 +70,13 @@ def prepare(ctx) -> None:
         param.requires_grad_(True)
 
 
-def loss(ctx, batch):
-    """The optional repair after the negation: retain NLL."""
-    retain_nll = nll(ctx.model, batch["retain"])
-    return retain_nll, {"retain_nll": float(retain_nll.detach())}
-
-
 SPEC = register(
     MethodSpec(
         "task_vector",
         "task arithmetic: fine-tune on forget, subtract alpha x the weight difference",
         TaskVectorConfig,
         prepare,
-        loss,
+        retain_repair,
         train_defaults={"steps": 10, "lr": 1e-5},
         finish=forget_mark,
     )

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from excise.errors import ConfigError
+from excise.scoring import nll
 
 MARK = "_excise_prepared"  # attribute on the model: (method, cached state) until finish
 
@@ -59,3 +60,10 @@ def unlearn_first(ctx, method: str, options: dict[str, Any], train_options: dict
     )
     ctx.unwrapped.train()  # train() leaves the model in eval mode
     return log
+
+
+def retain_repair(ctx, batch):
+    """The loss of methods whose removal happens in ``prepare`` (negation, perturbation): a light
+    repair on the retain set (NLL) over the method's training steps."""
+    retain_nll = nll(ctx.model, batch["retain"])
+    return retain_nll, {"retain_nll": float(retain_nll.detach())}
