@@ -51,6 +51,9 @@ def run(tmp_path_factory, tiny_tokenizer):
     log, printed = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("EXCISE_PROGRESS_SECONDS", "0")  # a line at every update
+        # a cache of its own: the original's evaluation is computed (and logged), not read from
+        # an earlier run's cache (the tiny model is the same in every run)
+        patch.setenv("EXCISE_HOME", str(root / "home"))
         with contextlib.redirect_stderr(log), contextlib.redirect_stdout(printed):
             code = main(argv)
     assert code == 0, log.getvalue()[-3000:]
