@@ -14,7 +14,9 @@ half B's answers cannot be made to give them by a prompt that never saw them.
 The model is never changed: the vectors go in through ``inputs_embeds`` and only they get
 gradients (``torch.autograd.grad``), so no weight's ``.grad`` is touched. The vectors start as
 the embeddings of ``tokens`` random vocabulary tokens (seeded). Budget defaults: 16 tokens, 60
-steps, lr 1e-3, batch 16; at most ``eval_items`` (64) items of half B scored.
+steps, lr 1e-2, batch 16; at most ``eval_items`` (64) items of half B scored. Measured 2026-12-07
+on RMU-unlearned chem-symbols (bundled model): lr 1e-3 fits half A to 0.17 and recovers 0.125 of
+half B; lr 1e-2 fits 0.69 and recovers 0.52; lr 3e-2 fits 0.91 and recovers 0.55 (~150 s each).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from excise.scoring import sequence_stats
 class SoftPromptBudget:
     tokens: int = 16  # continuous vectors prepended to every prompt
     steps: int = 60
-    lr: float = 1e-3
+    lr: float = 1e-2  # 1e-3 under-fits (measured: docstring)
     batch_size: int = 16
     eval_items: int = 64  # items of half B scored; 0: all
     seed: int = 0
