@@ -105,60 +105,103 @@ def _sequential_file(name: str) -> Path:
     return RESULTS / f"editing-sequential-{name}.json"
 
 
+def _drift(current, original, names: list[str]) -> float:
+    """|W - W_0|_F / |W_0|_F over the edited weights together: how far the run has moved them."""
+    now, start = dict(current.named_parameters()), dict(original.named_parameters())
+    with torch.no_grad():
+        moved = sum(float((now[n].double() - start[n].double()).pow(2).sum()) for n in names)
+        return (moved / sum(float(start[n].double().pow(2).sum()) for n in names)) ** 0.5
+
+
+def _sequential_variants(args) -> dict[str, dict]:
+    """name -> options (with their ``method``): ``--variants`` when given, else one per method
+    of ``--methods`` with ``--options``."""
+    if args.variants:
+        return json.loads(args.variants)
+    options = json.loads(args.options)
+    return {
+        method + (f"-{args.label}" if args.label else ""): {"method": method, **options}
+        for method in args.methods.split(",")
+    }
+
+
 def bench_sequential(args) -> None:
-    """Each method edits a fresh copy of the model, ``--batch`` requests at a time, in the same
-    order. After every batch: efficacy of the batch just edited and retain accuracy; every
-    ``--full-every`` batches (and after the last) also cumulative efficacy of all edits so far,
-    multiple-choice accuracy and perplexity. Each method's trace is rewritten after every batch
-    (``bench/results/editing-sequential-METHOD.json``), so a stopped run keeps what it measured;
-    ``sequential-report`` merges the traces into ``editing-sequential.{json,md}``."""
+    """Each variant edits a fresh copy of the model, ``--batch`` requests at a time, in the same
+    order. After every batch: efficacy of the batch just edited, retain accuracy and the drift of
+    the edited weights from the original (``|W - W_0|_F / |W_0|_F``); every ``--full-every``
+    batches (and after the last) also cumulative efficacy of all edits so far, multiple-choice
+    accuracy and perplexity. ``--seconds``: a variant stops (after a full probe) once its run
+    has taken that long. Traces are rewritten after every batch, so a stopped run keeps what it
+    measured: one file per variant (``editing-sequential-NAME.json``; ``sequential-report``
+    merges them), or all in ``--out NAME`` (``NAME.json`` and ``NAME.md``)."""
     from excise.editing import edit
+    from excise.editing.layers import default_layers
     from excise.editing.utility import utility_probe
 
     model, tokenizer, requests = _setup(args.threads, args.requests)
     if args.edits > len(requests):
         raise SystemExit(f"{args.requests} has {len(requests)} requests, fewer than --edits")
     chosen = requests[: args.edits]
-    options = json.loads(args.options)
+    variants = _sequential_variants(args)
     quick, full, retain_items = utility_probe(model, tokenizer, chosen)
     original = {**full(model), "efficacy_all": _efficacy(model, tokenizer, chosen)}
     print(json.dumps({"method": "original", **original}), flush=True)
     batches = (len(chosen) + args.batch - 1) // args.batch
-    for method in args.methods.split(","):
+    out = RESULTS / f"{args.out}.json" if args.out else None
+    records: list[dict] = []  # with --out, earlier runs' variants of other names are kept
+    if out is not None and out.is_file():
+        records = [r for r in json.loads(out.read_text()) if r["method"] not in variants]
+    for name, given in variants.items():
+        options = dict(given)
+        method = options.pop("method", "alphaedit")
+        layers = options.get("layers") or default_layers(model)
+        weights = [f"model.layers.{layer}.mlp.down_proj.weight" for layer in layers]
         trace: list[dict] = []
-        name = method + (f"-{args.label}" if args.label else "")
         record = {
             "method": name,
+            "editor": method,
             "options": options,
             "requests": args.requests,
             "edits": len(chosen),
             "batch": args.batch,
+            "prefixes": args.prefixes,
             "threads": args.threads,
             "retain_items": retain_items,
             "preserve": args.preserve,
             "original": original,
             "trace": trace,
             "finished": False,
+            "date": time.strftime("%Y-%m-%d"),
         }
+        records.append(record)
         started = time.perf_counter()
 
-        def monitor(current, name=name, trace=trace, record=record, started=started) -> dict:
+        def save(name=name, record=record) -> None:
+            if out is not None:
+                out.write_text(json.dumps(records, indent=1) + "\n")
+            else:
+                _sequential_file(name).write_text(json.dumps(record, indent=1) + "\n")
+
+        def monitor(current, name=name, trace=trace, started=started, weights=weights) -> dict:
             index = len(trace)
             edited = chosen[: (index + 1) * args.batch]
+            elapsed = time.perf_counter() - started
+            over = args.seconds is not None and elapsed > args.seconds
             row = {
                 "batch": index + 1,
                 "edits": len(edited),
-                "seconds": round(time.perf_counter() - started, 1),
+                "seconds": round(elapsed, 1),
                 **quick(current),
+                "drift": round(_drift(current, model, weights), 5),
                 "efficacy_batch": _efficacy(current, tokenizer, edited[-args.batch :]),
             }
-            if (index + 1) % args.full_every == 0 or index + 1 == batches:
+            if (index + 1) % args.full_every == 0 or index + 1 == batches or over:
                 row.update(full(current))
                 row["efficacy_all"] = _efficacy(current, tokenizer, edited)
             trace.append(row)
             print(json.dumps({"method": name, **row}), flush=True)
-            _sequential_file(name).write_text(json.dumps(record, indent=1) + "\n")
-            return {"retain_accuracy": row.get("retain_accuracy", float("nan"))}
+            save()
+            return {"retain_accuracy": row.get("retain_accuracy", float("nan")), "go": -over}
 
         result = edit(
             model,
@@ -167,18 +210,27 @@ def bench_sequential(args) -> None:
             method,
             batch_size=args.batch,
             monitor=monitor,
+            monitor_key="go",
+            min_monitor=0.0,
             progress=False,
             prefixes=args.prefixes,
             preserve=args.preserve,
             **options,
         )
         record.update(
-            finished=True,
+            finished=result.stopped is None,
+            stopped=result.stopped,
             config=result.config,
             preserved=result.preserved,
+            batches=[{k: v for k, v in b.items() if k != "monitor"} for b in result.batches],
             seconds=time.perf_counter() - started,
         )
-        _sequential_file(name).write_text(json.dumps(record, indent=1) + "\n")
+        save()
+        del result
+    if args.out:
+        lines = _sequential_lines(records)
+        (RESULTS / f"{args.out}.md").write_text("\n".join(lines))
+        print("\n".join(lines))
 
 
 def _nullspace_lines(rows: list[dict]) -> list[str]:
@@ -232,39 +284,33 @@ def _preserved(record: dict) -> str:
     return f"`{source}`{count}" + ("" if record["preserve"] else " (the method's default)")
 
 
-def sequential_report(args) -> None:
-    """Merge the per-method traces into ``editing-sequential.json`` and a markdown table."""
-    records = [
-        json.loads(path.read_text()) for path in sorted(RESULTS.glob("editing-sequential-*.json"))
-    ]
-    if not records:
-        raise SystemExit("no traces: run `python bench/editing.py sequential` first")
-    (RESULTS / "editing-sequential.json").write_text(json.dumps(records, indent=1) + "\n")
+def _cell(value) -> str:
+    return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _sequential_lines(records: list[dict]) -> list[str]:
+    """A markdown summary and per-batch tables of sequential traces."""
+    cell = _cell
     original = records[0]["original"]
-
-    def cell(value) -> str:
-        return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
-
     lines = [
-        "# Sequential editing: AlphaEdit vs MEMIT under the same schedule",
+        "# Sequential editing under the same schedule",
         "",
         f"Model smollm2-135m, requests `{records[0]['requests']}` in file order, batches of "
-        f"{records[0]['batch']}, {records[0]['threads']} CPU thread(s). Efficacy: new target more "
-        "likely than the true one (score) / every new-target token the argmax (tf), teacher "
-        "forced. `batch` = the batch just edited, `all` = every edit so far. Retain: the "
-        "chem-symbols facts the original model answers that name no subject of the requests "
+        f"{records[0]['batch']}, {records[0]['threads']} CPU thread(s), prefixes "
+        f"{records[0].get('prefixes', 2)}. Efficacy: new target more likely than the true one "
+        "(score) / every new-target token the argmax (tf), teacher forced. `batch` = the batch "
+        "just edited, `all` = every edit so far. Retain: the chem-symbols facts the original "
+        "model answers that name no subject of the requests "
         f"({records[0].get('retain_items', '?')}); MC: general multiple choice; ppl: perplexity "
-        "of the fluency texts.",
+        "of the fluency texts; drift: |W - W_0|_F / |W_0|_F over the edited weights.",
         "",
-        f"Original model: retain {cell(original['retain_accuracy'])}, MC "
+        f"Original model: retain {cell(original.get('retain_accuracy'))}, MC "
         f"{cell(original['mc_accuracy'])}, ppl {cell(original['perplexity'])}.",
         "",
-    ]
-    lines += [
         "| method | batches run | edits | eff. last batch score / tf | eff. all score / tf "
         "| retain | MC | ppl |",
         "|---|---|---|---|---|---|---|---|",
-        f"| original | – | 0 | – | – | {cell(original['retain_accuracy'])} "
+        f"| original | – | 0 | – | – | {cell(original.get('retain_accuracy'))} "
         f"| {cell(original['mc_accuracy'])} | {cell(original['perplexity'])} |",
     ]
     for record in records:
@@ -285,13 +331,6 @@ def sequential_report(args) -> None:
             )
         )
     lines.append("")
-    nullspace = RESULTS / "editing-nullspace.json"
-    if nullspace.is_file():
-        lines += _nullspace_lines(json.loads(nullspace.read_text()))
-        lines += [
-            "(Measured with the earlier default statistics, the general text sample alone.)",
-            "",
-        ]
     for record in records:
         done = "finished" if record["finished"] else "stopped before the end (partial trace)"
         lines += [
@@ -300,18 +339,39 @@ def sequential_report(args) -> None:
             f"options: `{json.dumps(record['options'])}`; preservation set: {_preserved(record)}",
             "",
             "| batch | edits | eff. batch score | eff. batch tf | eff. all score | retain | MC "
-            "| ppl | s |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| ppl | drift | target NLL | s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for row in record["trace"]:
+        nll = [b.get("target_nll") for b in record.get("batches", [])]
+        for i, row in enumerate(record["trace"]):
             every = row.get("efficacy_all", {})
             lines.append(
                 f"| {row['batch']} | {row['edits']} | {cell(row['efficacy_batch']['score'])} "
                 f"| {cell(row['efficacy_batch']['tf'])} | {cell(every.get('score'))} "
                 f"| {cell(row.get('retain_accuracy'))} | {cell(row.get('mc_accuracy'))} "
-                f"| {cell(row.get('perplexity'))} | {row['seconds']:.0f} |"
+                f"| {cell(row.get('perplexity'))} | {row.get('drift', float('nan')):.4f} "
+                f"| {cell(nll[i] if i < len(nll) else None)} | {row['seconds']:.0f} |"
             )
         lines.append("")
+    return lines
+
+
+def sequential_report(args) -> None:
+    """Merge the per-method traces into ``editing-sequential.json`` and a markdown table."""
+    records = [
+        json.loads(path.read_text()) for path in sorted(RESULTS.glob("editing-sequential-*.json"))
+    ]
+    if not records:
+        raise SystemExit("no traces: run `python bench/editing.py sequential` first")
+    (RESULTS / "editing-sequential.json").write_text(json.dumps(records, indent=1) + "\n")
+    lines = _sequential_lines(records)
+    nullspace = RESULTS / "editing-nullspace.json"
+    if nullspace.is_file():
+        summary = lines.index("", lines.index("|---|---|---|---|---|---|---|---|"))
+        lines[summary + 1 : summary + 1] = _nullspace_lines(json.loads(nullspace.read_text())) + [
+            "(Measured with the earlier default statistics, the general text sample alone.)",
+            "",
+        ]
     (RESULTS / "editing-sequential.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
@@ -462,17 +522,19 @@ def bench_ripple(args) -> None:
     """The first ``--edits`` requests edited at once by each method, plain and with ripple (the
     implied facts the model knows, :mod:`excise.editing.ripple`); every edit metric teacher
     forced and by generation, on the requests only (the implied ones are not scored). Rows are
-    appended to ``bench/results/editing-ripple.json`` as they finish."""
+    appended to ``--out`` (default ``bench/results/editing-ripple.json``) as they finish;
+    ``--ripple-modes on`` skips the plain edit."""
     from excise.editing import edit
     from excise.editing.metrics import edit_metrics
 
     model, tokenizer, requests = _setup(args.threads, args.requests)
     chosen = requests[: args.edits]
     options = json.loads(args.options)
-    path = RESULTS / "editing-ripple.json"
+    path = RESULTS / f"{args.out or 'editing-ripple'}.json"
     rows = json.loads(path.read_text()) if path.is_file() else []
+    modes = [{"off": False, "on": True}[m] for m in args.ripple_modes.split(",")]
     for method in args.methods.split(","):
-        for ripple in (False, True):
+        for ripple in modes:
             started = time.perf_counter()
             result = edit(
                 model,
@@ -482,7 +544,7 @@ def bench_ripple(args) -> None:
                 progress=False,
                 prefixes=args.prefixes,
                 preserve=args.preserve,
-                ripple=ripple or None,
+                ripple=(args.relations or True) if ripple else None,
                 **options,
             )
             edited = time.perf_counter() - started
@@ -492,11 +554,12 @@ def bench_ripple(args) -> None:
                 "ripple": ripple,
                 "edits": len(chosen),
                 "implied": len(result.implied),
+                "relations": args.relations or "shipped",
                 "options": options,
                 "prefixes": args.prefixes,
                 "edit_s": round(edited, 1),
                 "metrics": metrics,
-                "implied_sample": result.implied[:12],
+                "implied_sample": result.implied,
                 "date": time.strftime("%Y-%m-%d"),
             }
             rows.append(row)
@@ -531,10 +594,12 @@ def main() -> None:
     parser.add_argument("--label", default="", help="suffix of the trace's name (other options)")
     parser.add_argument(
         "--variants",
-        default='{"default": {}, "early_stop=0.5": {"early_stop": 0.5}, '
-        '"mom2_weight=4d": {"mom2_weight": 6144}}',
-        help="damage: JSON name -> options (with the method; default alphaedit)",
+        help="damage, sequential: JSON name -> options (with the method; default alphaedit)",
     )
+    parser.add_argument("--seconds", type=float, help="sequential: stop a variant after this")
+    parser.add_argument("--out", help="sequential: all variants in bench/results/OUT.{json,md}")
+    parser.add_argument("--ripple-modes", default="off,on", help="ripple: off,on (either, both)")
+    parser.add_argument("--relations", help="ripple: a relations file (default: the shipped one)")
     parser.add_argument(
         "--preserve", help="preservation set (facts, none, a file; default: the method's)"
     )
@@ -550,6 +615,10 @@ def main() -> None:
         bench_nullspace(args)
     elif args.what == "damage":
         args.edits = int(args.edits or 10)
+        args.variants = args.variants or (
+            '{"default": {}, "early_stop=0.5": {"early_stop": 0.5}, '
+            '"mom2_weight=4d": {"mom2_weight": 6144}}'
+        )
         bench_damage(args)
     elif args.what == "ripple":
         args.edits = int(args.edits or 20)

@@ -111,7 +111,53 @@ def test_shipped_relations_load_and_match_counterfact_mini():
     assert sum(k is not None for k in kinds) >= 60
     for relation in relations.values():
         for implication in relation.implied:
-            assert "{object}" in implication.ask and all("{}" in e for e in implication.edits)
+            assert implication.asks or implication.target in ("{object}", "{subject}")
+            assert all("{}" in e for e in implication.edits)
+    # every kind of counterfact-mini has templates, the country kinds through their cities
+    assert {k.name for k in kinds if k is not None} >= {"continent", "language", "capital"}
+    assert any(len(i.asks) > 1 for i in relations["landmark_city"].implied)  # multi-hop
+
+
+def test_implied_requests_follow_chains_other_entities_and_the_reverse(
+    tmp_path, taught, tiny_tokenizer
+):
+    """A chain of questions, an entity read from the model (the subject's capital) and the
+    reverse direction each give an extra request whose target is the model's own answer."""
+    from excise.editing.ripple import implied_requests, load_relations
+
+    relations = {
+        "relations": {
+            "moved": {
+                "match": [EDIT],
+                "implied": [
+                    {"about": "The capital for the city {subject}", "target": "{object}",
+                     "edit": EDIT},
+                    {"about": "{object}", "target": "{subject}", "edit": "The home of {}"},
+                ],
+            },
+            "hometown": {
+                "match": ["The hometown of {}"],
+                "implied": [
+                    {"ask": ["The country of the city {object}", "The capital of {object} is"],
+                     "edit": "The capital near {}"},
+                ],
+            },
+        }
+    }  # fmt: skip
+    path = tmp_path / "relations.json"
+    path.write_text(json.dumps(relations))
+    requests = [
+        EditRequest("porto", EDIT, "Porto", "France", "Spain"),
+        EditRequest("anna", "The hometown of {}", "Anna", "Lyon"),
+    ]
+    implied = implied_requests(taught, tiny_tokenizer, requests, load_relations(path))
+    got = [(i.parent, i.request.text(), i.request.target_new) for i in implied]
+    assert got == [
+        ("porto", "The country of the city Madrid", "France"),  # Porto's capital, from the model
+        ("porto", "The home of France", "Porto"),  # the reverse direction
+        ("anna", "The capital near Anna", "Paris"),  # Lyon -> France -> Paris
+    ]
+    assert implied[2].asked == "The country of the city Lyon / The capital of France is"
 
 
 @pytest.mark.parametrize(
@@ -138,6 +184,8 @@ def test_first_answer_cuts_the_phrase(generated, expected):
         '{"relations": {}}',
         '{"relations": {"r": {"implied": [{"ask": "no slot", "edit": "{} x"}]}}}',
         '{"relations": {"r": {"implied": [{"ask": "{object} x", "edit": "no subject"}]}}}',
+        '{"relations": {"r": {"implied": [{"edit": "{} x"}]}}}',
+        '{"relations": {"r": {"implied": [{"target": "{object}", "about": "x", "edit": "{} x"}]}}}',
     ],
 )
 def test_bad_relations_file_is_one_clear_error(tmp_path, content):

@@ -9,8 +9,8 @@ ordinary text (second moment ``C``, weight ``lambda``) is
 
 where ``K_s`` are the keys (every token) of texts to preserve (for memit none unless asked;
 ``edit(preserve=...)``), each weighted ``w`` (``preserve_weight``; see :func:`preserved`).
-The drift guard's options (``most_probable``, ``norm_anchor``, ``max_update``) are in
-:mod:`excise.editing.guard`.
+The drift guard's options (``most_probable``, ``hold_rounds``, ``norm_anchor``, ``max_update``)
+are in :mod:`excise.editing.guard`.
 
 AlphaEdit (:mod:`excise.editing.alphaedit`) shares this driver and swaps the solve.
 """
@@ -24,7 +24,7 @@ import torch
 
 from excise.arch import block_part
 from excise.editing import EDITORS, EditorSpec, EditOutcome
-from excise.editing.guard import anchor, capped, check, origin
+from excise.editing.guard import anchor, capped, check, not_held, origin
 from excise.editing.layers import check_layers, default_layers
 from excise.editing.locate import mean_by_owner, out_in, read_at
 from excise.editing.stats import DEFAULT_TOKENS
@@ -50,12 +50,13 @@ class MemitConfig(TargetConfig):
     # drift guard (excise.editing.guard): pull toward the run's starting weights, cap each update
     norm_anchor: float = 0.0
     max_update: float | None = None  # |dW|_F / |W_0|_F per batch and layer
+    hold_rounds: int = 0  # extra writes for the requests whose target is not yet the argmax
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.preserve_weight is not None and self.preserve_weight < 0:
             raise ConfigError("preserve_weight must be >= 0 (None: automatic)")
-        check(self.norm_anchor, self.max_update)
+        check(self.norm_anchor, self.max_update, self.hold_rounds)
 
     def layers_for(self, model) -> list[int]:
         return check_layers(model, list(self.layers) if self.layers else default_layers(model))
@@ -63,7 +64,20 @@ class MemitConfig(TargetConfig):
 
 def spread(ctx, requests, solve: Solver) -> tuple[EditOutcome, dict[int, torch.Tensor]]:
     """Compute targets at the last layer, then update each layer with ``solve(layer, K, R)``;
-    returns the outcome and the keys used at each layer."""
+    then, ``hold_rounds`` times, write again the requests whose target is not yet the argmax
+    (:func:`excise.editing.guard.not_held`). Returns the outcome (the first write's target NLL)
+    and the keys used at each layer (every round's, stacked)."""
+    nll, keys_used = _write(ctx, requests, solve)
+    for _ in range(ctx.config.hold_rounds):
+        again = [requests[i] for i in not_held(ctx, requests)]
+        if not again:
+            break
+        _, more = _write(ctx, again, solve)
+        keys_used = {layer: torch.cat([keys_used[layer], more[layer]]) for layer in keys_used}
+    return EditOutcome(nll), keys_used
+
+
+def _write(ctx, requests, solve: Solver) -> tuple[list[float], dict[int, torch.Tensor]]:
     layers = ctx.config.layers_for(ctx.model)
     top = layers[-1]
     deltas, base, nll = optimise_deltas(
@@ -91,7 +105,7 @@ def spread(ctx, requests, solve: Solver) -> tuple[EditOutcome, dict[int, torch.T
         with torch.no_grad():
             weight.add_(update.to(weight))  # solved on the CPU in float64
         keys_used[layer] = keys
-    return EditOutcome(nll), keys_used
+    return nll, keys_used
 
 
 def memit_update(
