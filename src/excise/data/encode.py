@@ -6,6 +6,8 @@ tasks); ``"chat"`` wraps the prompt as a user turn with the tokenizer's chat tem
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,14 +39,24 @@ def prompt_ids(tokenizer, prompt: str, template: Template) -> list[int]:
     return lead_ids(tokenizer) + tokenizer(prompt, add_special_tokens=False).input_ids
 
 
+_LEAD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> its lead ids
+
+
 def lead_ids(tokenizer) -> list[int]:
     """The special tokens the tokenizer puts before any text (Gemma: <bos>; SmolLM2: none):
     a raw prompt starts as the model saw text start in training (Gemma 3 270M answered 0 of 20
     element prompts without its <bos>, 18 with it)."""
+    try:
+        return list(_LEAD[tokenizer])
+    except (KeyError, TypeError):
+        pass
     ids = tokenizer("a").input_ids
     special = set(tokenizer.all_special_ids)
     count = next((i for i, token in enumerate(ids) if token not in special), len(ids))
-    return list(ids[:count])
+    lead = tuple(ids[:count])
+    with contextlib.suppress(TypeError):  # not weakly referable: computed each time
+        _LEAD[tokenizer] = lead
+    return list(lead)
 
 
 def completion_ids(tokenizer, completion: str, template: Template) -> list[int]:
