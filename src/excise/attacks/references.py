@@ -14,6 +14,7 @@ from excise.attacks.base import AttackResult, accuracy, halves
 from excise.attacks.relearn import RelearnBudget, steps_to_threshold, training_records
 from excise.attacks.relearn_run import Stops, relearn_curve
 from excise.data.tasks import Task
+from excise.metrics.benchmarks import has_behaviour
 
 
 def relearn_ratio(unlearned: int | None, gold: int | None, last_step: int) -> dict[str, Any]:
@@ -60,6 +61,12 @@ def relearn_references(
     elif threshold is None:
         threshold, rule = 0.5, "0.5 (no original model given)"
     curves = {"unlearned": result.curve}
+    # step 0 of the original's curve is its clean accuracy on half B, already measured (a task
+    # with a behaviour measure scores that too at each checkpoint: measured afresh)
+    known = original_clean is not None and not has_behaviour(task)
+    start = {role: None for role in references}
+    if "original" in references and known:
+        start["original"] = {"forget_accuracy": original_clean}
     for role, ref in references.items():
         curves[role] = []
         for variant in budget.reference_variants:
@@ -68,7 +75,7 @@ def relearn_references(
                     Stops(target=threshold) if role == "gold" else Stops(patience=budget.patience)
                 )
                 curves[role] += relearn_curve(
-                    ref, tokenizer, task, records, variant, budget, stops=stops
+                    ref, tokenizer, task, records, variant, budget, stops=stops, start=start[role]
                 )
     variants = {role: sorted({r["variant"] for r in rows}) for role, rows in curves.items()}
     reached = {

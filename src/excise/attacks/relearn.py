@@ -31,6 +31,15 @@ non-finite loss ends a configuration as failed, not the audit. Reference configu
 (``reference_variants`` at the reference rate) run first and stop on a plateau or behind only once
 past half the target, so their steps to the default threshold stay exact. Retain accuracy is
 measured where a configuration that could win ends.
+LoRA configurations train side by side (``side_by_side``, default on;
+:mod:`excise.attacks.relearn_side`): one copy, one adapter per configuration, a batch stacked per
+adapter over the frozen base, checkpoints scored for all in one stacked pass; each adapter's curve
+is the one it has alone (same batches, its own learning rate, clipping and stops). They run after
+the full fine-tuning configurations, with every other configuration's curve (earlier ones and
+those beside them) as the leader of the behind stop; one that recovers the target ends the
+attacking, non-reference adapters beside it (``"overtaken"``), as it would have skipped them.
+The clean accuracy on half B and the original's (the target) are read from what the audit
+already scored (:mod:`excise.attacks.known`), not scored again.
 A task with a behaviour measure of its own (``toxicity``: ``toxic_preference``) has it scored on
 half B at each checkpoint too; the attacked metrics report its highest point.
 
@@ -45,11 +54,13 @@ from __future__ import annotations
 import importlib.util
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from excise.attacks import AttackSpec, register
-from excise.attacks.base import AttackResult, accuracy, budget_dict, general_text, halves
+from excise.attacks import AttackSpec, register, relearn_side
+from excise.attacks.base import AttackResult, budget_dict, general_text, halves
+from excise.attacks.known import Known, known_accuracy
 from excise.attacks.relearn_run import Stops, fine_tune_watching, relearn_curve, run_configuration
 from excise.data.records import QA, Record, Text
 from excise.data.tasks import Task
@@ -88,6 +99,7 @@ class RelearnBudget:
     patience: int = 25  # steps without a new best before a configuration stops; 0: never
     behind: float = 0.5  # stop (from step 10) below this share of the leader's best by then
     stop_at_recovery: bool = True  # stop once the original's accuracy on half B is reached
+    side_by_side: bool = True  # LoRA configurations trained together (excise.attacks.relearn_side)
     text_passages: int = 128  # general text passages (source "text")
     text_tokens: int = 64  # tokens per passage
     seed: int = 0
@@ -174,61 +186,158 @@ def training_records(task: Task, variant: str, budget: RelearnBudget | None = No
     return [r for r in task.retain if isinstance(r, QA | Text)]
 
 
-def _skip_reason(variant: str, records: list[Record]) -> str | None:
+def _skip_reason(variant: str, records: list[Record], *, peft: bool = True) -> str | None:
+    """Why a configuration cannot run; ``peft``: whether it needs peft (side by side it does not)."""
     if not records:
         return "no data to train on"
-    if variant.endswith("_lora") and importlib.util.find_spec("peft") is None:
+    if peft and variant.endswith("_lora") and importlib.util.find_spec("peft") is None:
         return "peft is not installed (pip install 'excise[lora]')"
     return None
 
 
+def _stops(config: Configuration, budget: RelearnBudget, target: float, recoverable: bool, leader):
+    attacking = not config.variant.startswith("same")
+    return Stops(
+        target=target if recoverable else None,
+        patience=budget.patience,
+        behind=budget.behind if attacking else 0.0,
+        leader=leader,
+        # a reference run keeps going to half the target: its steps-to-threshold stay exact
+        floor=0.5 * target if config.reference else 0.0,
+    )
+
+
+def _best_by(rows_of: Callable[[], list[dict[str, Any]]]) -> Callable[[int], float]:
+    """The leader of the behind stop: the best attacking forget accuracy by each step."""
+
+    def leader(step: int) -> float:
+        rows = [r for r in rows_of() if not r["variant"].startswith("same")]
+        return max((r["forget_accuracy"] for r in rows if r["step"] <= step), default=0.0)
+
+    return leader
+
+
+def _side_by_side(model, tokenizer, task, budget, configs, records, held_out, start, grid) -> None:
+    """The LoRA configurations trained side by side (:mod:`excise.attacks.relearn_side`); their
+    rows and ends go into ``grid``. An attacking lane that recovers the target ends the other
+    attacking lanes (not the references) there, as it would have skipped them one by one."""
+    lanes: list[relearn_side.Lane] = []
+    earlier = list(grid["curve"])
+    for config in configs:
+        me = config.name
+        leader = _best_by(
+            lambda me=me: (
+                earlier + [r for lane in lanes if lane.watch.name != me for r in lane.watch.rows]
+            )
+        )
+        stops = _stops(config, budget, grid["target"], grid["recoverable"], leader)
+        lanes.append(relearn_side.make_lane(config, records[me], tokenizer, task, budget, stops))
+
+    def after(running: list[int]) -> list[int]:
+        won = next(
+            (
+                lane.watch.name
+                for lane in lanes
+                if lane.attacking and lane.watch.end["stopped"] == "recovered"
+            ),
+            None,
+        )
+        if won is None:
+            return []
+        ended = [
+            k
+            for k in running
+            if lanes[k].attacking and not lanes[k].reference and lanes[k].watch.name != won
+        ]
+        for k in ended:
+            lanes[k].watch.end.update(stopped="overtaken", overtaken_by=won)
+        return ended
+
+    side = relearn_side.train_side_by_side(
+        model, tokenizer, lanes, held_out=held_out, template=task.template, budget=budget,
+        start=start, after=after,
+    )  # fmt: skip
+    relearn_side.retain_accuracies(side, tokenizer, task, lanes, budget.eval_items or None)
+    for lane in lanes:
+        grid["curve"] += lane.watch.rows
+        grid["ends"][lane.watch.name] = lane.watch.end
+        if lane.attacking and lane.watch.end["stopped"] == "recovered":
+            grid["recovered_by"] = grid["recovered_by"] or lane.watch.name
+
+
 def run(
-    model, tokenizer, task: Task, *, budget: RelearnBudget, original=None, gold=None
+    model,
+    tokenizer,
+    task: Task,
+    *,
+    budget: RelearnBudget,
+    original=None,
+    gold=None,
+    known: dict[str, Known] | None = None,
 ) -> AttackResult:
+    """The grid on ``model``; ``known`` ({"unlearned", "original": Known}): answers already scored
+    (:mod:`excise.attacks.known`), read instead of scored again."""
     half_b = halves(task.forget_eval)[1]
     if not half_b:
         raise ExciseError("the relearn attack needs at least 2 forget_eval items")
     held_out = half_b[: budget.eval_items or None]
-    clean = accuracy(model, tokenizer, held_out, task.template)
-    known = accuracy(original, tokenizer, held_out, task.template) if original is not None else None
-    target = known if known is not None else 1.0
+    known = known or {}
+    mine, theirs = known.get("unlearned") or Known(), known.get("original") or Known()
+    clean = known_accuracy(model, tokenizer, held_out, task.template, mine)
+    base = original is not None
+    known_here = (
+        known_accuracy(original, tokenizer, held_out, task.template, theirs) if base else None
+    )
+    target = known_here if known_here is not None else 1.0
     # nothing was removed (the original knew no more): no recovery to stop at
     recoverable = budget.stop_at_recovery and target > clean
-    start = {"forget_accuracy": clean, **behaviour_scores(model, tokenizer, task, held_out)}
-    curve: list[dict[str, Any]] = []
+    behaviour = behaviour_scores(model, tokenizer, task, held_out)
+    start = {"forget_accuracy": clean, **behaviour}
+    grid: dict[str, Any] = {"curve": [], "ends": {}, "recovered_by": None}
+    grid |= {"target": target, "recoverable": recoverable}
     skipped: dict[str, str] = {}
     trained: dict[str, int] = {}
-    ends: dict[str, dict[str, Any]] = {}
-    recovered_by: str | None = None
+    records: dict[str, list[Record]] = {}
+    # LoRA configurations side by side: a task with a behaviour measure of its own scores it
+    # per configuration, one at a time
+    side = budget.side_by_side and not behaviour and relearn_side.SideBySide.supports(model)
+    together: list[Configuration] = []
     for config in configurations(budget):
-        records = training_records(task, config.variant, budget)
-        trained[config.variant] = len(records)
+        records[config.name] = training_records(task, config.variant, budget)
+        trained[config.variant] = len(records[config.name])
         attacking = not config.variant.startswith("same")
-        if reason := _skip_reason(config.variant, records):
+        lora = config.variant.endswith("_lora")
+        if reason := _skip_reason(config.variant, records[config.name], peft=not (side and lora)):
             skipped[config.name] = reason
             continue
-        if recovered_by and attacking and not config.reference:
-            skipped[config.name] = f"{recovered_by} already recovered the original's accuracy"
+        if grid["recovered_by"] and attacking and not config.reference:
+            skipped[config.name] = (
+                f"{grid['recovered_by']} already recovered the original's accuracy"
+            )
             continue
-        leaders = [r for r in curve if not r["variant"].startswith("same")]
-        stops = Stops(
-            target=target if recoverable else None,
-            patience=budget.patience,
-            behind=budget.behind if attacking else 0.0,
-            leader=lambda step, rows=leaders: max(
-                (r["forget_accuracy"] for r in rows if r["step"] <= step), default=0.0
-            ),
-            # a reference run keeps going to half the target: its steps-to-threshold stay exact
-            floor=0.5 * target if config.reference else 0.0,
+        if side and lora:
+            together.append(config)
+            continue
+        stops = _stops(
+            config, budget, target, recoverable, _best_by(lambda rows=list(grid["curve"]): rows)
         )
         rows, end = run_configuration(
-            model, tokenizer, task, records, config.variant, budget, lr=config.lr,
+            model, tokenizer, task, records[config.name], config.variant, budget, lr=config.lr,
             name=config.name, stops=stops, start=start,
         )  # fmt: skip
-        curve += rows
-        ends[config.name] = end
+        grid["curve"] += rows
+        grid["ends"][config.name] = end
         if attacking and end["stopped"] == "recovered":
-            recovered_by = recovered_by or config.name
+            grid["recovered_by"] = grid["recovered_by"] or config.name
+    if grid["recovered_by"]:  # the LoRA lanes not yet run are skipped as one by one
+        for config in [c for c in together if not c.reference and not c.variant.startswith("same")]:
+            skipped[config.name] = (
+                f"{grid['recovered_by']} already recovered the original's accuracy"
+            )
+            together.remove(config)
+    if together:
+        _side_by_side(model, tokenizer, task, budget, together, records, held_out, start, grid)
+    curve, ends = grid["curve"], grid["ends"]
     if not curve:
         raise ExciseError(f"no relearn configuration could run: {skipped}")
     # training on half B itself teaches any model its answers: those curves time the relearning
@@ -251,7 +360,7 @@ def run(
             metrics[f"{name}_retain_accuracy"] = end["retain_accuracy"]
     details = {
         "clean_forget_accuracy": clean,  # half B (capped), the model as given
-        "original_forget_accuracy": known,  # the same items, the original model
+        "original_forget_accuracy": known_here,  # the same items, the original model
         "split": "forget_eval even positions train (A), odd positions are held out (B)",
         "held_out_items": len(held_out),
         "trained_items": trained,

@@ -38,12 +38,69 @@ class _Stop(Exception):
     """Raised from the step callback to end a configuration early (the copy is thrown away)."""
 
 
+class Watch:
+    """The rows of one configuration and its end: each checkpoint's scores go in through
+    :meth:`record`, which says whether the configuration stops there (:class:`Stops`). The
+    one-at-a-time path and the side-by-side one (:mod:`excise.attacks.relearn_side`) share it."""
+
+    def __init__(self, name: str, variant: str, lr: float, stops: Stops, last: int) -> None:
+        self.name, self.stops, self.last = name, stops, last
+        self.source, self.mode = variant.rsplit("_", 1)
+        self.lr = lr
+        self.rows: list[dict[str, Any]] = []
+        self.end: dict[str, Any] = {
+            "variant": variant,
+            "lr": lr,
+            "stopped": "finished",
+            "best_step": 0,
+        }
+
+    def record(self, step: int, scores: dict[str, float]) -> bool:
+        """Add the scores at ``step``; True when the configuration stops there."""
+        self.add(step, scores)
+        return self.decide(step)
+
+    def add(self, step: int, scores: dict[str, float]) -> None:
+        row = {"variant": self.name, "source": self.source, "mode": self.mode, "lr": self.lr}
+        self.rows.append(row | {"step": step, **scores})
+
+    def decide(self, step: int) -> bool:
+        """Whether the configuration stops at ``step``, its last row (:class:`Stops`)."""
+        row = self.rows[-1]
+        best = max(self.rows, key=lambda r: r["forget_accuracy"])
+        end, stops = self.end, self.stops
+        end.update(best_forget_accuracy=best["forget_accuracy"], best_step=best["step"])
+        end["last_step"] = step
+        if stops.target is not None and row["forget_accuracy"] >= stops.target:
+            end["stopped"] = "recovered"
+            return step < self.last
+        if step == self.last or end["stopped"] == "recovered":
+            return False
+        if best["forget_accuracy"] < stops.floor:
+            return False
+        if stops.patience and step - best["step"] >= stops.patience:
+            end["stopped"] = "plateau"
+            return True
+        lead = stops.leader(step) if stops.leader is not None and step >= 10 else 0.0
+        if stops.behind and lead > 0 and best["forget_accuracy"] < stops.behind * lead:
+            end["stopped"] = "behind"
+            return True
+        return False
+
+
+def lora_targets(model) -> list[str]:
+    """The module names LoRA adapts in a relearning copy: the MLP input and output and the
+    attention output projections."""
+    parts = layout(model)
+    return sorted({p.split(".")[-1] for p in (parts.mlp_in, parts.mlp_out, parts.attn_out)})
+
+
 def with_lora(model, rank: int, alpha: float):
     import peft
 
-    parts = layout(model)
-    targets = sorted({p.split(".")[-1] for p in (parts.mlp_in, parts.mlp_out, parts.attn_out)})
-    config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets)
+    config = peft.LoraConfig(
+        r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=lora_targets(model)
+    )
     # injected in place, no PeftModel wrapper: the copy stays a plain causal LM for the scorers
     model = peft.inject_adapter_in_model(config, model)
     for name, param in model.named_parameters():
@@ -112,38 +169,20 @@ def run_configuration(
     copy = clone_model(model)
     copy = with_lora(copy, budget.lora_rank, budget.lora_alpha) if lora else copy
     checkpoints, last = set(budget.steps), max(budget.steps)
-    source, mode = variant.rsplit("_", 1)
-    rows: list[dict[str, Any]] = []
-    end: dict[str, Any] = {"variant": variant, "lr": lr, "stopped": "finished", "best_step": 0}
+    source = variant.rsplit("_", 1)[0]
+    watch = Watch(name or variant, variant, lr, stops, last)
+    end = watch.end
 
     def measure(step: int) -> None:
         if step not in checkpoints:
             return
-        row = {"variant": name or variant, "source": source, "mode": mode, "lr": lr, "step": step}
         if step == 0 and start is not None:
-            row.update(start)
+            scores = dict(start)
         else:
-            row["forget_accuracy"] = accuracy(copy, tokenizer, held_out, task.template)
+            scores = {"forget_accuracy": accuracy(copy, tokenizer, held_out, task.template)}
             # the task's own measure of the behaviour (toxicity: toxic_preference)
-            row.update(behaviour_scores(copy, tokenizer, task, held_out))
-        rows.append(row)
-        best = max(rows, key=lambda r: r["forget_accuracy"])
-        end.update(best_forget_accuracy=best["forget_accuracy"], best_step=best["step"])
-        end["last_step"] = step
-        if stops.target is not None and row["forget_accuracy"] >= stops.target:
-            end["stopped"] = "recovered"
-            if step < last:
-                raise _Stop
-        if step == last or end["stopped"] == "recovered":
-            return
-        if best["forget_accuracy"] < stops.floor:
-            return
-        if stops.patience and step - best["step"] >= stops.patience:
-            end["stopped"] = "plateau"
-            raise _Stop
-        lead = stops.leader(step) if stops.leader is not None and step >= 10 else 0.0
-        if stops.behind and lead > 0 and best["forget_accuracy"] < stops.behind * lead:
-            end["stopped"] = "behind"
+            scores.update(behaviour_scores(copy, tokenizer, task, held_out))
+        if watch.record(step, scores):
             raise _Stop
 
     try:
@@ -167,7 +206,7 @@ def run_configuration(
     if end["stopped"] not in ("diverged", "behind"):
         copy.eval()
         end["retain_accuracy"] = accuracy(copy, tokenizer, kept, task.template)
-    return rows, end
+    return watch.rows, end
 
 
 def relearn_curve(

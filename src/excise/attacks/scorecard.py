@@ -20,19 +20,25 @@
   0.5 without an original), curves {unlearned, original, gold}, steps_to_threshold
   {model: {variant: steps | None}}, and with a gold model ``ratio`` {variant: {ratio, bound}}: see
   :mod:`excise.attacks.references`. Reference models run ``reference_variants`` of the budget.
-- ``timings_s``: {attack: seconds}
+- ``timings_s``: {attack: seconds}, and "clean": the clean accuracies of every model
+
+``known`` ({"unlearned" | "original" | "gold": :class:`~excise.attacks.known.Known`}) hands over
+what the caller already scored (a job's evaluations before and after): the clean accuracies and
+relearning's step 0 and target are read from it, and only items it lacks are scored (and added to
+it). Without it the forget set is still scored once per model for every attack that reads it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from excise.attacks import ATTACKS, get_attack, make_budget
-from excise.attacks.base import utility_metrics
+from excise.attacks.known import Known, known_utility
 from excise.attacks.references import relearn_references
 from excise.data.tasks import Task
 from excise.errors import ExciseError
@@ -108,8 +114,10 @@ def audit(
     budgets: dict[str, Any] | None = None,
     echo: Callable[[str], None] | None = None,
     threshold: float | None = None,
+    known: dict[str, Known] | None = None,
 ) -> dict[str, Any]:
-    """Run ``attacks`` on ``model`` (never changed); ``budgets`` maps attack -> overrides."""
+    """Run ``attacks`` on ``model`` (never changed); ``budgets`` maps attack -> overrides;
+    ``known``: what is already scored of each model (module docstring)."""
     names = _names(attacks)
     unknown = sorted(set(budgets or {}) - set(names))
     if unknown:
@@ -118,17 +126,24 @@ def audit(
     if gold is not None and "relearn" in chosen:
         chosen["relearn"] = _with_relearning_time(chosen["relearn"], (budgets or {}).get("relearn"))
     references = {k: v for k, v in (("original", original), ("gold", gold)) if v is not None}
-    clean = {"unlearned": utility_metrics(model, tokenizer, task)}
-    clean |= {role: utility_metrics(ref, tokenizer, task) for role, ref in references.items()}
-    results, timings = {}, {}
+    started = time.perf_counter()
+    known = {role: (known or {}).get(role) or Known() for role in ("unlearned", *references)}
+    clean = {"unlearned": known_utility(model, tokenizer, task, known["unlearned"])}
+    clean |= {
+        role: known_utility(ref, tokenizer, task, known[role]) for role, ref in references.items()
+    }
+    results, timings = {}, {"clean": round(time.perf_counter() - started, 2)}
     bar = progress(total=len(names), desc="attacks", unit="attacks")
     for name in names:
         if echo:
             echo(f"[audit] {name} ...")
         start = time.perf_counter()
         with stage(name):  # the attack's own progress reads "[audit: name] ..."
-            results[name] = get_attack(name).run(
-                model, tokenizer, task, budget=chosen[name], original=original, gold=gold
+            run = get_attack(name).run
+            # an attack that reads what is already scored (relearn) is handed it
+            extra = {"known": known} if "known" in inspect.signature(run).parameters else {}
+            results[name] = run(
+                model, tokenizer, task, budget=chosen[name], original=original, gold=gold, **extra
             )
         timings[name] = round(time.perf_counter() - start, 2)
         bar.update(1)

@@ -14,7 +14,15 @@ from excise import models
 from excise.attacks.scorecard import audit
 from excise.fsutil import atomic_dir, check_output, disk_errors, write_manifest
 from excise.jobs.checks import check_hash, expected_hash
-from excise.jobs.common import Echo, check_attacks, check_choices, job_task, load, references_for
+from excise.jobs.common import (
+    Echo,
+    audit_known,
+    check_attacks,
+    check_choices,
+    job_task,
+    load,
+    references_for,
+)
 from excise.progress import Timer
 from excise.report import audit_report, write_report
 
@@ -78,6 +86,10 @@ def run(job: AuditJob, *, echo: Echo | None = None) -> AuditResult:
         original, gold = references_for(job.original, task, job, echo=echo)
         del base
     with timer.stage("audit"):
+        # the original's answers as an earlier run evaluated or audited them (cached by weights)
+        taught = task.metadata.get("needs_teaching")
+        weights = models.weights_sha256(original) if taught else original_sha256
+        known = audit_known(original, tokenizer, task, weights)
         result = audit(
             model,
             tokenizer,
@@ -87,6 +99,7 @@ def run(job: AuditJob, *, echo: Echo | None = None) -> AuditResult:
             attacks=job.attacks,
             budgets=job.budgets,
             echo=echo,
+            known=known,
         )
     report = audit_report(
         model_spec=job.model,

@@ -10,11 +10,12 @@ from typing import Any, Protocol
 
 from excise import models
 from excise.attacks import get_attack
+from excise.attacks.known import Known, known_from_evaluation, known_utility
 from excise.data.task import BUILTIN
 from excise.data.tasks import Task, custom_task, filter_known, load_task
 from excise.errors import ConfigError
 from excise.jobs.fictitious import taught_models
-from excise.metrics import Evaluation, evaluate
+from excise.metrics import Evaluation, evaluate, quick_task
 from excise.metrics.benchmarks import benchmark_metrics
 from excise.metrics.cache import cached, task_items
 from excise.metrics.lmeval import lm_eval_scores
@@ -181,15 +182,90 @@ def evaluate_original(
 
     if reference is not None:  # a gold model's statistics: not part of the key, not cached
         return compute(), False
-    parts = {"task": task_items(task), "options": options, "utility": repr(utility)}
     return cached(
         "evaluation",
         weights,
-        parts,
+        _original_parts(task, options, utility),
         compute,
         dump=lambda e: {"metrics": e.metrics, "details": e.details},
         load=lambda d: Evaluation(d["metrics"], d["details"]),
     )
+
+
+def _original_parts(task: Task, options: dict[str, Any], utility) -> dict[str, Any]:
+    """What the cached evaluation of an original model is keyed by, beside its weights."""
+    return {"task": task_items(task), "options": options, "utility": repr(utility)}
+
+
+class _NotCached(Exception):
+    pass
+
+
+def cached_known(task: Task, weights: str) -> Known | None:
+    """What the cache holds of the original model's answers on ``task`` (its full evaluation,
+    else its quick one), without evaluating anything; None when neither was ever computed."""
+
+    def missing() -> dict[str, Any]:
+        raise _NotCached
+
+    for mode in ("full", "quick"):
+        options = {"quick": mode == "quick", "gold_truth_ratios": None}
+        try:
+            found, _ = cached("evaluation", weights, _original_parts(task, options, None), missing)
+        except _NotCached:
+            continue
+        evaluated = quick_task(task) if mode == "quick" else task
+        return known_from_evaluation(found["metrics"], found["details"], evaluated)
+    return None
+
+
+def original_known(original, tokenizer, task: Task, weights: str, given: Known | None) -> Known:
+    """The original model's answers on every set the audit reads (forget, retain, MC), ``given``
+    completed, kept in :mod:`excise.metrics.cache` by its weights (``weights``: sha256): the
+    next audit of a model unlearned from it scores none of them."""
+
+    def compute() -> Known:
+        known = given or Known()
+        known_utility(original, tokenizer, task, known)
+        return known
+
+    def dump(known: Known) -> dict[str, Any]:
+        pairs = [[p, c, v] for (p, c), v in known.correct.items()]
+        return {"correct": pairs, "mc_accuracy": known.mc_accuracy}
+
+    def load(data: dict[str, Any]) -> Known:
+        correct = {(p, c): bool(v) for p, c, v in data["correct"]}
+        mc = data["mc_accuracy"]
+        return Known(correct, tuple(task.utility) if mc is not None else None, mc)
+
+    parts = {"task": task_items(task), "sets": "forget_eval, retain_eval, utility"}
+    return cached("audit-clean", weights, parts, compute, dump=dump, load=load)[0]
+
+
+def audit_known(
+    original, tokenizer, task: Task, weights: str, mode: str = "none", before=None, after=None
+) -> dict[str, Known]:
+    """What an audit of a model unlearned from ``original`` (sha256 ``weights``) need not score:
+    the job's evaluations (``before`` of the original, ``after`` of the unlearned model, as
+    ``--eval mode`` ran them; else the original's cached evaluation) and the original's answers
+    kept from an earlier audit (:func:`original_known`)."""
+    known = evaluations_known(task, mode, **{"unlearned": after, "original": before})
+    given = known.get("original") or cached_known(task, weights)
+    known["original"] = original_known(original, tokenizer, task, weights, given)
+    return known
+
+
+def evaluations_known(task: Task, mode: str, **evaluations: Evaluation | None) -> dict[str, Known]:
+    """The job's evaluations (``unlearned=after, original=before``, as ``--eval`` ran them) as
+    what an audit need not score again (:mod:`excise.attacks.known`)."""
+    if mode == "none":
+        return {}
+    evaluated = quick_task(task) if mode == "quick" else task
+    return {
+        role: known_from_evaluation(e.metrics, e.details, evaluated)
+        for role, e in evaluations.items()
+        if e is not None and e.details
+    }
 
 
 def answers_before(model, tokenizer, shown, template: str, weights: str):
@@ -229,18 +305,21 @@ QUICK_AUDIT = {
 }
 
 
-def audit_or_quick(model, tokenizer, task: Task, original, gold, attacks, echo=None):
+def audit_or_quick(model, tokenizer, task: Task, original, gold, attacks, echo=None, known=None):
     """The audit of ``attacks`` (:func:`excise.attacks.scorecard.audit`), or with none the quick
-    audit (:data:`QUICK_AUDIT`)."""
+    audit (:data:`QUICK_AUDIT`); ``known``: what the job's evaluations already scored
+    (:func:`evaluations_known`), read instead of scored again."""
     from excise.attacks.scorecard import audit
 
     if attacks:
         return audit(
-            model, tokenizer, task, original=original, gold=gold, attacks=attacks, echo=echo
-        )
+            model, tokenizer, task, original=original, gold=gold, attacks=attacks, echo=echo,
+            known=known,
+        )  # fmt: skip
     return audit(
-        model, tokenizer, task, original=original, attacks="relearn", budgets=QUICK_AUDIT, echo=echo
-    )
+        model, tokenizer, task, original=original, attacks="relearn", budgets=QUICK_AUDIT,
+        echo=echo, known=known,
+    )  # fmt: skip
 
 
 def check_attacks(attacks: str | list[str]) -> None:

@@ -30,6 +30,7 @@ from excise.jobs.checks import check_training_data, setup_warnings
 from excise.jobs.common import (
     Echo,
     answers_before,
+    audit_known,
     audit_or_quick,
     check_attacks,
     check_choices,
@@ -335,9 +336,11 @@ def run(job: UnlearnJob, *, echo: Echo | None = None) -> UnlearnResult:
     audit_result = None
     if job.audit or job.quick_audit:
         with timer.stage("audit" if job.audit else "quick audit (relearn)"):
-            # the original comes back from disk (``model`` changed in place); gold is reused
+            # the original from disk (``model`` changed in place), gold reused, evaluations read
             original = load(original_source, job)[0]
-            audit_result = audit_or_quick(model, tokenizer, task, original, gold, job.audit, echo)
+            known = audit_known(original, tokenizer, task, original_sha256, job.eval, before, after)
+            audit_result = audit_or_quick(model, tokenizer, task, original, gold, job.audit, echo,
+                                          known)  # fmt: skip
             del original, gold
         tracker.log_audit(audit_result, step=settings.steps)
     report = build_report(

@@ -42,6 +42,11 @@ def benchmark_metrics(
     return {} if module is None else module.metrics(model, tokenizer, task, reference)
 
 
+def has_behaviour(task) -> bool:
+    """Whether ``task`` has a behaviour measure of its own (:func:`behaviour_scores` not {})."""
+    return getattr(_module(task), "behaviour", None) is not None
+
+
 def behaviour_scores(model, tokenizer, task, items: list) -> dict[str, float]:
     """The task's own behaviour measures on ``items`` (a subset of its forget items), or {}."""
     own = getattr(_module(task), "behaviour", None)
