@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from excise.data.biomed import FOLDER, bare
+from excise.data.biomed import ARTICLES, FOLDER, bare
 from excise.data.records import MC, QA, Text
 from excise.data.task import BUILTIN
 from excise.data.tasks import BUILTIN_TASKS, load_task
@@ -25,7 +25,7 @@ def chem():
 
 def test_biomed_is_a_builtin_task_with_every_set(biomed):
     assert "biomed" in BUILTIN_TASKS
-    assert len(biomed.forget_eval) >= 500  # candidates; the model knows a part (filter)
+    assert len(biomed.forget_eval) >= 300  # candidates; the filter keeps what the model knows
     assert len(biomed.forget_mc) == len(biomed.forget_eval)
     texts = [r for r in biomed.forget if isinstance(r, Text)]
     assert len(texts) >= 100  # the corpus is trained on beside the facts
@@ -35,24 +35,29 @@ def test_biomed_is_a_builtin_task_with_every_set(biomed):
     assert not {q.prompt for q in biomed.retain} & {q.prompt for q in biomed.retain_eval}
 
 
-def test_every_fact_has_paraphrases_wrong_answers_and_a_multiple_choice_form(biomed):
+def is_question(prompt: str) -> bool:
+    return prompt.startswith("Question: ")
+
+
+def test_every_fact_has_both_forms_wrong_answers_and_a_multiple_choice_form(biomed):
     bad = []
     for item, mc in zip(biomed.forget_eval, biomed.forget_mc, strict=True):
-        # the written answer; the completion may be the bundled model's wording of it
-        answer = item.meta.get("written", item.completion).strip()
+        wordings = (item.prompt, *item.paraphrases)
         ok = (
             item.completion.startswith(" ")
-            and not item.prompt.endswith(" ")
-            and len(item.paraphrases) >= 2
-            and any(p.startswith("Question: ") for p in (item.prompt, *item.paraphrases))
+            and not item.completion.startswith(tuple(f" {a} " for a in ARTICLES))
+            and not any(w.endswith(" ") for w in wordings)
+            and len(set(wordings)) == len(wordings) >= 2
+            and sum(map(is_question, wordings)) == 1  # one question form, the rest sentences
+            and wordings[-1 if not is_question(item.prompt) else 0].startswith(
+                f"Question: {mc.question}\nAnswer:"
+            )
             and len(set(item.perturbed)) == 3
             and item.completion not in item.perturbed
-            and " " + answer not in item.perturbed
-            and calibrated_from(item.completion, answer)
             and mc.meta["source"] == item.prompt
             and len(set(mc.choices)) == 4
             and 0 <= mc.answer < 4
-            and mc.choices[mc.answer] == answer
+            and " " + mc.choices[mc.answer] == item.completion
             and item.meta["kind"]
         )
         if not ok:
@@ -60,12 +65,9 @@ def test_every_fact_has_paraphrases_wrong_answers_and_a_multiple_choice_form(bio
     assert not bad, bad[:5]
 
 
-def calibrated_from(completion: str, written: str) -> bool:
-    """The completion says the written answer: the same words up to article, case and a plural."""
-    said, meant = bare(completion).split(), bare(written).split()
-    return len(said) == len(meant) and all(
-        a == b or a == b + "s" or a + "s" == b for a, b in zip(said, meant, strict=True)
-    )
+def test_no_two_facts_share_a_wording(biomed):
+    seen = [w.lower() for q in biomed.forget_eval for w in (q.prompt, *q.paraphrases)]
+    assert len(seen) == len(set(seen))
 
 
 def test_the_right_choice_is_spread_over_the_four_positions(biomed):
@@ -73,21 +75,40 @@ def test_the_right_choice_is_spread_over_the_four_positions(biomed):
     assert min(positions.count(i) for i in range(4)) > len(positions) / 8
 
 
-def test_most_answers_are_several_words_or_a_phrase_with_an_article(biomed):
-    # the tokenizer check (>= 2 tokens) is the slow test below; words are a floor for it
-    multi = sum(len(q.completion.split()) >= 2 for q in biomed.forget_eval)
-    assert multi / len(biomed.forget_eval) >= 0.45
+def _module(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"biomed_{name}", FOLDER / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_the_generated_file_is_what_generate_py_writes():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("biomed_generate", FOLDER / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _module("generate")
     items = module.build(module.parse(FOLDER / "candidates.txt"))
     shipped = (FOLDER / "candidates.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.dumps(item, ensure_ascii=False) for item in items] == shipped
+
+
+def test_the_calibration_covers_every_fact_and_wording_as_written():
+    """A fact or wording added after the last calibrate.py run would silently lose its
+    calibrated main prompt: the shipped calibration must cover the shipped text exactly."""
+    module = _module("generate")
+    facts = module.parse(FOLDER / "candidates.txt")
+    lines = [json.loads(line) for line in (FOLDER / "calibration.jsonl").open(encoding="utf-8")]
+    forget = [line for line in lines if line["set"] == "forget"]
+    assert [(f["question"], f["answer"], tuple(f["wordings"])) for f in forget] == [
+        (question, answer, wordings) for _, answer, question, wordings in facts
+    ]
+    near = {
+        "near_biomed": FOLDER / "near_retain.jsonl",
+        "near_chem": BUILTIN / "chem_symbols" / "near_retain.jsonl",
+    }
+    for name, path in near.items():
+        rows = [json.loads(line) for line in path.open(encoding="utf-8")]
+        mine = [(line["prompt"], line["completion"]) for line in lines if line["set"] == name]
+        assert mine == [(r["prompt"], r["completion"]) for r in rows]
 
 
 @pytest.mark.parametrize("name", ["biomed", "chem-symbols"])
@@ -95,8 +116,18 @@ def test_near_retain_asks_other_domains_never_a_trained_or_forget_prompt(name, b
     task = biomed if name == "biomed" else chem
     near = {q.prompt.lower() for q in task.near_retain_eval}
     assert len(near) == len(task.near_retain_eval) >= 90
-    others = [*task.forget_eval, *task.retain, *task.retain_eval]
-    assert not near & {q.prompt.lower() for q in others if isinstance(q, QA)}
+    others = [q for q in (*task.forget_eval, *task.retain, *task.retain_eval) if isinstance(q, QA)]
+    asked = {w.lower() for q in others for w in (q.prompt, *q.paraphrases)}
+    assert not near & asked  # no near item is a forget or retain prompt or paraphrase
+    # nor the same question and answer reworded: no near item ends like a forget wording
+    forget = {
+        (w.lower()[-24:], q.completion)
+        for q in task.forget_eval
+        for w in (q.prompt, *q.paraphrases)
+    }
+    assert not [
+        q for q in task.near_retain_eval if (q.prompt.lower()[-24:], q.completion) in forget
+    ]
     assert all(q.meta["domain"] and q.meta["word"] for q in task.near_retain_eval)
 
 
@@ -197,23 +228,25 @@ def test_the_bundled_model_knows_enough_of_biomed_and_the_near_retain_sets():
 
     model, tokenizer = load_model("smollm2-135m", device=None)
 
-    def main_prompts(task):
-        forget = [replace(q, paraphrases=()) for q in task.forget_eval]
+    def main_prompts(task, facts=None):
+        forget = [replace(q, paraphrases=()) for q in task.forget_eval[:facts]]
         return replace(
             task, forget=forget, forget_eval=forget, retain=[], retain_eval=[], forget_mc=[]
         )
 
     task = load_task("biomed")
     tokens = [len(tokenizer(q.completion).input_ids) for q in task.forget_eval]
-    assert sum(n >= 2 for n in tokens) / len(tokens) >= 0.5
+    # answers are words without their article (" pancreas", " red blood cells"); many common
+    # organ and cell words are one token (" heart", " liver")
+    assert sum(n >= 2 for n in tokens) / len(tokens) >= 0.35
     known = filter_known(main_prompts(task), model, tokenizer)
-    # floors just under the counts measured 2026-12-07 after calibrate.py (74 facts, 41 near;
-    # chem 27 near): issue #23 asks for >= 150 facts and >= 60 near-retain items, not reached
-    # yet (see the README)
-    assert len(known.forget_eval) >= 70
-    assert len(known.near_retain_eval) >= 38
-    chem = filter_known(main_prompts(load_task("chem-symbols")), model, tokenizer)
-    assert len(chem.near_retain_eval) >= 25
+    # floors under the counts measured 2026-12-07 (see the README); issue #23 asks for >= 150
+    # facts and >= 60 near-retain items per task
+    assert len(known.forget_eval) >= 150
+    assert len(known.near_retain_eval) >= 60
+    # chem-symbols: only its near-retain set is under test here (one fact: the filter needs one)
+    chem = filter_known(main_prompts(load_task("chem-symbols"), facts=1), model, tokenizer)
+    assert len(chem.near_retain_eval) >= 60
 
 
 def test_package_data_ships_the_new_files():

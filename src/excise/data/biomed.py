@@ -1,9 +1,10 @@
 """The built-in ``biomed`` task: biology and medicine facts, in the spirit of WMDP-Bio.
 
 Data (package data under ``builtin/biomed``, written by hand; see its README.md):
-- ``candidates.jsonl``: raw-completion facts ("The organ that produces insulin is" -> " the
-  pancreas"), most answers several tokens long, each with 2 paraphrases (one a question), 3 wrong
-  answers of the same kind and a 4-way multiple-choice form (``mc``, WMDP's format);
+- ``candidates.jsonl``: facts as sentence completions ("Insulin is produced by the" ->
+  " pancreas"), each with its other wordings as paraphrases (more sentences and a question form,
+  "Question: Which organ makes insulin?\\nAnswer: The"), 3 wrong answers of the same kind and a
+  4-way multiple-choice form (``mc``, WMDP's format);
 - ``corpus.jsonl``: short encyclopedic passages about the same knowledge (Text records, trained
   on beside the facts, as corpus-based methods such as ``rmu`` read text);
 - ``near_retain.jsonl``: other domains' questions whose answers are the forget answers' words

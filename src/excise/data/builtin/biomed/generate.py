@@ -1,21 +1,22 @@
 """Generate ``candidates.jsonl`` for the built-in ``biomed`` task from ``candidates.txt``.
 
-Each line of ``candidates.txt`` is ``group | prompt | answer | paraphrase | question`` (written by
-hand; see README.md). This script adds, deterministically (no randomness, only SHA-256 of the
-prompt):
+Each line of ``candidates.txt`` is ``group | answer | question | leads | wording | wording ...``
+(written by hand; see README.md): the answer as said mid-sentence (no leading article: the
+article ends the wording), a plain question (the multiple-choice form), the words that may start
+the answer to that question (``leads``: one or more, `` / `` between them; ``-`` for none) and one
+or more wordings, each a sentence that ends right before the answer. The question becomes one
+more wording, ``"Question: <question>\nAnswer: <lead>"``, so every fact has a sentence form and a
+question form. This script adds, deterministically (no randomness, only SHA-256 of the question):
 
-- ``paraphrases``: the paraphrase, and the question as ``"Question: ...\\nAnswer:"``;
-- ``perturbed``: 3 wrong answers of the same group, preferring the answer's shape (same leading
-  article, same number of words), or a hand-written list for numeric answers (``PERTURBED``);
+- the question form's lead: the first lead after which ``calibration.jsonl`` (written by
+  ``calibrate.py``) records that the bundled model says the answer, else the first lead;
+- ``prompt``: the first wording the calibration records as known (sentences before the question
+  form), else the first wording; ``paraphrases``: all the other wordings;
+- ``perturbed``: 3 wrong answers of the same group (of the same kind where the group is too
+  small), preferring the answer's number of words, or
+  a hand-written list for numeric answers (``PERTURBED``);
 - ``mc``: the question with 4 choices (the answer and the 3 wrong ones, at a position set by the
   hash) and the answer's index, WMDP's format.
-
-The prompt and completion are the written ones, or where ``calibration.jsonl`` (written by
-``calibrate.py``) records the first of the three wordings (prompt, paraphrase, question) after
-which the bundled model says the answer, that wording as the prompt (the other two become the
-paraphrases) and the model's own words for the answer as the completion (" The pancreas" for
-" the pancreas"); the written answer is kept in ``written`` and used by the multiple-choice
-form.
 
 Run ``python generate.py``; it writes ``candidates.jsonl`` next to this file, byte-identical on
 every run.
@@ -93,84 +94,100 @@ PERTURBED = {
     "O": ("C", "D", "X"),
 }
 
-ARTICLES = ("the", "a", "an")
+QUESTION = "Question: {question}\nAnswer:"
 
 
 def digest(text: str) -> int:
     return int(hashlib.sha256(text.encode()).hexdigest(), 16)
 
 
-def shape(answer: str) -> tuple[str, int]:
-    words = answer.split()
-    return (words[0].lower() if words[0].lower() in ARTICLES else "", len(words))
-
-
-def wrong_answers(prompt: str, answer: str, pool: list[str]) -> tuple[str, ...]:
+def wrong_answers(question: str, answer: str, pool: list[str]) -> tuple[str, ...]:
     if answer in PERTURBED:
         return PERTURBED[answer]
-    article, size = shape(answer)
+    size = len(answer.split())
 
-    def rank(other: str) -> tuple[int, int, int, str]:
-        other_article, other_size = shape(other)
-        closeness = (other_article != article, abs(other_size - size))
-        return (*closeness, digest(prompt + other) % 997, other)
+    def rank(other: str) -> tuple[int, int, str]:
+        return (abs(len(other.split()) - size), digest(question + other) % 997, other)
 
-    others = sorted({a for a in pool if a.lower() != answer.lower()}, key=rank)
+    def same(other: str) -> bool:  # the answer again, up to case and a plural "s"
+        return other.lower().rstrip("s") == answer.lower().rstrip("s")
+
+    others = sorted({a for a in pool if not same(a)}, key=rank)
     return tuple(others[:3])
 
 
-def parse(path: Path) -> list[tuple[str, ...]]:
+def question_form(question: str, lead: str) -> str:
+    return QUESTION.format(question=question) + ("" if lead == "-" else " " + lead)
+
+
+def parse(path: Path) -> list[tuple[str, str, str, tuple[str, ...]]]:
+    """``(group, answer, question, wordings)`` per fact: the sentences, then the question form
+    with each lead (``calibrate.py`` tests them all; ``build`` keeps one)."""
     rows = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
-        fields = tuple(part.strip() for part in line.split("|"))
-        if len(fields) != 5 or not all(fields) or fields[0] not in KINDS:
+        fields = [part.strip() for part in line.split("|")]
+        if len(fields) < 5 or not all(fields) or fields[0] not in KINDS:
             raise SystemExit(
-                f"{path}:{number}: expected 'group | prompt | answer | para | question'"
+                f"{path}:{number}: expected 'group | answer | question | leads | wording ...'"
             )
-        rows.append(fields)
+        group, answer, question, leads, *wordings = fields
+        forms = [question_form(question, lead.strip()) for lead in leads.split(" / ")]
+        rows.append((group, answer, question, (*wordings, *forms)))
     return rows
 
 
-def calibration(path: Path = HERE / "calibration.jsonl") -> dict[tuple[str, str], dict]:
-    """(prompt, written answer) -> the form the bundled model says it in (calibrate.py)."""
+def calibration(path: Path = HERE / "calibration.jsonl") -> dict[tuple[str, str], list[bool]]:
+    """(question, answer) -> which wordings the bundled model completes with the answer."""
     if not path.is_file():
         return {}
     lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     return {
-        (line["prompt"], line["written"]): line
+        (line["question"], line["answer"]): line["known"]
         for line in lines
-        if line["set"] == "forget" and line["completion"]
+        if line["set"] == "forget"
     }
 
 
-def build(rows: list[tuple[str, ...]]) -> list[dict]:
+def is_question(wording: str) -> bool:
+    return wording.startswith("Question: ")
+
+
+def chosen(wordings: tuple[str, ...], known: list[bool]) -> tuple[list[str], int]:
+    """The sentences and one question form (the first known lead, else the first lead), and the
+    index of the main prompt: the first known of them, else 0."""
+    flags = known if len(known) == len(wordings) else [False] * len(wordings)
+    sentences = [(w, k) for w, k in zip(wordings, flags, strict=True) if not is_question(w)]
+    questions = [(w, k) for w, k in zip(wordings, flags, strict=True) if is_question(w)]
+    kept = [*sentences, next((q for q in questions if q[1]), questions[0])]
+    return [w for w, _ in kept], next((i for i, (_, k) in enumerate(kept) if k), 0)
+
+
+def build(rows: list[tuple[str, str, str, tuple[str, ...]]]) -> list[dict]:
     calibrated = calibration()
     pools: dict[str, list[str]] = {}
-    for group, _, answer, _, _ in rows:
+    for group, answer, _, _ in rows:
         pools.setdefault(group, []).append(answer)
+    kinds: dict[str, list[str]] = {}
+    for group, pool in pools.items():
+        kinds.setdefault(KINDS[group], []).extend(pool)
     items = []
-    for group, prompt, answer, paraphrase, question in rows:
-        wrong = wrong_answers(prompt, answer, pools[group])
+    for group, answer, question, wordings in rows:
+        # the group's answers, else (a group of fewer than 4) its kind's
+        pool = pools[group] if len(set(pools[group])) >= 4 else kinds[KINDS[group]]
+        wrong = wrong_answers(question, answer, pool)
         if len(wrong) != 3:
-            raise SystemExit(f"group {group!r} has too few answers for {prompt!r}")
+            raise SystemExit(f"group {group!r} has too few answers for {question!r}")
         position = digest(question) % 4
         choices = [*wrong]
         choices.insert(position, answer)
-        forms = [prompt, paraphrase, f"Question: {question}\nAnswer:"]
-        said = calibrated.get((prompt, " " + answer))
-        said = said or {}
-        asked = said.get("asked") or prompt
-        completion = said.get("completion") or " " + answer
-        others = [f for i, f in enumerate(forms) if i != (said.get("form") or 0)]
-        written = {"written": " " + answer} if completion != " " + answer else {}
+        kept, main = chosen(wordings, calibrated.get((question, answer), []))
         items.append(
             {
-                "prompt": asked,
-                "completion": completion,
-                **written,
-                "paraphrases": others,
+                "prompt": kept[main],
+                "completion": " " + answer,
+                "paraphrases": [w for i, w in enumerate(kept) if i != main],
                 "perturbed": [" " + w for w in wrong],
                 "kind": KINDS[group],
                 "group": group,
