@@ -3,6 +3,7 @@
 
     python bench/train_memory.py [--threads 2] [--method npo] [--steps 7] [--warmup 1]
                                  [--batch-size 8] [--lr 1e-5] [--repeat 1] [--json FILE]
+                                 [--configs LABEL,...] [--optimizer-step]
 
 Full-parameter training of smollm2-135m (float32) on chem-symbols, batch 8 forget + 8 retain,
 through the one loop (excise.train.train), under each configuration of TrainConfig's memory
@@ -14,6 +15,11 @@ and the step time (median of the measured steps; with ``--repeat`` the fastest r
 interleaved so that other jobs' load hits every configuration). Ratios are to the ordinary loop
 measured in the same run. The in-backward rows do not clip gradients (the ordinary loop clips at
 1.0), so their weights differ from the ordinary loop's by that.
+
+``--optimizer-step``: also the seconds of one AdamW step over tensors of the bundled model's
+shapes (random weights and gradients, no model loaded), torch's fused AdamW (fp32 states, the
+ordinary loop's) against the bf16-state AdamW (excise.train.adamw_bf16), best of 5, in this
+process.
 """
 
 from __future__ import annotations
@@ -61,6 +67,41 @@ def run(label: str, options: dict, args) -> dict | None:
     return row
 
 
+def bundled_shapes() -> list[tuple[int, ...]]:
+    """smollm2-135m's trained tensors: the (tied) embedding, 30 blocks, the final norm."""
+    block = [(576, 576), (192, 576), (192, 576), (576, 576)]  # q, k, v, o
+    block += [(1536, 576), (1536, 576), (576, 1536), (576,), (576,)]  # gate, up, down, norms
+    return [(49152, 576), *block * 30, (576,)]
+
+
+def optimizer_step(threads: int, repeats: int = 5) -> dict[str, float]:
+    """Best-of-``repeats`` seconds of one step of each AdamW over the bundled model's shapes."""
+    import torch
+
+    from excise.train.adamw_bf16 import AdamWBF16
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(shape) * 0.02) for shape in bundled_shapes()]
+    for param in params:
+        param.grad = torch.randn_like(param) * 1e-3
+    seconds = {}
+    for label, build in (
+        ("torch AdamW fused, fp32 states", lambda: torch.optim.AdamW(params, lr=1e-5, fused=True)),
+        ("AdamWBF16, bf16 states", lambda: AdamWBF16(params, lr=1e-5)),
+    ):
+        optimizer = build()
+        optimizer.step()  # allocates the states
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            optimizer.step()
+            times.append(time.perf_counter() - start)
+        seconds[label] = min(times)
+        del optimizer
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -72,6 +113,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--configs", default=None, help="comma list of labels (default: all)")
     parser.add_argument("--json", default=None, help="also write the rows here")
+    parser.add_argument(
+        "--optimizer-step", action="store_true", help="also time one AdamW step (fp32 vs bf16)"
+    )
     args = parser.parse_args()
     labels = args.configs.split(",") if args.configs else list(CONFIGS)
     if importlib.util.find_spec("bitsandbytes") is None:
@@ -119,14 +163,21 @@ def main() -> None:
             f"{row['peak_mib'] * 2**20 / 1e9:8.2f} {ratios[1]:>6} {row['rise_mib']:6.0f}",
             flush=True,
         )
+    steps = optimizer_step(args.threads) if args.optimizer_step else None
+    if steps:
+        print(
+            "one AdamW step over the bundled model's 134.5M weights: "
+            + ", ".join(f"{label} {seconds:.3f} s" for label, seconds in steps.items())
+        )
     if args.json:
-        write(args, started, rows)
+        write(args, started, rows, steps)
 
 
-def write(args, started: str, rows: list[dict]) -> None:
+def write(args, started: str, rows: list[dict], steps: dict | None = None) -> None:
     with open(args.json, "w") as f:
         document = {"machine": machine_line(args.threads), "started": started, "args": vars(args)}
-        json.dump({**document, "rows": rows}, f, indent=1)
+        extra = {"optimizer_step_s": steps} if steps else {}
+        json.dump({**document, "rows": rows, **extra}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import torch
 from excise.errors import ConfigError
 from excise.models import fingerprint
 from excise.train import TrainConfig
-from excise.train.adamw_bf16 import AdamWBF16, round_stochastic_
+from excise.train.adamw_bf16 import AdamWBF16, draw_noise, store_stochastic_
 from tests.conftest import make_tiny_model, tiny_task, train_tiny
 
 NO_CLIP = 1e9  # the ordinary loop clips at 1.0; in backward it cannot
@@ -42,7 +42,9 @@ def test_in_backward_gives_the_ordinary_loops_weights(tiny_tokenizer, method):
     fused, fused_log = trained(tiny_tokenizer, method, optimizer_in_backward=True, weight_decay=0.1)
     original = weights(make_tiny_model(tiny_tokenizer))
     assert largest_difference(weights(plain), original) > 1e-4  # the steps did something
-    assert largest_difference(weights(plain), weights(fused)) < 1e-5
+    # 1e-5 = 1% of a step at lr 1e-3: float rounding (Adam's normalisation magnifies it in
+    # gradients near 0); a forward over forget and retain together sums in another order
+    assert largest_difference(weights(plain), weights(fused)) < 3e-5
     for a, b in zip(plain_log, fused_log, strict=True):
         assert abs(a["loss"] - b["loss"]) < 1e-4
         assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-3 * a["grad_norm"]
@@ -66,6 +68,20 @@ def test_in_backward_leaves_no_hooks_nor_gradients(tiny_tokenizer):
     loss.backward()  # no optimizer step from a stale hook
     assert fingerprint(model) == before
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_in_backward_applies_gradients_before_the_backward_reaches_the_first_block(
+    tiny_tokenizer,
+):
+    # the memory the option saves: a gradient applied (and freed) while the backward is still
+    # in the blocks above, not after it reached the first block with every gradient made
+    model = make_tiny_model(tiny_tokenizer)
+    events: list[str] = []
+    last, first = model.model.layers[-1], model.model.layers[0]
+    last.mlp.down_proj.weight.register_post_accumulate_grad_hook(lambda p: events.append("last"))
+    first.register_full_backward_pre_hook(lambda module, grad: events.append("first"))
+    train_tiny(model, tiny_tokenizer, "npo", steps=1, optimizer_in_backward=True)
+    assert events.index("last") < events.index("first")
 
 
 NO_BNB = pytest.mark.skipif(
@@ -145,25 +161,62 @@ def test_bf16_adamw_keeps_bf16_moments_and_matches_adamw():
     assert optimizer.state[small]["exp_avg"].dtype == torch.bfloat16
 
 
+def rounded(values: torch.Tensor) -> torch.Tensor:
+    """``values`` stored in bfloat16 with stochastic rounding, read back as float32."""
+    stored = torch.empty_like(values, dtype=torch.bfloat16)
+    return store_stochastic_(stored, values.clone(), draw_noise(values.numel())).float()
+
+
 def test_stochastic_rounding_is_unbiased():
-    values = torch.full((200_000,), 1.0 + 2**-10)  # 1/8 of the way from 1 to the next bf16
-    noise = torch.randint(-(1 << 15), 1 << 15, values.shape, dtype=torch.int32)
-    rounded = round_stochastic_(values.clone(), noise).to(torch.bfloat16).float()
-    assert set(rounded.unique().tolist()) == {1.0, 1.0 + 2**-7}
-    assert abs(float(rounded.mean()) - (1.0 + 2**-10)) < 2e-5
-    nearest = values.to(torch.bfloat16).float()
+    for sign in (1.0, -1.0):  # the magnitude rounds: unbiased for both signs
+        values = torch.full((200_000,), sign * (1.0 + 2**-10))  # 1/8 of a bf16 step above 1
+        stored = rounded(values)
+        assert set(stored.unique().tolist()) == {sign, sign * (1.0 + 2**-7)}
+        assert abs(float(stored.mean()) - sign * (1.0 + 2**-10)) < 2e-5
+    nearest = torch.full((10,), 1.0 + 2**-10).to(torch.bfloat16).float()
     assert float(nearest.mean()) == 1.0  # round-to-nearest loses the increment entirely
 
 
-def test_stochastic_rounding_keeps_zeros_and_signs():
+def test_stochastic_rounding_keeps_zeros_signs_and_exact_values():
     # a moment that is still 0.0 (a weight with no gradient yet: an embedding row not in the
-    # batch) must not turn into a NaN when negative noise is added to its bit pattern
+    # batch) must not turn into a NaN when noise is added to its bit pattern
     values = torch.tensor([0.0, -0.0, 1e-45, -1e-45, 1e-30, -1e-30, 3.0, -3.0] * 4096)
-    noise = torch.randint(-(1 << 15), 1 << 15, values.shape, dtype=torch.int32)
-    rounded = round_stochastic_(values.clone(), noise).to(torch.bfloat16).float()
-    assert bool(torch.isfinite(rounded).all())
-    assert bool((torch.sign(rounded) * torch.sign(values) >= 0).all())
-    assert bool((rounded[values == 0] == 0).all())
+    stored = rounded(values)
+    assert bool(torch.isfinite(stored).all())
+    assert bool((torch.sign(stored) * torch.sign(values) >= 0).all())
+    assert bool((stored[values == 0] == 0).all())
+    assert bool((stored[values.abs() == 3.0] == values[values.abs() == 3.0]).all())  # exact
+    special = torch.tensor([float("inf"), -float("inf")] * 1000)
+    assert bool((rounded(special) == special).all())
+
+
+def test_bf16_adamw_steps_as_torch_adamw_from_the_same_moments():
+    """Each step is torch's AdamW from the moments stored in bfloat16: starting torch's AdamW
+    from those moments every step gives the same weights (float32 rounding) and moments within
+    one bfloat16 step; over several chunks, dtypes of weights and weight decay."""
+    torch.manual_seed(1)
+    for dtype in (torch.float32, torch.bfloat16):
+        start = torch.randn(130, 70).to(dtype)
+        ours = torch.nn.Parameter(start.clone())
+        theirs = torch.nn.Parameter(start.float().clone())
+        optimizer = AdamWBF16([ours], lr=1e-2, weight_decay=0.1, chunk=4096)
+        reference = torch.optim.AdamW([theirs], lr=1e-2, weight_decay=0.1)
+        for _ in range(5):
+            grad = torch.randn(130, 70) * 0.01
+            with torch.no_grad():
+                theirs.copy_(ours.float())
+            ours.grad, theirs.grad = grad.to(dtype), grad.to(dtype).float()
+            if optimizer.state:  # torch's moments := ours, as stored
+                state, exact = optimizer.state[ours], reference.state[theirs]
+                exact["exp_avg"].copy_(state["exp_avg"].float())
+                exact["exp_avg_sq"].copy_(state["exp_avg_sq"].float())
+            optimizer.step()
+            reference.step()
+            tolerance = 1e-6 if dtype == torch.float32 else 2**-8  # fp32 / bf16 rounding
+            assert torch.allclose(ours.float(), theirs.detach(), rtol=tolerance, atol=1e-8)
+            for key in ("exp_avg", "exp_avg_sq"):
+                mine, exact = optimizer.state[ours][key].float(), reference.state[theirs][key]
+                assert bool(((mine - exact).abs() <= exact.abs() * 2**-7 + 1e-30).all())
 
 
 def test_bf16_states_survive_weights_without_gradients(tiny_tokenizer):

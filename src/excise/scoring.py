@@ -97,12 +97,53 @@ def nll(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return -stats.logprob.sum() / stats.tokens.sum().clamp(min=1)
 
 
-def with_retain_nll(ctx, batch, loss: torch.Tensor, terms: dict[str, float], weight: float):
+def forget_and_retain_stats(
+    ctx, batch, weight: float
+) -> tuple[SequenceStats, SequenceStats | None]:
+    """The forget batch's statistics and, where the loop cannot backward the forget part
+    before the retain forward (``ctx.early_backward`` is None: optimizer in the backward, FSDP,
+    ZeRO-3), the retain batch's from the same forward: both batches' rows right-padded to one
+    width, one forward. Each weight then has one use, so an optimizer stepped in the backward
+    frees each gradient as it is made; with two forwards autograd runs the whole retain
+    backward first and every retain gradient waits for its forget one (the whole model's
+    gradients held, as without the option). Else (forget, None): the retain forward comes after
+    ``ctx.release`` (:func:`with_retain_nll`)."""
+    forget, retain = batch["forget"], batch.get("retain")
+    if weight <= 0 or retain is None or ctx.early_backward is not None:
+        return forward_stats(ctx.model, forget), None
+    width = max(forget["input_ids"].shape[1], retain["input_ids"].shape[1])
+    pads = {"input_ids": ctx.pad_id, "attention_mask": 0, "labels": IGNORE}
+    joint = {
+        key: torch.cat(
+            [torch.nn.functional.pad(b[key], (0, width - b[key].shape[1]), value=value)
+             for b in (forget, retain)]
+        )
+        for key, value in pads.items()
+    }  # fmt: skip
+    stats = forward_stats(ctx.model, joint)
+    rows = forget["input_ids"].shape[0]
+    head = SequenceStats(stats.logprob[:rows], stats.tokens[:rows], stats.correct[:rows])
+    tail = SequenceStats(stats.logprob[rows:], stats.tokens[rows:], stats.correct[rows:])
+    return head, tail
+
+
+def with_retain_nll(
+    ctx,
+    batch,
+    loss: torch.Tensor,
+    terms: dict[str, float],
+    weight: float,
+    retain_stats: SequenceStats | None = None,
+):
     """``loss + weight * NLL(retain batch)``, the retain term most removal methods share
-    (``loss`` is backwarded before the retain forward where the training loop allows it)."""
+    (``loss`` is backwarded before the retain forward where the training loop allows it;
+    ``retain_stats``: the retain batch's, from :func:`forget_and_retain_stats`' joint forward)."""
     if weight > 0:
         loss = ctx.release(loss)
-        retain_nll = nll(ctx.model, batch["retain"])
+        if retain_stats is None:
+            retain_nll = nll(ctx.model, batch["retain"])
+        else:
+            retain_nll = -retain_stats.logprob.sum() / retain_stats.tokens.sum().clamp(min=1)
         loss = loss + weight * retain_nll
         terms["retain_nll"] = float(retain_nll.detach())
     return loss, terms

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from excise.errors import ConfigError
 from excise.methods import MethodSpec, register
-from excise.scoring import forward_stats, stats_for_examples, with_retain_nll
+from excise.scoring import forget_and_retain_stats, stats_for_examples, with_retain_nll
 
 
 @dataclass
@@ -49,11 +49,12 @@ def npo_loss(policy_logprob, reference_logprob, beta: float):
 
 def loss(ctx, batch):
     forget = batch["forget"]
-    stats = forward_stats(ctx.model, forget)
+    weight = ctx.config.retain_weight
+    stats, retain_stats = forget_and_retain_stats(ctx, batch, weight)  # one forward if it must
     reference = ctx.state["reference_logprob"][forget["index"]]
     forget_loss = npo_loss(stats.logprob, reference, ctx.config.beta)
     terms = {"npo": float(forget_loss.detach())}
-    return with_retain_nll(ctx, batch, forget_loss, terms, ctx.config.retain_weight)
+    return with_retain_nll(ctx, batch, forget_loss, terms, weight, retain_stats)
 
 
 SPEC = register(
