@@ -8,6 +8,7 @@ marked ``gemma`` load the real model and run only when the extra is installed
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 
 import pytest
@@ -145,3 +146,69 @@ def test_raw_prompts_start_as_the_tokenizer_starts_text(tiny_tokenizer):
     )
     assert lead_ids(with_bos) == [bos]
     assert prompt_ids(with_bos, "The capital of", "raw") == [bos, *plain]
+
+
+def _gemma_style_tokenizer():
+    from transformers import GemmaTokenizer
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4}
+    for piece in ["▁", "a", "b", "c", "▁a", "ab", "▁ab", "bc", "<start_of_turn>"]:
+        vocab[piece] = len(vocab)
+    merges = [("▁", "a"), ("a", "b"), ("▁a", "b"), ("b", "c")]
+    tokenizer = GemmaTokenizer(vocab=vocab, merges=merges)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<start_of_turn>"]})
+    return tokenizer
+
+
+@pytest.mark.parametrize("kind", ["gemma", "tiny"])
+def test_tokenizer_read_from_its_json_equals_from_pretrained(tmp_path, tiny_tokenizer, kind):
+    # excise reads a saved tokenizers-backed tokenizer from tokenizer.json in one pass (gemma3's
+    # 262k-token one in ~1 s instead of ~3 s): the result must be what from_pretrained gives
+    from transformers import AutoTokenizer
+
+    from excise.models import _read_tokenizer
+
+    original = _gemma_style_tokenizer() if kind == "gemma" else tiny_tokenizer
+    original.save_pretrained(tmp_path / "saved")
+    ours = _read_tokenizer(str(tmp_path / "saved"), False)
+    theirs = AutoTokenizer.from_pretrained(tmp_path / "saved")
+    assert type(ours) is type(theirs)
+    texts = ["ab abc  a", " cab<start_of_turn>b", "<eos>x y\n\tz", "The capital of"]
+    for text in texts:
+        for special in (True, False):
+            assert (
+                ours(text, add_special_tokens=special).input_ids
+                == theirs(text, add_special_tokens=special).input_ids
+            )
+            ids = theirs(text).input_ids
+            assert ours.decode(ids) == theirs.decode(ids)
+    for name in ("padding_side", "chat_template", "all_special_tokens", "pad_token", "bos_token"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert ours.added_tokens_decoder == theirs.added_tokens_decoder and len(ours) == len(theirs)
+    ours.save_pretrained(tmp_path / "ours")
+    theirs.save_pretrained(tmp_path / "theirs")
+    saved = sorted(p.name for p in (tmp_path / "theirs").iterdir())
+    assert sorted(p.name for p in (tmp_path / "ours").iterdir()) == saved
+    for name in saved:
+        mine, yours = ((tmp_path / side / name).read_text() for side in ("ours", "theirs"))
+        if name == "tokenizer_config.json":  # from_pretrained records where it read from
+            mine, yours = json.loads(mine), json.loads(yours)
+            for key in ("is_local", "local_files_only"):
+                mine.pop(key, None), yours.pop(key, None)
+        assert mine == yours, name
+
+
+def test_tokenizer_folder_with_other_files_goes_through_from_pretrained(tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from excise import models
+
+    _gemma_style_tokenizer().save_pretrained(tmp_path)
+    (tmp_path / "special_tokens_map.json").write_text('{"pad_token": "<mask>"}')
+    calls = []
+    original = AutoTokenizer.from_pretrained
+    monkeypatch.setattr(
+        AutoTokenizer, "from_pretrained", lambda *a, **k: calls.append(a) or original(*a, **k)
+    )
+    tokenizer = models._read_tokenizer(str(tmp_path), False)
+    assert len(calls) == 1 and tokenizer.pad_token == "<mask>"  # the legacy file was read

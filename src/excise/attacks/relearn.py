@@ -29,7 +29,9 @@ steps stops (plateau), and so does one whose best point is, from step 10, below 
 of the best any earlier configuration had reached by the same step (it is not going to win). A
 non-finite loss ends a configuration as failed, not the audit. Reference configurations
 (``reference_variants`` at the reference rate) run first and stop on a plateau or behind only once
-past half the target, so their steps to the default threshold stay exact. Retain accuracy is
+past half the target, so their steps to the default threshold stay exact; so do ``forget_full``
+and ``forget_lora`` at their reference rates (the audit before the grid, never weaker than it).
+Retain accuracy is
 measured where a configuration that could win ends.
 LoRA configurations train side by side (``side_by_side``, default on;
 :mod:`excise.attacks.relearn_side`): one copy, one adapter per configuration, a batch stacked per
@@ -202,8 +204,18 @@ def _stops(config: Configuration, budget: RelearnBudget, target: float, recovera
         patience=budget.patience,
         behind=budget.behind if attacking else 0.0,
         leader=leader,
-        # a reference run keeps going to half the target: its steps-to-threshold stay exact
-        floor=0.5 * target if config.reference else 0.0,
+        # a reference run keeps going to half the target: its steps-to-threshold stay exact; so
+        # does fine-tuning on half A at its mode's reference rate (the audit before the grid):
+        # LoRA at 1e-3 learns slower per step than full fine-tuning, and cut behind the leader at
+        # step 10 it missed 0.69 on RMU-unlearned chem-symbols that it reaches by step 50
+        floor=0.5 * target if config.reference or _kept_going(config, budget) else 0.0,
+    )
+
+
+def _kept_going(config: Configuration, budget: RelearnBudget) -> bool:
+    """Fine-tuning on half A at the mode's reference rate: never stopped before half the target."""
+    return config.variant.startswith("forget_") and config.lr == reference_lr(
+        config.variant, budget
     )
 
 

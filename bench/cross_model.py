@@ -1,0 +1,158 @@
+"""The same commands on both bundled models: what transfers from SmolLM2-135M to Gemma 3 270M.
+
+    python bench/cross_model.py [--models gemma3-270m,smollm2-135m] [--rows demo,memit,erase]
+                                [--no-audit] [--work DIR] [--note ROW=TEXT ...]
+
+Rows (each the command a user types, run as a subprocess; figures read from its report.json):
+- ``demo``:  excise demo --model M                      forget, paraphrase, retain, MC, perplexity
+- ``memit``: excise edit --model M --task counterfact-mini --limit 100 --method memit
+             --no-generation                            efficacy, paraphrase, neighbourhood (tf)
+- ``erase``: excise erase --model M --task bias --method leace
+                                                        probe accuracy, stereotype, perplexity
+
+Results merge into bench/results/cross-model-2026-12-07.json (a later run replaces only the
+cells it measured) and the table in the .md beside it is rewritten from the JSON, with one
+sentence per row given by ``--note ROW=TEXT``. Never part of `make test`: each cell loads a real
+model (Gemma's demo takes minutes on 2 CPU cores). Full audits are not run here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+STEM = "cross-model-2026-12-07"
+EXCISE = str(Path(sys.executable).with_name("excise"))
+DEMO_KEYS = ("forget_accuracy", "paraphrase_accuracy", "retain_accuracy", "mc_accuracy")
+
+
+def command(row: str, model: str, out: Path, no_audit: bool) -> list[str]:
+    common = ["--model", model, "--out", str(out), "--overwrite", "--quiet"]
+    if row == "demo":
+        return [EXCISE, "demo", *common, *(["--no-audit"] if no_audit else [])]
+    if row == "memit":
+        edit = ["--task", "counterfact-mini", "--limit", "100", "--method", "memit"]
+        return [EXCISE, "edit", *common, *edit, "--no-generation"]
+    if row == "erase":
+        return [EXCISE, "erase", *common, "--task", "bias", "--method", "leace"]
+    raise SystemExit(f"unknown row {row!r}: demo, memit or erase")
+
+
+def numbers(values: dict) -> dict[str, float]:
+    return {k: round(float(v), 4) for k, v in values.items() if isinstance(v, int | float)}
+
+
+def figures(row: str, report: dict) -> dict:
+    """What the table shows of a command's report (and everything numeric before/after)."""
+    before, after = numbers(report.get("before", {})), numbers(report.get("after", {}))
+    cell = {"before": before, "after": after}
+    if row == "demo":
+        cell["timings_s"] = report.get("timings_s", {})
+        if before.get("retain_accuracy"):
+            cell["retain_kept"] = round(after["retain_accuracy"] / before["retain_accuracy"], 4)
+        recovery = (report.get("audit") or {}).get("recovery") or {}
+        if "worst" in recovery:
+            cell["worst_under_attack"] = round(float(recovery["worst"]), 4)
+    elif row == "memit":
+        cell["timings_s"] = report.get("timings_s", {})
+    elif row == "erase":
+        cell["erasure"] = numbers(report.get("erasure", {}))
+        cell["layer"] = report.get("layer")
+    return cell
+
+
+def run_cell(row: str, model: str, work: Path, no_audit: bool) -> dict:
+    out = work / f"{row}-{model}"
+    argv = command(row, model, out, no_audit)
+    print("$", " ".join(argv), flush=True)
+    start = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True)
+    wall = round(time.perf_counter() - start, 1)
+    printed = done.stdout[-4000:]
+    if done.returncode != 0:
+        print(done.stdout[-2000:], done.stderr[-2000:], file=sys.stderr)
+        return {"command": argv[1:], "returncode": done.returncode, "wall_s": wall}
+    report = json.loads((out / "report.json").read_text())
+    cell = {"command": ["excise", *argv[1:]], "wall_s": wall, "printed": printed}
+    cell.update(figures(row, report))
+    shutil.rmtree(out, ignore_errors=True)
+    return cell
+
+
+def fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def table(data: dict) -> str:
+    lines = [
+        "| row | model | figures (before -> after) | wall s |",
+        "|---|---|---|---|",
+    ]
+    for row, cells in data["rows"].items():
+        for model, cell in cells.items():
+            b, a = cell.get("before", {}), cell.get("after", {})
+            if row == "demo":
+                keys = (*DEMO_KEYS, "perplexity")
+                shown = [f"{k.split('_')[0]} {fmt(b.get(k))} -> {fmt(a.get(k))}" for k in keys]
+                shown.append(f"retain kept {fmt(cell.get('retain_kept'))}")
+                if "worst_under_attack" in cell:
+                    shown.append(f"worst under attack {fmt(cell['worst_under_attack'])}")
+            elif row == "erase":
+                shown = [f"{k} {fmt(v)}" for k, v in cell.get("erasure", {}).items()]
+                shown += [f"{k} {fmt(b.get(k))} -> {fmt(a.get(k))}" for k in sorted(a)]
+            else:
+                shown = [f"{k} {fmt(b.get(k))} -> {fmt(a.get(k))}" for k in sorted(a)]
+            lines.append(f"| {row} | {model} | {'; '.join(shown)} | {fmt(cell.get('wall_s'))} |")
+    notes = [f"- **{row}**: {text}" for row, text in data.get("notes", {}).items()]
+    head = [
+        f"# Cross-model table ({data['date']})",
+        "",
+        f"Machine: {data['machine']}. Produced by `python bench/cross_model.py` (each cell is the",
+        "command in the JSON's `command`, run once; figures are its report.json's). Full audits",
+        "(every attack) are not part of this table: on Gemma they cost more than the session had.",
+        "",
+    ]
+    return "\n".join([*head, *lines, "", "## What transferred", "", *notes, ""])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="gemma3-270m,smollm2-135m")
+    parser.add_argument("--rows", default="demo,memit,erase")
+    parser.add_argument("--no-audit", action="store_true", help="demo without its quick audit")
+    parser.add_argument("--work", default=None, help="where outputs go (default: a temp dir)")
+    parser.add_argument("--note", action="append", default=[], help="ROW=one sentence")
+    args = parser.parse_args()
+    path = RESULTS / f"{STEM}.json"
+    data = json.loads(path.read_text()) if path.is_file() else {"rows": {}, "notes": {}}
+    data["date"] = time.strftime("%Y-%m-%d", time.gmtime())
+    data["machine"] = (
+        f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+        f" {'cuda' if torch.cuda.is_available() else 'cpu'}"
+    )
+    work = Path(args.work or tempfile.mkdtemp(prefix="cross-model-"))
+    rows = [r for r in args.rows.split(",") if r]
+    for row in rows:
+        for model in [m for m in args.models.split(",") if m]:
+            data["rows"].setdefault(row, {})[model] = run_cell(row, model, work, args.no_audit)
+            path.write_text(json.dumps(data, indent=2) + "\n")  # each cell kept as it lands
+    for note in args.note:
+        row, _, text = note.partition("=")
+        data["notes"][row] = text
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    (RESULTS / f"{STEM}.md").write_text(table(data))
+    print((RESULTS / f"{STEM}.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
