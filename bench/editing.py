@@ -278,7 +278,7 @@ def _preserved(record: dict) -> str:
 
     if "preserve" not in record:
         return "none (run before preservation sets existed)"
-    method = record["method"].split("-")[0]
+    method = record.get("editor") or record["method"].split("-")[0]
     source = record["preserve"] or DEFAULTS.get(method, "none")
     count = f", {record['preserved']} texts" if "preserved" in record else ""
     return f"`{source}`{count}" + ("" if record["preserve"] else " (the method's default)")

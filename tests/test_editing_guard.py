@@ -159,6 +159,7 @@ def test_norm_anchor_pulls_drift_back_in_closed_form():
         ("memit", {"norm_anchor": -1.0}, "norm_anchor"),
         ("memit", {"max_update": 0.0}, "max_update"),
         ("alphaedit", {"hold_rounds": -1}, "hold_rounds"),
+        ("alphaedit", {"stop_margin": -1.0}, "stop_margin"),
     ],
 )
 def test_guard_options_are_checked(method, options, message):
@@ -167,3 +168,66 @@ def test_guard_options_are_checked(method, options, message):
 
     with pytest.raises(ConfigError, match=message):
         make_config(method, guard_options(method, options))
+
+
+SYMBOLS = ["Fe", "Au", "Ag", "Cu"]
+ELEMENTS = ["iron", "gold", "silver", "copper", "Paris", "Rome", "Madrid", "Berlin"]
+ELEMENTS += ["France", "Spain", "Italy", "Germany"]
+
+
+def test_stop_margin_leaves_guarded_edits_a_lead_that_later_batches_erode_less(tiny_tokenizer):
+    """12 edits of distinct subjects, one a batch (alphaedit under the guard). Stopped at a
+    bare argmax, an edit holds right after its batch by a hair and later batches flip some;
+    with the guard's margin (2 nats while optimising, half of it checked after the write)
+    every edit starts with a lead of >= 1 nat and more of it is left at the end."""
+    from excise.editing import edit
+    from excise.editing.guard import GUARD, HOLD_SHARE
+    from excise.editing.stats import KeyStats, compute
+    from excise.editing.targets import target_margins
+
+    facts = [QA(f"The symbol of {s}", " " + SYMBOLS[i % 4]) for i, s in enumerate(ELEMENTS)]
+    model = teach(make_tiny_model(tiny_tokenizer), tiny_tokenizer, facts, steps=100)
+    moments, count = compute(
+        model, tiny_tokenizer, LAYERS, texts=corpus(), tokens=10_000, progress=False
+    )
+    requests = [
+        EditRequest(str(i), "The symbol of {}", s, SYMBOLS[(i + 1 + i // 4) % 4], SYMBOLS[i % 4])
+        for i, s in enumerate(ELEMENTS)
+    ]
+    runs = {}
+    for margin in (0.0, GUARD["stop_margin"]):
+        fresh: list[float] = []  # each edit's lead right after its own batch
+
+        def monitor(current, fresh=fresh) -> dict[str, float]:
+            done = requests[len(fresh) : len(fresh) + 1]
+            fresh.extend(target_margins(current, tiny_tokenizer, done))
+            return {}
+
+        result = edit(
+            model,
+            tiny_tokenizer,
+            requests,
+            "alphaedit",
+            stats=KeyStats(moments, count, "tiny", "text"),
+            batch_size=1,
+            monitor=monitor,
+            progress=False,
+            preserve="none",
+            layers=LAYERS,
+            prefixes=0,
+            guard=True,
+            stop_margin=margin,
+            l2=0.01,  # the paper's 10 swamps a 128-wide tiny model's keys
+            norm_anchor=0.0,  # scaled by C's mean eigenvalue, it swamps the tiny null space
+        )
+        final = target_margins(result.model, tiny_tokenizer, requests)
+        runs[margin] = (fresh, final)
+    (bare_fresh, bare_final), (kept_fresh, kept_final) = runs.values()
+    need = HOLD_SHARE * GUARD["stop_margin"]
+    assert min(kept_fresh) >= need > min(bare_fresh), (kept_fresh, bare_fresh)
+    assert sum(x > 0 for x in kept_final) >= sum(x > 0 for x in bare_final), (
+        kept_final,
+        bare_final,
+    )
+    mean = sum(kept_final) / len(kept_final), sum(bare_final) / len(bare_final)
+    assert mean[0] > mean[1] + 0.3, (mean, kept_final, bare_final)

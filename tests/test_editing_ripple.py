@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from excise.data.records import QA
 from excise.editing.requests import EditRequest
@@ -255,3 +256,84 @@ def test_cli_refuses_guard_for_rome_before_loading(tmp_path, capsys):
     ])  # fmt: skip
     assert code == 2
     assert "--guard works with memit and alphaedit" in capsys.readouterr().err
+
+
+CITIES = {"Lyon": ("France", "Paris"), "Porto": ("Spain", "Madrid"), "Milan": ("Italy", "Rome")}
+CITIES |= {"Bonn": ("Germany", "Berlin")}
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_same_subject_requests_share_one_shift_and_both_take(tiny_tokenizer, shared):
+    """Two requests on one subject, prompts that open with it: their keys at the subject are
+    identical, so with a shift each least squares writes the average of the two (each request
+    gets part of its own change, and they dilute each other: not both take); one shared shift,
+    optimised on both prompts, is written whole and both take."""
+    from excise.editing import edit
+    from excise.editing.locate import read_at
+    from excise.editing.memit import MemitConfig
+    from excise.editing.targets import optimise_deltas, request_rows
+
+    facts = [QA(f"{c} is in the country of", " " + n) for c, (n, _) in CITIES.items()]
+    facts += [QA(f"{c} is a city whose capital is", " " + k) for c, (_, k) in CITIES.items()]
+    model = teach(make_tiny_model(tiny_tokenizer), tiny_tokenizer, facts, steps=300)
+    requests = [
+        EditRequest("a", "{} is in the country of", "Lyon", "Italy", "France"),
+        EditRequest("b", "{} is a city whose capital is", "Lyon", "Rome", "Paris"),
+    ]
+    pad, top = tiny_tokenizer.pad_token_id, LAYERS[-1]
+    rows = request_rows(tiny_tokenizer, requests, [""], "raw", target=False)
+    keys = read_at(model, rows, LAYERS, pad, what="key")
+    assert all(bool((keys[layer][0] == keys[layer][1]).all()) for layer in LAYERS)
+    options = {"layers": LAYERS, "prefixes": 0, "v_steps": 100, "mom2_weight": 1.0}
+    config = MemitConfig(**options, shared_subject=shared)
+    shifts, _, _ = optimise_deltas(model, tiny_tokenizer, requests, top, config)
+    before = read_at(model, rows, [top], pad, what="residual")[top]
+    stats = _stats(model, tiny_tokenizer)
+    result = edit(
+        model,
+        tiny_tokenizer,
+        requests,
+        "memit",
+        stats=stats,
+        progress=False,
+        preserve="none",
+        shared_subject=shared,
+        **options,
+    )
+    written = read_at(result.model, rows, [top], pad, what="residual")[top] - before
+    error = ((written - shifts).norm(dim=1) / shifts.norm(dim=1)).tolist()
+    took = [
+        _prefers(result.model, tiny_tokenizer, r.text(), r.target_new, r.target_true) > 0
+        for r in requests
+    ]
+    if shared:
+        assert torch.equal(shifts[0], shifts[1])
+        assert max(error) < 0.05 and all(took), (error, took)
+    else:  # two different shifts, one key: the write lands between them
+        assert float(torch.cosine_similarity(shifts[0], shifts[1], dim=0)) < 0.95
+        assert min(error) > 0.15 and not all(took), (error, took)
+
+
+def test_shifts_are_shared_by_subject_across_chunks_and_returned_in_request_order(
+    taught, tiny_tokenizer
+):
+    """A subject's requests join the chunk of its first one; results come back in the
+    requests' order; a prompt that ends at the subject keeps its own shift."""
+    from excise.editing.locate import read_at
+    from excise.editing.targets import TargetConfig, optimise_deltas, request_rows, subject_groups
+
+    requests = [
+        EditRequest("a", "{} is in the country of", "Lyon", "Italy"),
+        EditRequest("b", "{} is in the country of", "Porto", "France"),
+        EditRequest("c", "{} is a city whose capital is", "Lyon", "Rome"),
+        EditRequest("d", EDIT, "Lyon", "Spain"),  # ends at the subject
+    ]
+    assert subject_groups(requests) == [0, 1, 0, 2]
+    assert subject_groups(requests, shared=False) == [0, 1, 2, 3]
+    config = TargetConfig(v_steps=3, prefixes=0, chunk=1)
+    shifts, bases, nll = optimise_deltas(taught, tiny_tokenizer, requests, 1, config)
+    rows = request_rows(tiny_tokenizer, requests, [""], "raw", target=False)
+    expected = read_at(taught, rows, [1], tiny_tokenizer.pad_token_id, what="residual")[1]
+    assert torch.allclose(bases, expected, atol=1e-5) and len(nll) == 4
+    assert torch.equal(shifts[0], shifts[2])
+    assert not torch.equal(shifts[0], shifts[1]) and not torch.equal(shifts[0], shifts[3])

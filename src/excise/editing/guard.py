@@ -6,13 +6,17 @@ sequential locate-then-edit degrades a model through (1) over-optimised target a
 ``alphaedit``:
 
 - ``most_probable`` (:mod:`excise.editing.targets`): most-probable early stopping; a request's
-  shift stops once its target is the argmax in every context.
+  shift stops once its target is the argmax in every context, and ``stop_margin`` (nats) above
+  the runner-up: edits written to a bare argmax held right after their batch (0.90) but later
+  batches flipped them (0.68 of 50 edits held; bench/results/editing-guard-2026-12-07.md).
 - ``hold_rounds``: MEMIT's spread writes only part of the shift found at the last edited layer
   (lambda C keeps ordinary text), so a shift stopped at a bare argmax often does not hold after
   the write: on the bundled model the early stop alone left 7 of a batch's 10 edits short
   (alphaedit, bench/results/editing-guard-2026-12-07.md). After the write, the requests whose
   target is not the argmax on the edited model are optimised and written again, up to this many
-  times; each round asks only for what is still missing.
+  times; each round asks only for what is still missing. With a ``stop_margin``, an edit holds
+  when its target leads by ``HOLD_SHARE`` of it on the edited model (a write carries only part
+  of the shift, so asking for the whole margin would rewrite every edit every round).
 - ``norm_anchor``: a Frobenius-norm constraint. The update also minimises
   ``a |W + dW - W_0|_F^2``, with ``W_0`` the weights before the run's first batch, so the
   drift ``D = W - W_0`` of earlier batches is pulled back wherever the edits' and the kept keys
@@ -37,11 +41,13 @@ from excise.errors import ConfigError
 
 GUARD: dict[str, Any] = {
     "most_probable": True,
+    "stop_margin": 2.0,
     "hold_rounds": 2,
     "norm_anchor": 0.05,
     "max_update": None,
 }
 METHODS = ("memit", "alphaedit")
+HOLD_SHARE = 0.5  # an edit holds when it leads by this share of stop_margin after the write
 
 
 def guard_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -62,10 +68,17 @@ def check(norm_anchor: float, max_update: float | None, hold_rounds: int = 0) ->
 
 def not_held(ctx, requests) -> list[int]:
     """Indexes of ``requests`` whose new target is not the argmax at every token of the plain
-    prompt on the model as it is now (teacher forced)."""
+    prompt on the model as it is now (teacher forced), or, with a ``stop_margin``, does not lead
+    the runner-up by ``HOLD_SHARE`` of it."""
     from excise.editing.requests import answer
+    from excise.editing.targets import target_margins
     from excise.scoring import score_pairs
 
+    config = ctx.config
+    need = HOLD_SHARE * config.stop_margin if config.most_probable else 0.0
+    if need > 0:
+        leads = target_margins(ctx.model, ctx.tokenizer, requests, ctx.template)
+        return [i for i, lead in enumerate(leads) if not lead >= need]
     pairs = [(r.text(), answer(r.target_new, ctx.template)) for r in requests]
     correct = score_pairs(ctx.model, ctx.tokenizer, pairs, ctx.template).correct
     return [i for i, ok in enumerate(correct.tolist()) if not ok]

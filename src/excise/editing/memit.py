@@ -9,8 +9,9 @@ ordinary text (second moment ``C``, weight ``lambda``) is
 
 where ``K_s`` are the keys (every token) of texts to preserve (for memit none unless asked;
 ``edit(preserve=...)``), each weighted ``w`` (``preserve_weight``; see :func:`preserved`).
-The drift guard's options (``most_probable``, ``hold_rounds``, ``norm_anchor``, ``max_update``)
-are in :mod:`excise.editing.guard`.
+The drift guard's options (``most_probable``, ``stop_margin``, ``hold_rounds``, ``norm_anchor``,
+``max_update``) are in :mod:`excise.editing.guard`; same-subject requests share one target
+shift (``shared_subject``, :mod:`excise.editing.targets`).
 
 AlphaEdit (:mod:`excise.editing.alphaedit`) shares this driver and swaps the solve.
 """

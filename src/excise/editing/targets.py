@@ -5,13 +5,24 @@ For every request a vector ``delta`` is added to the output of one decoder block
 last token, in the plain prompt and under a few generated prefixes, and optimised with Adam to
 minimise the new target's negative log-likelihood, plus a KL term keeping the model's view of the
 subject ("{subject} is a") and a decay on ``|delta|``; its norm is clamped to a multiple of the
-original activation's. Requests are independent, so all of them are optimised in one batch
+original activation's. Shifts are independent, so all of them are optimised in one batch
 (Adam is element-wise: this equals optimising each alone).
 
-``most_probable`` (ENCORE's most-probable early stopping, Gupta et al. 2025): a request stops
-being optimised (its shift is frozen) once every token of its target is the argmax in every
+``shared_subject`` (default on): requests with the same subject (a subject's ripple implied
+requests among them, :mod:`excise.editing.ripple`) get ONE shift, optimised on all of their
+prompts and targets together (the sum of their NLLs; one KL and decay term). The closed forms
+key an edit on the subject's last token, so same-subject requests have (nearly) one key: given
+separate shifts, least squares writes roughly their average, and each request gets part of its
+own change (they dilute each other). A shared shift is one that serves them all: the words
+after the subject read each answer from it. A prompt that ends at the subject has no such
+words (the answer is read at the subject's token), so its request keeps its own shift.
+
+``most_probable`` (ENCORE's most-probable early stopping, Gupta et al. 2025): a shift stops
+being optimised (it is frozen) once every token of each of its targets is the argmax in every
 context, instead of pushing on to ``early_stop`` NLL; over-optimised shifts are what sequential
-edits pile up.
+edits pile up. ``stop_margin`` (nats, with ``most_probable``; 0: the bare argmax) asks for more:
+every target token's log-probability above the runner-up's by this much, so that the written
+edit survives the next batches' updates (a bare argmax is flipped by them).
 """
 
 from __future__ import annotations
@@ -23,10 +34,11 @@ import torch
 import torch.nn.functional as F
 
 from excise.arch import decoder_layers
+from excise.data.encode import IGNORE
 from excise.editing.locate import Row, batch_rows, read_at, shifted, subject_row
 from excise.editing.requests import EditRequest, answer
 from excise.errors import ConfigError
-from excise.scoring import forward_stats
+from excise.scoring import SequenceStats, forward_stats, sequence_stats
 
 
 @dataclass
@@ -42,12 +54,16 @@ class TargetConfig:
     prefixes: int = 2  # text openings the edit must hold under (0: plain prompt only; MEMIT used 5)
     chunk: int = 32  # requests optimised per batch (memory bound)
     most_probable: bool = False  # stop each request once its target is the argmax (MPES)
+    stop_margin: float = 0.0  # with most_probable: target above the runner-up by this (nats)
+    shared_subject: bool = True  # one shift per subject, for all of its requests
 
     def __post_init__(self) -> None:
         if self.v_steps < 1 or self.v_lr <= 0 or self.clamp_norm <= 0 or self.chunk < 1:
             raise ConfigError("v_steps and chunk must be >= 1, v_lr and clamp_norm > 0")
         if self.v_weight_decay < 0 or self.kl_factor < 0 or self.prefixes < 0:
             raise ConfigError("v_weight_decay, kl_factor and prefixes must be >= 0")
+        if not self.stop_margin >= 0:
+            raise ConfigError(f"stop_margin must be >= 0 (nats), got {self.stop_margin}")
 
 
 def context_prefixes(count: int, words: int = 8) -> list[str]:
@@ -92,6 +108,54 @@ def request_rows(
     ]
 
 
+def subject_groups(requests: Sequence[EditRequest], shared: bool = True) -> list[int]:
+    """The shift each request uses, numbered in order of first appearance: with ``shared``,
+    requests with the same subject share one, except those whose prompt ends at the subject
+    (there the subject's last token is where the answer is read, so one shift cannot give
+    different answers; each keeps its own)."""
+    first: dict[str, int] = {}
+    groups = []
+    for index, request in enumerate(requests):
+        alone = not shared or request.prompt.rstrip().endswith("{}")
+        key = f"#{index}" if alone else request.subject.strip()
+        groups.append(first.setdefault(key, len(first)))
+    return groups
+
+
+def _margin_stats(model, batch) -> tuple[SequenceStats, torch.Tensor]:
+    """The target statistics and, per row, the smallest lead (nats) of a target token's
+    log-probability over the best other token's (full logits: the runner-up needs them)."""
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).logits
+    labels = batch["labels"]
+    stats = sequence_stats(logits, labels)
+    mask = labels[:, 1:] != IGNORE  # position t predicts token t + 1
+    picked = logits[:, :-1][mask].detach().float()  # (targets, vocab)
+    wanted = labels[:, 1:][mask].unsqueeze(1)
+    lead = picked.gather(1, wanted).squeeze(1) - picked.scatter(1, wanted, -torch.inf).amax(1)
+    rows = mask.nonzero(as_tuple=True)[0]
+    least = torch.full((len(labels),), torch.inf, device=lead.device)
+    return stats, least.scatter_reduce(0, rows, lead, "amin")
+
+
+@torch.no_grad()
+def target_margins(
+    model, tokenizer, requests: Sequence[EditRequest], template: str = "raw"
+) -> list[float]:
+    """Per request: the smallest lead (nats) of its target tokens over the runner-up, plain
+    prompt, teacher forced (> 0: the target is the argmax)."""
+    device = next(model.parameters()).device
+    rows = request_rows(tokenizer, requests, [""], template, target=True)
+    was_training = model.training
+    model.eval()
+    try:
+        _, lead = _margin_stats(model, batch_rows(rows, tokenizer.pad_token_id, device))
+    finally:
+        model.train(was_training)
+    return lead.cpu().tolist()
+
+
 def _last_logprobs(model, batch) -> torch.Tensor:
     out = model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
@@ -110,26 +174,52 @@ def optimise_deltas(
     template: str = "raw",
     prefixes: Sequence[str] = ("",),
 ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
-    """Per request: the shift ``delta`` at block ``layer``'s output, the original activation
-    there (plain prompt), and the final target NLL. Shapes (n, hidden), (n, hidden), n."""
-    deltas, bases, losses = [], [], []
-    for start in range(0, len(requests), config.chunk):
-        chunk = requests[start : start + config.chunk]
+    """Per request: the shift ``delta`` at block ``layer``'s output (one per subject with
+    ``shared_subject``: same-subject requests in a chunk get the same row), the original
+    activation there (plain prompt), and the final target NLL. Shapes (n, hidden) twice, n."""
+    deltas, bases, losses, order = [], [], [], []
+    for index in _chunks(requests, config):
+        chunk = [requests[i] for i in index]
         d, h, nll = _optimise_chunk(model, tokenizer, chunk, layer, config, template, prefixes)
         deltas.append(d)
         bases.append(h)
         losses.extend(nll)
-    return torch.cat(deltas), torch.cat(bases), losses
+        order.extend(index)
+    back = torch.tensor(order).argsort()  # chunks may regroup requests: back to their order
+    return torch.cat(deltas)[back], torch.cat(bases)[back], [losses[i] for i in back.tolist()]
+
+
+def _chunks(requests: Sequence[EditRequest], config: TargetConfig) -> list[list[int]]:
+    """Indexes of the requests optimised together: consecutive runs of ``config.chunk``; with
+    ``shared_subject`` a subject's requests all join the chunk of its first one (so they share
+    one shift; a subject with more than ``chunk`` requests gets a larger chunk)."""
+    if not config.shared_subject:
+        return [
+            list(range(i, min(i + config.chunk, len(requests))))
+            for i in range(0, len(requests), config.chunk)
+        ]
+    members: dict[int, list[int]] = {}
+    for index, group in enumerate(subject_groups(requests)):
+        members.setdefault(group, []).append(index)
+    chunks: list[list[int]] = [[]]
+    for group in sorted(members):
+        if chunks[-1] and len(chunks[-1]) + len(members[group]) > config.chunk:
+            chunks.append([])
+        chunks[-1].extend(members[group])
+    return chunks
 
 
 def _optimise_chunk(model, tokenizer, requests, layer, config, template, prefixes):
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
     block = decoder_layers(model)[layer]
+    group = torch.tensor(subject_groups(requests, config.shared_subject), device=device)
+    shifts = int(group.max()) + 1
+    first = [int((group == g).nonzero()[0]) for g in range(shifts)]  # a request of each shift
     rows = request_rows(tokenizer, requests, prefixes, template, target=True)
     kl_rows = [
-        subject_row(tokenizer, "{} is a", r.subject, template=template, owner=i)
-        for i, r in enumerate(requests)
+        subject_row(tokenizer, "{} is a", requests[i].subject, template=template, owner=g)
+        for g, i in enumerate(first)
     ]
     plain = request_rows(tokenizer, requests, [""], template, target=False)
     base = read_at(model, plain, [layer], pad, what="residual")[layer].to(device)
@@ -137,6 +227,10 @@ def _optimise_chunk(model, tokenizer, requests, layer, config, template, prefixe
     kl_batch = batch_rows(kl_rows, pad, device)
     owner = torch.tensor([r.owner for r in rows], device=device)
     n = len(requests)
+    size = torch.zeros(shifts, device=device).index_add(0, group, torch.ones(n, device=device))
+    # per shift: the mean squared norm of its requests' original activations
+    scale = torch.zeros(shifts, device=device).index_add(0, group, base.pow(2).sum(1)) / size
+    margin = config.most_probable and config.stop_margin > 0
     was_training = model.training
     model.eval()
     grads = [p.requires_grad for p in model.parameters()]
@@ -145,20 +239,25 @@ def _optimise_chunk(model, tokenizer, requests, layer, config, template, prefixe
     try:
         with torch.no_grad():
             kl_reference = _last_logprobs(model, kl_batch)
-        delta = torch.zeros(n, base.shape[1], device=device, requires_grad=True)
+        delta = torch.zeros(shifts, base.shape[1], device=device, requires_grad=True)
         optimiser = torch.optim.Adam([delta], lr=config.v_lr)
-        limit = config.clamp_norm * base.norm(dim=1)
+        limit = config.clamp_norm * scale.sqrt()
         per_request = torch.zeros(n)
-        done = torch.zeros(n, dtype=torch.bool, device=device)  # MPES: frozen requests
+        done = torch.zeros(shifts, dtype=torch.bool, device=device)  # MPES: frozen shifts
         for _step in range(config.v_steps):
-            with shifted(block, batch["position"], delta[owner]):
-                stats = forward_stats(model, batch)  # unembeds the target tokens only
+            with shifted(block, batch["position"], delta[group[owner]]):
+                if margin:
+                    stats, lead = _margin_stats(model, batch)
+                    ok = lead >= config.stop_margin
+                else:  # unembeds the target tokens only
+                    stats = forward_stats(model, batch)
+                    ok = stats.correct
             row_nll = -stats.logprob / stats.tokens.clamp(min=1)
             counts = torch.bincount(owner, minlength=n).clamp(min=1)
             nll = torch.zeros(n, device=device).index_add(0, owner, row_nll) / counts
             per_request = nll.detach().cpu()
             if config.most_probable:
-                wrong = torch.zeros(n, device=device).index_add(0, owner, (~stats.correct).float())
+                wrong = torch.zeros(shifts, device=device).index_add(0, group[owner], (~ok).float())
                 done = done | (wrong == 0)
                 if bool(done.all()):
                     break
@@ -168,8 +267,8 @@ def _optimise_chunk(model, tokenizer, requests, layer, config, template, prefixe
             with shifted(block, kl_batch["position"], delta):
                 edited = _last_logprobs(model, kl_batch)
             kl = F.kl_div(edited, kl_reference, log_target=True, reduction="none").sum(1)
-            decay = config.v_weight_decay * delta.pow(2).sum(1) / base.pow(2).sum(1)
-            loss = (nll + config.kl_factor * kl + decay).sum()
+            decay = config.v_weight_decay * delta.pow(2).sum(1) / scale
+            loss = nll.sum() + (config.kl_factor * kl + decay).sum()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -181,4 +280,4 @@ def _optimise_chunk(model, tokenizer, requests, layer, config, template, prefixe
         for p, g in zip(model.parameters(), grads, strict=True):
             p.requires_grad_(g)
         model.train(was_training)
-    return delta.detach().cpu(), base.cpu(), per_request.tolist()
+    return delta.detach()[group].cpu(), base.cpu(), per_request.tolist()
