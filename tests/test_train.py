@@ -92,7 +92,10 @@ def test_backward_in_parts_gives_the_same_training(
     monkeypatch.setattr(excise.train.launch, "EARLY_BACKWARD", False)
     whole, whole_log = run()
     for (n, a), b in zip(parts.named_parameters(), whole.parameters(), strict=True):
-        assert torch.allclose(a, b, atol=1e-6), n
+        # 1e-5, not 1e-6: without the early backward npo scores forget and retain as one padded
+        # forward (scoring.forget_and_retain_stats), whose matrix shapes round differently
+        # (3e-6 after 3 Adam steps at lr 1e-3, which move weights by ~3e-3)
+        assert torch.allclose(a, b, atol=1e-5), (n, float((a - b).abs().max()))
     assert [e["loss"] for e in parts_log] == pytest.approx([e["loss"] for e in whole_log], rel=1e-5)
     assert any(not torch.equal(a, b) for a, b in zip(parts.parameters(), make_tiny_model(tiny_tokenizer).parameters(), strict=True))  # fmt: skip
 
