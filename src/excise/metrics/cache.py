@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from excise.data.tasks import Task
 from excise.models import excise_home
 
-METRICS_VERSION = 1
+METRICS_VERSION = 2  # 2: text scored after the tokenizer's leading special tokens (Gemma's <bos>)
 T = TypeVar("T")
 
 
