@@ -267,3 +267,24 @@ def test_rmu_does_not_steer_the_prefix_every_prompt_shares(arch, tiny_tokenizer)
     steered = masked_mse(hidden[:, 1:], target[:, 1:], mask[:, 1:])
     assert terms["forget_mse"] == pytest.approx(float(steered), rel=1e-5)
     assert terms["forget_mse"] != pytest.approx(float(masked_mse(hidden, target, mask)), rel=1e-3)
+
+
+def test_rmu_defaults_follow_whether_mlp_writes_are_normalised(tiny_tokenizer):
+    from excise.methods.rmu import (
+        RMUConfig,
+        normalised_writes,
+        resolve_layer,
+        resolve_update_layers,
+    )
+
+    gemma = make_gemma3(tiny_tokenizer, layers=9)  # post_feedforward_layernorm in every block
+    llama = make_tiny_model(tiny_tokenizer)
+    assert normalised_writes(gemma) and not normalised_writes(llama)
+    default = RMUConfig()
+    assert (resolve_layer(gemma, default), resolve_update_layers(gemma, default)) == (2, 1)
+    depth = len(llama.model.layers)
+    assert resolve_layer(llama, default) == max(0, round(depth / 4) - 1)
+    assert resolve_update_layers(llama, default) == 3
+    given = RMUConfig(layer=1, update_layers=2)  # what the user sets is kept on both
+    assert [resolve_update_layers(m, given) for m in (gemma, llama)] == [2, 2]
+    assert [resolve_layer(m, given) for m in (gemma, llama)] == [1, 1]
