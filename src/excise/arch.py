@@ -93,6 +93,12 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return get_module(model, layout(model).layers)
 
 
+def normalised_writes(model: nn.Module) -> bool:
+    """Whether each block normalises its MLP's output before the residual add (Gemma 2 and 3,
+    OLMo 2: ``post_feedforward_layernorm``), which bounds what one MLP can write."""
+    return hasattr(decoder_layers(model)[0], "post_feedforward_layernorm")
+
+
 def block_part(model: nn.Module, layer: int, part: str) -> nn.Module:
     """A named part (``mlp_out``, ``mlp_in``, ``attn_out``) of decoder block ``layer``."""
     return get_module(decoder_layers(model)[layer], getattr(layout(model), part))

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from excise.activations.states import hidden_at
-from excise.arch import block_part, decoder_layers, num_layers
+from excise.arch import block_part, normalised_writes, num_layers
 from excise.data.encode import collate
 from excise.errors import ConfigError
 from excise.methods import MethodSpec, register
@@ -61,12 +61,6 @@ class RMUConfig:
             raise ConfigError("update_layers must be >= 1, alpha >= 0, steering_scale > 0")
         if self.steering_coeff is not None and self.steering_coeff <= 0:
             raise ConfigError("steering_coeff must be > 0")
-
-
-def normalised_writes(model) -> bool:
-    """Whether each block normalises its MLP's output before the residual add (Gemma 2 and 3:
-    ``post_feedforward_layernorm``), which bounds what one MLP can write."""
-    return hasattr(decoder_layers(model)[0], "post_feedforward_layernorm")
 
 
 def resolve_update_layers(model, config: RMUConfig) -> int:
