@@ -9,11 +9,15 @@ Rows (each the command a user types, run as a subprocess; figures read from its 
              --no-generation                            efficacy, paraphrase, neighbourhood (tf)
 - ``erase``: excise erase --model M --task bias --method leace
                                                         probe accuracy, stereotype, perplexity
+- ``ablate``: the same with --method ablate (directional ablation)
+- ``audit-METHOD``: excise unlearn --model M --task chem-symbols --method METHOD --audit all
+                     (every attack, after the job's own evaluations)
+                                                        worst recovery, the attack that reached it
 
 Results merge into bench/results/cross-model-2026-12-07.json (a later run replaces only the
 cells it measured) and the table in the .md beside it is rewritten from the JSON, with one
 sentence per row given by ``--note ROW=TEXT``. Never part of `make test`: each cell loads a real
-model (Gemma's demo takes minutes on 2 CPU cores). Full audits are not run here.
+model (Gemma's demo takes minutes on 2 CPU cores; a full audit tens of minutes).
 """
 
 from __future__ import annotations
@@ -36,16 +40,21 @@ EXCISE = str(Path(sys.executable).with_name("excise"))
 DEMO_KEYS = ("forget_accuracy", "paraphrase_accuracy", "retain_accuracy", "mc_accuracy")
 
 
-def command(row: str, model: str, out: Path, no_audit: bool) -> list[str]:
+def commands(row: str, model: str, out: Path, no_audit: bool) -> list[list[str]]:
+    """The commands a cell runs, in order; the last one's OUT/report.json holds its figures."""
     common = ["--model", model, "--out", str(out), "--overwrite", "--quiet"]
     if row == "demo":
-        return [EXCISE, "demo", *common, *(["--no-audit"] if no_audit else [])]
+        return [[EXCISE, "demo", *common, *(["--no-audit"] if no_audit else [])]]
     if row == "memit":
         edit = ["--task", "counterfact-mini", "--limit", "100", "--method", "memit"]
-        return [EXCISE, "edit", *common, *edit, "--no-generation"]
-    if row == "erase":
-        return [EXCISE, "erase", *common, "--task", "bias", "--method", "leace"]
-    raise SystemExit(f"unknown row {row!r}: demo, memit or erase")
+        return [[EXCISE, "edit", *common, *edit, "--no-generation"]]
+    if row in ("erase", "ablate"):
+        method = "leace" if row == "erase" else "ablate"
+        return [[EXCISE, "erase", *common, "--task", "bias", "--method", method]]
+    if row.startswith("audit-"):
+        method = ["--method", row.removeprefix("audit-"), "--audit", "all"]
+        return [[EXCISE, "unlearn", *common, "--task", "chem-symbols", *method]]
+    raise SystemExit(f"unknown row {row!r}: demo, memit, erase, ablate or audit-METHOD")
 
 
 def numbers(values: dict) -> dict[str, float]:
@@ -65,26 +74,37 @@ def figures(row: str, report: dict) -> dict:
             cell["worst_under_attack"] = round(float(recovery["worst"]), 4)
     elif row == "memit":
         cell["timings_s"] = report.get("timings_s", {})
-    elif row == "erase":
+    elif row in ("erase", "ablate"):
         cell["erasure"] = numbers(report.get("erasure", {}))
         cell["layer"] = report.get("layer")
+    elif row.startswith("audit-"):
+        cell.update(figures("demo", report))
+        audit = report.get("audit", {})
+        card = audit.get("scorecard", {})
+        cell["worst_recovery"] = card.get("recovery", {})
+        cell["worst_forget"] = card.get("forget_accuracy", {})
+        cell["recovery"] = audit.get("recovery", {})
+        cell["clean"] = audit.get("clean", {})
+        cell["timings_s"] = report.get("timings_s", {})
     return cell
 
 
 def run_cell(row: str, model: str, work: Path, no_audit: bool) -> dict:
     out = work / f"{row}-{model}"
-    argv = command(row, model, out, no_audit)
-    print("$", " ".join(argv), flush=True)
-    start = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True)
-    wall = round(time.perf_counter() - start, 1)
-    printed = done.stdout[-4000:]
-    if done.returncode != 0:
-        print(done.stdout[-2000:], done.stderr[-2000:], file=sys.stderr)
-        return {"command": argv[1:], "returncode": done.returncode, "wall_s": wall}
-    report = json.loads((out / "report.json").read_text())
-    cell = {"command": ["excise", *argv[1:]], "wall_s": wall, "printed": printed}
-    cell.update(figures(row, report))
+    shown = []
+    cell: dict = {"commands": shown, "walls_s": []}
+    for argv in commands(row, model, out, no_audit):
+        shown.append(" ".join(["excise", *argv[1:]]))
+        print("$", shown[-1], flush=True)
+        start = time.perf_counter()
+        done = subprocess.run(argv, capture_output=True, text=True)
+        cell["walls_s"].append(round(time.perf_counter() - start, 1))
+        if done.returncode != 0:
+            print(done.stdout[-2000:], done.stderr[-2000:], file=sys.stderr)
+            return {**cell, "returncode": done.returncode, "wall_s": sum(cell["walls_s"])}
+    cell["wall_s"] = round(sum(cell["walls_s"]), 1)
+    cell["printed"] = done.stdout[-4000:]
+    cell.update(figures(row, json.loads((out / "report.json").read_text())))
     shutil.rmtree(out, ignore_errors=True)
     return cell
 
@@ -118,8 +138,7 @@ def table(data: dict) -> str:
         f"# Cross-model table ({data['date']})",
         "",
         f"Machine: {data['machine']}. Produced by `python bench/cross_model.py` (each cell is the",
-        "command in the JSON's `command`, run once; figures are its report.json's). Full audits",
-        "(every attack) are not part of this table: on Gemma they cost more than the session had.",
+        "commands in the JSON's `commands`, run once; figures are the last one's report.json).",
         "",
     ]
     return "\n".join([*head, *lines, "", "## What transferred", "", *notes, ""])
