@@ -24,7 +24,7 @@ from excise.editing import EDITORS
 from excise.editing.layers import default_layer, default_layers
 from excise.editing.requests import EditRequest, Probe
 from excise.erasure import ERASERS
-from excise.erasure.core import erase
+from excise.erasure.core import erase, resolve_options
 from excise.errors import ModelError
 from excise.methods import all_methods, get_method
 from excise.models import fingerprint
@@ -206,17 +206,42 @@ def runtime_form(config_cls) -> str | None:
 def test_eraser_runs_on_both_families(name, arch, tiny_tokenizer):
     model = make_model(arch, tiny_tokenizer)
     options = {"layer": 1}
+    folded = defaults(ERASERS.get(name).config_cls).get("form")
     if arch == "gemma3":
-        # a norm after each writer: a projection of the writers is not one of the stream, so the
-        # folded forms refuse it in one line, and the runtime form does the job
+        # a norm after each writer: a projection of the writers is not one of the stream, so a
+        # folded form asked for by name is refused in one line, before any statistics
         with pytest.raises(ModelError, match="cannot fold"):
-            erase(model, tiny_tokenizer, name, POSITIVE, NEGATIVE, texts=TEXTS, **options)
-        options["form"] = runtime_form(ERASERS.get(name).config_cls)
-        assert options["form"], f"{name} has no runtime form for unfoldable families"
+            resolve_options(model, name, {**options, "form": folded})
+        runtime = runtime_form(ERASERS.get(name).config_cls)
+        assert runtime, f"{name} has no runtime form for unfoldable families"
+        if name == "clamp":  # its runtime form (a range) means something else: asked by name
+            with pytest.raises(ModelError, match="cannot fold"):
+                resolve_options(model, name, options)
+            options["form"] = runtime
+        else:  # the default moves to the runtime form by itself
+            assert resolve_options(model, name, options)["form"] == runtime
     changed, result = erase(model, tiny_tokenizer, name, POSITIVE, NEGATIVE, texts=TEXTS, **options)
     assert result.folded == (arch == "llama") and (result.adapter is None) == result.folded
     assert all(math.isfinite(v) for v in result.metrics.values() if isinstance(v, float))
     assert finite_logits(changed, tiny_tokenizer)
+
+
+def test_erase_cli_refuses_a_folded_form_on_gemma3_before_reading_the_task(
+    tiny_tokenizer, tmp_path, capsys, monkeypatch
+):
+    from excise.cli import main
+    from excise.jobs import erase as erase_job
+    from excise.models import save_model
+
+    folder = save_model(make_gemma3(tiny_tokenizer), tiny_tokenizer, tmp_path / "gemma3")
+    read = []
+    monkeypatch.setattr(erase_job, "job_task", lambda *a, **k: read.append(1))
+    argv = ["erase", "--model", str(folder), "--task", "bias", "--method", "leace"]
+    argv += ["--set", "form=folded", "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "cannot fold into 'gemma3_text'" in err and len(err.strip().splitlines()) == 1
+    assert not read and not (tmp_path / "out").exists()
 
 
 def test_rmu_shared_prefix_counts_the_tokens_every_sequence_starts_with():

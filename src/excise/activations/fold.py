@@ -15,7 +15,8 @@ so every block sees the changed stream, not just the layer an eraser was fitted 
 Supported families are those whose blocks add writer outputs straight to the stream (no norm
 after the writer): Llama, Mistral, Qwen2/3, Phi-3, Gemma, GPT-2, GPT-NeoX. Gemma2 and OLMo2
 normalise each writer's output before adding it, so a linear map of the writer is not a linear map
-of the stream; they are refused, like every family without a layout in :mod:`excise.arch`.
+of the stream; they are refused, like every family without a layout in :mod:`excise.arch` (the
+erasers then take their runtime form: :func:`excise.erasure.core.resolve_options`).
 Tied input/output embeddings are untied first (the unembedding keeps the original matrix).
 """
 
@@ -33,10 +34,15 @@ FOLDABLE = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gpt2", "gpt_
 EXTRA_EMBEDDINGS = {"gpt2": ("transformer.wpe",)}
 
 
+def foldable(model: nn.Module) -> bool:
+    """Whether a map of the residual stream can be folded into this model's writers."""
+    return model.config.model_type in FOLDABLE
+
+
 def check_foldable(model: nn.Module) -> None:
     layout(model)  # a clear error for families excise has no layout for
     model_type = model.config.model_type
-    if model_type not in FOLDABLE:
+    if not foldable(model):
         raise ModelError(
             f"cannot fold into {model_type!r}: its blocks normalise writer outputs before adding "
             f"them to the residual stream; foldable: {', '.join(FOLDABLE)}"

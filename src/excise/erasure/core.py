@@ -28,6 +28,25 @@ class ErasureResult:
     adapter: dict[str, Any] | None = None  # a runtime hook's settings, when not folded
 
 
+def resolve_options(model, method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` checked against ``model`` before any work: unknown options are refused, and
+    where the method's default form folds into the weights but the model normalises each writer's
+    output (Gemma 2/3, OLMo 2: not foldable), the runtime form is chosen. A folded form asked for
+    by name on such a model is refused here, in one line, not after the statistics."""
+    from excise.activations.fold import check_foldable, foldable
+    from excise.arch import normalised_writes
+    from excise.erasure import ERASERS
+
+    config = ERASERS.config(method, options)
+    form = getattr(config, "form", None)
+    if form not in ("folded", "point") or foldable(model):
+        return dict(options)
+    chosen = "form" in options or form == "point" or getattr(config, "scale", 0) != 0
+    if chosen or not normalised_writes(model):  # other families: no tested runtime default
+        check_foldable(model)  # raises ModelError: cannot fold into this family
+    return {**options, "form": "runtime"}
+
+
 def check_layer(model, layer: int, *, low: int = 0) -> int:
     from excise.arch import num_layers
 
@@ -60,12 +79,14 @@ def erase(
     clamp); without it the layer is chosen by held-out separation. ``split_seed`` draws the fit
     and held-out halves of the items. Options are the fields of the
     method's config (:class:`~excise.erasure.concept.LeaceConfig`, ``AblateConfig``,
-    ``ClampConfig``); unknown ones are refused. ``model`` is changed in place where possible; use
-    the returned model.
+    ``ClampConfig``); unknown ones are refused. Where the default form cannot be folded into the
+    model, the runtime form is used (:func:`resolve_options`). ``model`` is changed in place where
+    possible; use the returned model.
     """
     from excise.erasure import ERASERS
 
     spec = ERASERS.get(method)
+    options = resolve_options(model, method, options)
     config = ERASERS.config(method, options)
     if texts is None:
         from excise.data.tasks import load_task

@@ -27,7 +27,7 @@ from excise.data.benchmarks import benchmark_contrast
 from excise.data.records import QA, Text, load_records
 from excise.data.task import Task
 from excise.erasure import adapter
-from excise.erasure.core import ErasureResult, erase
+from excise.erasure.core import ErasureResult, erase, resolve_options
 from excise.errors import ConfigError
 from excise.fsutil import atomic_dir, check_output, write_manifest
 from excise.jobs.common import check_choices, job_task, load, shipped_set
@@ -165,6 +165,7 @@ def run(job: EraseJob) -> EraseResult:
         negative = read_prompts(job.negative, "negative")
     started = time.perf_counter()
     model, tokenizer = load(job.model, job)
+    options = resolve_options(model, job.method, options)  # before the task and its statistics
     template = job.template
     scorer, task, before = None, None, {}
     if job.has_task:
