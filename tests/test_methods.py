@@ -11,7 +11,7 @@ from excise.methods import METHODS, all_methods, get_method, make_config, regist
 from excise.methods.npo import npo_loss
 from excise.scoring import forward_stats
 from excise.train import Context, TrainConfig, train
-from tests.conftest import make_tiny_model, teach, tiny_task
+from tests.conftest import make_tiny_model, teach, tiny_task, train_tiny
 
 OPTIONS = {"rmu": {"layer": 2, "update_layers": 2}, "distill": {"alpha": 0.3}}
 ALL = sorted(all_methods())
@@ -147,3 +147,27 @@ def test_registry_rejects_duplicates_and_bad_options():
     with pytest.raises(ConfigError):
         make_config(get_method("npo").config_cls, {"beta": -1})
     assert set(METHODS.names()) >= {"ga", "graddiff", "npo", "simnpo", "idk", "rmu"}
+
+
+def test_npo_short_run_scores_only_the_forget_items_it_draws(tiny_tokenizer, monkeypatch):
+    """A run of a few steps caches the reference of the items its batches hold, not of the whole
+    forget set, and trains exactly as with the whole table."""
+    import excise.methods.npo as npo
+    import excise.train.loop as loop
+
+    scored = []
+    real = npo.stats_for_examples
+    monkeypatch.setattr(
+        npo, "stats_for_examples", lambda m, ex, *a: scored.append(len(ex)) or real(m, ex, *a)
+    )
+    short = train_tiny(
+        make_tiny_model(tiny_tokenizer), tiny_tokenizer, "npo", steps=1, batch_size=2
+    )
+    forget_size = len(tiny_task().forget)
+    assert scored == [2] and forget_size > 2
+    monkeypatch.setattr(loop, "forget_drawn", lambda ctx, config: ctx.forget)
+    whole = train_tiny(
+        make_tiny_model(tiny_tokenizer), tiny_tokenizer, "npo", steps=1, batch_size=2
+    )
+    assert scored == [2, forget_size]
+    assert short == whole

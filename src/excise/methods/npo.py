@@ -10,6 +10,7 @@ Hyper-parameters: ``beta`` (0.1), ``retain_weight`` (1.0).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch.nn.functional as F
@@ -17,6 +18,8 @@ import torch.nn.functional as F
 from excise.errors import ConfigError
 from excise.methods import MethodSpec, register
 from excise.scoring import forget_and_retain_stats, stats_for_examples, with_retain_nll
+
+NAN = math.nan
 
 
 @dataclass
@@ -29,18 +32,26 @@ class NPOConfig:
             raise ConfigError("beta must be > 0 and retain_weight >= 0")
 
 
-def reference_logprobs(ctx, examples=None):
+def reference_logprobs(ctx, examples=None, *, size: int | None = None):
     """log pi_ref(y|x) for every forget example (or every one of ``examples``), indexed by
-    ``Example.index``: computed once, so no reference model is held through training."""
+    ``Example.index`` (``size`` entries at least; entries not computed are NaN, so a batch that
+    reads one diverges loudly): computed once, so no reference model is held through training."""
     examples = ctx.forget if examples is None else examples
     stats = stats_for_examples(ctx.unwrapped, examples, ctx.pad_id)
-    table = stats.logprob.new_zeros(max(e.index for e in examples) + 1)
+    table = stats.logprob.new_full((max([e.index + 1 for e in examples] + [size or 0]),), NAN)
     table[[e.index for e in examples]] = stats.logprob
     return table.to(ctx.accelerator.device)
 
 
+def drawn_reference_logprobs(ctx):
+    """:func:`reference_logprobs` of the forget examples the run's batches will hold only (all
+    of them unless the run is short), for methods whose loss reads the loop's batches alone."""
+    size = max(e.index for e in ctx.forget) + 1
+    return reference_logprobs(ctx, ctx.state.get("forget_drawn"), size=size)
+
+
 def prepare(ctx) -> None:
-    ctx.state["reference_logprob"] = reference_logprobs(ctx)
+    ctx.state["reference_logprob"] = drawn_reference_logprobs(ctx)
 
 
 def npo_loss(policy_logprob, reference_logprob, beta: float):

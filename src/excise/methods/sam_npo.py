@@ -24,7 +24,7 @@ from torch.func import functional_call
 
 from excise.errors import ConfigError
 from excise.methods import MethodSpec, register
-from excise.methods.npo import npo_loss, reference_logprobs
+from excise.methods.npo import drawn_reference_logprobs, npo_loss
 from excise.scoring import sequence_stats, with_retain_nll
 
 
@@ -40,7 +40,7 @@ class SAMNPOConfig:
 
 
 def prepare(ctx) -> None:
-    ctx.state["reference_logprob"] = reference_logprobs(ctx)
+    ctx.state["reference_logprob"] = drawn_reference_logprobs(ctx)
 
 
 def forget_loss(ctx, params: dict[str, torch.Tensor], forget) -> torch.Tensor:

@@ -83,6 +83,21 @@ def process_share(rows: list[int], accelerator: Accelerator) -> list[int]:
     return rows[accelerator.process_index * size : (accelerator.process_index + 1) * size]
 
 
+def forget_drawn(ctx: Context, config: TrainConfig) -> list[Example]:
+    """The forget examples this process's micro-batches hold over the whole run (every draw of
+    ``config.steps`` steps), in forget-set order: what a method's per-example cache needs to
+    cover (a short run draws a fraction of a large forget set)."""
+    group = config.batch_size * config.grad_accum
+    lengths = [len(e.input_ids) for e in ctx.forget]
+    drawn: set[int] = set()
+    for draw in range(config.steps * config.grad_accum):
+        rows = batch_indices(len(ctx.forget), config.batch_size, draw, config.seed, lengths, group)
+        drawn.update(process_share(rows, ctx.accelerator))
+        if len(drawn) == len(ctx.forget):
+            break
+    return [ctx.forget[i] for i in sorted(drawn)]
+
+
 def micro_batch(ctx: Context, config: TrainConfig, draw: int, uses_retain: bool) -> Batch:
     """This process's share of the ``draw``-th micro-batch, on its device: forget examples, and
     as many retain examples when the method uses them (else None). Batches are length-sorted in

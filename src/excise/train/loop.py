@@ -39,7 +39,7 @@ from excise.data.records import Record
 from excise.errors import ConfigError, ExciseError
 from excise.models import fingerprint
 from excise.progress import progress
-from excise.train.batches import micro_batch
+from excise.train.batches import forget_drawn, micro_batch
 from excise.train.checkpoint import (
     checkpoint_settings,
     latest_checkpoint,
@@ -112,6 +112,7 @@ def train(
         model, tokenizer, method_config, forget, retain, forget_records, template, accelerator
     )
     ctx.state["steps"] = config.steps  # for methods whose loss follows a schedule
+    ctx.state["forget_drawn"] = forget_drawn(ctx, config)  # what the run's batches will hold
     weights = fingerprint(model) if lora is not None else None
     method.prepare(ctx)  # may freeze parameters and cache reference statistics
     if lora is not None:  # after prepare: the caches come from the model without adapters
