@@ -85,6 +85,7 @@ def figures(row: str, report: dict) -> dict:
         cell["worst_forget"] = card.get("forget_accuracy", {})
         cell["recovery"] = audit.get("recovery", {})
         cell["clean"] = audit.get("clean", {})
+        cell["audit_timings_s"] = audit.get("timings_s", {})
         cell["timings_s"] = report.get("timings_s", {})
     return cell
 
