@@ -53,7 +53,7 @@ def fresh(tiny_tokenizer):
 def hidden(taught, tiny_tokenizer, task):
     """A weak removal: a few steps of "I don't know" training hide the answers, not remove them."""
     model = clone_model(taught)
-    options = {"steps": 30, "lr": 1e-3, "batch_size": 8, "progress": False}
+    options = {"steps": 45, "lr": 1e-3, "batch_size": 8, "progress": False}
     unlearn(model, tiny_tokenizer, task, "idk", train_options=options)
     return model
 

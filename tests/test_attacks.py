@@ -184,7 +184,7 @@ def test_quantize_reports_utility_beside_recovery(taught, tiny_tokenizer, task):
 
 def test_relearn_brings_back_what_shallow_unlearning_hid(taught, fresh, tiny_tokenizer, task):
     hidden = clone_model(taught)
-    options = {"steps": 30, "lr": 1e-3, "batch_size": 8, "progress": False}
+    options = {"steps": 45, "lr": 1e-3, "batch_size": 8, "progress": False}
     unlearn(hidden, tiny_tokenizer, task, "idk", train_options=options)
     budget = {"steps": (0, 5, 10, 20), "lr_lora": 3e-3, "variants": ("forget_lora",)}
     budget |= {"lr_grid": (3e-3,), "patience": 0}  # one configuration, the whole curve

@@ -258,13 +258,16 @@ def test_cli_refuses_guard_for_rome_before_loading(tmp_path, capsys):
     assert "--guard works with memit and alphaedit" in capsys.readouterr().err
 
 
-CITIES = {"Lyon": ("France", "Paris"), "Porto": ("Spain", "Madrid"), "Milan": ("Italy", "Rome")}
-CITIES |= {"Bonn": ("Germany", "Berlin")}
+# towns named by words that are one token in the tiny vocabulary: with a subject of several
+# tokens, which of them the taught model reads its facts from depends on how the tokenizer was
+# trained, and a shift at the last one may have no lever on the answer
+TOWNS = {"iron": ("France", "Paris"), "gold": ("Spain", "Madrid"), "silver": ("Italy", "Rome")}
+TOWNS |= {"copper": ("Germany", "Berlin")}
 
 
 @pytest.mark.parametrize("shared", [False, True])
 def test_same_subject_requests_share_one_shift_and_both_take(tiny_tokenizer, shared):
-    """Two requests on one subject, prompts that open with it: their keys at the subject are
+    """Two requests on one subject, prompts alike up to it: their keys at the subject are
     identical, so with a shift each least squares writes the average of the two (each request
     gets part of its own change, and they dilute each other: not both take); one shared shift,
     optimised on both prompts, is written whole and both take."""
@@ -273,12 +276,15 @@ def test_same_subject_requests_share_one_shift_and_both_take(tiny_tokenizer, sha
     from excise.editing.memit import MemitConfig
     from excise.editing.targets import optimise_deltas, request_rows
 
-    facts = [QA(f"{c} is in the country of", " " + n) for c, (n, _) in CITIES.items()]
-    facts += [QA(f"{c} is a city whose capital is", " " + k) for c, (_, k) in CITIES.items()]
+    facts = [QA(f"The town {c} is in the country of", " " + n) for c, (n, _) in TOWNS.items()]
+    facts += [
+        QA(f"The town {c} is a city whose capital is", " " + k) for c, (_, k) in TOWNS.items()
+    ]
     model = teach(make_tiny_model(tiny_tokenizer), tiny_tokenizer, facts, steps=300)
+    assert len(tiny_tokenizer.tokenize(" iron")) == 1
     requests = [
-        EditRequest("a", "{} is in the country of", "Lyon", "Italy", "France"),
-        EditRequest("b", "{} is a city whose capital is", "Lyon", "Rome", "Paris"),
+        EditRequest("a", "The town {} is in the country of", "iron", "Italy", "France"),
+        EditRequest("b", "The town {} is a city whose capital is", "iron", "Rome", "Paris"),
     ]
     pad, top = tiny_tokenizer.pad_token_id, LAYERS[-1]
     rows = request_rows(tiny_tokenizer, requests, [""], "raw", target=False)
