@@ -175,9 +175,10 @@ def run(job: EraseJob) -> EraseResult:
         negative = [[r.prompt, *r.paraphrases] for r in task.retain if isinstance(r, QA)]
         negative = negative or [[q.prompt, *q.paraphrases] for q in task.retain_eval]
         own = benchmark_contrast(task)  # a task with a contrast set of its own (bias)
-        if own is not None:
+        if own is not None:  # its items are not forget_eval's: the layer goes by separation
             positive, negative = own
-        scorer = layer_scorer(tokenizer, task)
+        else:
+            scorer = layer_scorer(tokenizer, task)
         before = task_scores(model, tokenizer, task)
     elif template == "auto":
         template = "chat" if getattr(tokenizer, "chat_template", None) else "raw"
