@@ -63,7 +63,10 @@ def numbers(values: dict) -> dict[str, float]:
 
 def figures(row: str, report: dict) -> dict:
     """What the table shows of a command's report (and everything numeric before/after)."""
-    before, after = numbers(report.get("before", {})), numbers(report.get("after", {}))
+    before, after = (report.get(side, {}) for side in ("before", "after"))
+    if row == "memit":  # an edit's report nests {"edit": ..., "utility": ...}
+        before, after = ({**s.get("edit", {}), **s.get("utility", {})} for s in (before, after))
+    before, after = numbers(before), numbers(after)
     cell = {"before": before, "after": after}
     if row == "demo":
         cell["timings_s"] = report.get("timings_s", {})
@@ -114,6 +117,54 @@ def fmt(value) -> str:
     return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+# what each row's cell shows (the JSON keeps every figure): (before -> after keys, erasure keys)
+SHOWN = {
+    "memit": (
+        ("efficacy_tf", "paraphrase_tf", "neighborhood_tf", "portability_tf", "compositional_tf",
+         "efficacy_score", "neighborhood_score", "retain_accuracy", "mc_accuracy", "perplexity"),
+        (),
+    ),
+    "erase": (
+        ("stereotype_preference", "perplexity", "mc_accuracy"),
+        ("chance", "probe_before", "probe_after", "probe_runtime", "probe_after_max"),
+    ),
+    "audit": (
+        ("forget_accuracy", "paraphrase_accuracy", "retain_accuracy", "near_retain_accuracy",
+         "mc_accuracy", "perplexity"),
+        (),
+    ),
+}  # fmt: skip
+SHOWN["ablate"] = SHOWN["erase"]
+
+
+def cell_figures(row: str, cell: dict) -> list[str]:
+    b, a = cell.get("before", {}), cell.get("after", {})
+    if row == "demo":
+        keys = (*DEMO_KEYS, "perplexity")
+        shown = [f"{k.split('_')[0]} {fmt(b.get(k))} -> {fmt(a.get(k))}" for k in keys]
+        shown.append(f"retain kept {fmt(cell.get('retain_kept'))}")
+        if "worst_under_attack" in cell:
+            shown.append(f"worst under attack {fmt(cell['worst_under_attack'])}")
+        return shown
+    pairs, erasure = SHOWN["audit" if row.startswith("audit-") else row]
+    shown = [f"{k} {fmt(b.get(k))} -> {fmt(a.get(k))}" for k in pairs if k in a]
+    shown += [f"{k} {fmt(v)}" for k, v in cell.get("erasure", {}).items() if k in erasure]
+    if row.startswith("audit-"):
+        worst = cell.get("worst_recovery", {})
+        config = worst.get("configuration") or {}
+        where = ", ".join(f"{k} {v}" for k, v in config.items() if k in ("variant", "step"))
+        shown.append(
+            f"**worst-case recovery {fmt(worst.get('worst'))}** ({worst.get('worst_attack')}"
+            f"{': ' + where if where else ''})"
+        )
+        recovery = cell.get("recovery", {})
+        ranked = sorted(recovery, key=lambda n: -(recovery[n] or 0))[1:4]
+        shown.append("next: " + ", ".join(f"{n} {fmt(recovery[n])}" for n in ranked))
+    if cell.get("layer") is not None:
+        shown.append(f"layer {cell['layer']}")
+    return shown
+
+
 def table(data: dict) -> str:
     lines = [
         "| row | model | figures (before -> after) | wall s |",
@@ -121,18 +172,7 @@ def table(data: dict) -> str:
     ]
     for row, cells in data["rows"].items():
         for model, cell in cells.items():
-            b, a = cell.get("before", {}), cell.get("after", {})
-            if row == "demo":
-                keys = (*DEMO_KEYS, "perplexity")
-                shown = [f"{k.split('_')[0]} {fmt(b.get(k))} -> {fmt(a.get(k))}" for k in keys]
-                shown.append(f"retain kept {fmt(cell.get('retain_kept'))}")
-                if "worst_under_attack" in cell:
-                    shown.append(f"worst under attack {fmt(cell['worst_under_attack'])}")
-            elif row == "erase":
-                shown = [f"{k} {fmt(v)}" for k, v in cell.get("erasure", {}).items()]
-                shown += [f"{k} {fmt(b.get(k))} -> {fmt(a.get(k))}" for k in sorted(a)]
-            else:
-                shown = [f"{k} {fmt(b.get(k))} -> {fmt(a.get(k))}" for k in sorted(a)]
+            shown = cell_figures(row, cell)
             lines.append(f"| {row} | {model} | {'; '.join(shown)} | {fmt(cell.get('wall_s'))} |")
     notes = [f"- **{row}**: {text}" for row, text in data.get("notes", {}).items()]
     head = [
