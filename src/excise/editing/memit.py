@@ -27,7 +27,7 @@ from excise.arch import block_part
 from excise.editing import EDITORS, EditorSpec, EditOutcome
 from excise.editing.guard import anchor, capped, check, not_held, origin
 from excise.editing.layers import check_layers, default_layers
-from excise.editing.locate import mean_by_owner, out_in, read_at
+from excise.editing.locate import mean_by_owner, out_in, read_at, through_write_norm
 from excise.editing.stats import DEFAULT_TOKENS
 from excise.editing.targets import TargetConfig, optimise_deltas, request_rows
 from excise.errors import ConfigError
@@ -100,6 +100,7 @@ def _write(ctx, requests, solve: Solver) -> tuple[list[float], dict[int, torch.T
         current = read_at(ctx.model, plain, [top], ctx.pad_id, what="residual")[top].double()
         residual = (z - current) / (len(layers) - i)
         weight = out_in(block_part(ctx.model, layer, "mlp_out"))
+        residual = through_write_norm(ctx.model, layer, weight, keys, residual)
         if ctx.config.norm_anchor or ctx.config.max_update is not None:
             origin(ctx, layer, weight)  # the run's starting weights, before any update
         update = capped(ctx, layer, solve(layer, keys, residual))  # (hidden, d_ff)
