@@ -146,7 +146,7 @@ def cell_figures(row: str, cell: dict) -> list[str]:
         if "worst_under_attack" in cell:
             shown.append(f"worst under attack {fmt(cell['worst_under_attack'])}")
         return shown
-    pairs, erasure = SHOWN["audit" if row.startswith("audit-") else row]
+    pairs, erasure = SHOWN[row.split("-")[0]]  # audit-rmu: audit; memit-before-fix: memit
     shown = [f"{k} {fmt(b.get(k))} -> {fmt(a.get(k))}" for k in pairs if k in a]
     shown += [f"{k} {fmt(v)}" for k, v in cell.get("erasure", {}).items() if k in erasure]
     if row.startswith("audit-"):
