@@ -19,8 +19,6 @@ from excise.errors import ConfigError
 from excise.methods import MethodSpec, register
 from excise.scoring import forget_and_retain_stats, stats_for_examples, with_retain_nll
 
-NAN = math.nan
-
 
 @dataclass
 class NPOConfig:
@@ -38,7 +36,7 @@ def reference_logprobs(ctx, examples=None, *, size: int | None = None):
     reads one diverges loudly): computed once, so no reference model is held through training."""
     examples = ctx.forget if examples is None else examples
     stats = stats_for_examples(ctx.unwrapped, examples, ctx.pad_id)
-    table = stats.logprob.new_full((max([e.index + 1 for e in examples] + [size or 0]),), NAN)
+    table = stats.logprob.new_full((max([e.index + 1 for e in examples] + [size or 0]),), math.nan)
     table[[e.index for e in examples]] = stats.logprob
     return table.to(ctx.accelerator.device)
 
