@@ -96,7 +96,13 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 def normalised_writes(model: nn.Module) -> bool:
     """Whether each block normalises its MLP's output before the residual add (Gemma 2 and 3,
     OLMo 2: ``post_feedforward_layernorm``), which bounds what one MLP can write."""
-    return hasattr(decoder_layers(model)[0], "post_feedforward_layernorm")
+    return write_norm(model, 0) is not None
+
+
+def write_norm(model: nn.Module, layer: int) -> nn.Module | None:
+    """The norm block ``layer`` applies to its MLP's output before adding it to the stream
+    (Gemma 2/3, OLMo 2), or None where the output is added as it is."""
+    return getattr(decoder_layers(model)[layer], "post_feedforward_layernorm", None)
 
 
 def block_part(model: nn.Module, layer: int, part: str) -> nn.Module:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from excise.arch import block_part, decoder_layers, run_until
+from excise.arch import block_part, decoder_layers, run_until, write_norm
 from excise.data.encode import IGNORE, completion_ids, lead_ids
 from excise.errors import DataError
 
@@ -174,28 +174,15 @@ def read_at(
     return {layer: torch.cat(found[layer]).cpu() for layer in layers}
 
 
-def through_write_norm(
-    model, layer: int, weight: torch.Tensor, keys: torch.Tensor, residual: torch.Tensor
-) -> torch.Tensor:
-    """What the MLP output projection of block ``layer`` must add to its own output, per row,
-    for the block to add ``residual`` (rows, hidden) to the stream at those ``keys`` (rows, d_ff).
-
-    Most families add the projection's output to the stream as it is: ``residual`` itself. Gemma
-    2/3 and OLMo 2 normalise it first (``post_feedforward_layernorm``: o = g * y / rms(y)); the
-    norm is scale invariant, so the output that writes o + r is rms(y) (o + r) / g, a change of
-    rms(y) r / g. Without this an editor solves in the wrong space: on gemma-3-270m 100 MEMIT
-    edits took perplexity from 17.5 to 488 (docs/results.md)."""
-    norm = getattr(decoder_layers(model)[layer], "post_feedforward_layernorm", None)
-    if norm is None:
-        return residual
-    with torch.no_grad():  # the gain, read off the norm itself (Gemma: 1 + w; OLMo 2: w)
-        param = next(norm.parameters())
-        ones = torch.ones(1, residual.shape[1], device=param.device, dtype=param.dtype)
-        gain = norm(ones)[0].double().cpu()
-        outputs = keys.double() @ weight.detach().double().cpu().T  # (rows, hidden): y at the keys
-    rms = outputs.pow(2).mean(1, keepdim=True).sqrt()
-    writable = gain.abs() > 1e-6  # a coordinate the norm zeroes cannot be written
-    return torch.where(writable, residual * rms / torch.where(writable, gain, 1.0), 0.0)
+def write_scale(model, layer: int, weight: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Per row (rows, 1), float64: 1 / rms(W k) where block ``layer`` normalises its MLP's
+    output (a change of y reaches the stream divided by rms(y), and the key statistics weigh
+    keys so: :func:`excise.editing.stats.compute`), else 1."""
+    if write_norm(model, layer) is None:
+        return torch.ones(keys.shape[0], 1, dtype=torch.float64)
+    with torch.no_grad():
+        outputs = keys.double() @ weight.detach().double().cpu().T
+    return 1.0 / outputs.pow(2).mean(1, keepdim=True).sqrt().clamp(min=1e-30)
 
 
 def mean_by_owner(values: torch.Tensor, rows: Sequence[Row], owners: int) -> torch.Tensor:

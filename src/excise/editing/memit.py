@@ -13,6 +13,11 @@ The drift guard's options (``most_probable``, ``stop_margin``, ``hold_rounds``, 
 ``max_update``) are in :mod:`excise.editing.guard`; same-subject requests share one target
 shift (``shared_subject``, :mod:`excise.editing.targets`).
 
+Where each block normalises its MLP's output before the stream (Gemma 2/3, OLMo 2) the targets
+are shifts of each layer's MLP output, one optimisation per layer (:func:`_write_under_norms`),
+and keys and residuals are weighed by 1 / rms(W k) like the statistics
+(:func:`excise.editing.stats.compute`).
+
 AlphaEdit (:mod:`excise.editing.alphaedit`) shares this driver and swaps the solve.
 """
 
@@ -23,11 +28,11 @@ from dataclasses import dataclass
 
 import torch
 
-from excise.arch import block_part
+from excise.arch import block_part, normalised_writes
 from excise.editing import EDITORS, EditorSpec, EditOutcome
 from excise.editing.guard import anchor, capped, check, not_held, origin
 from excise.editing.layers import check_layers, default_layers
-from excise.editing.locate import mean_by_owner, out_in, read_at, through_write_norm
+from excise.editing.locate import mean_by_owner, out_in, read_at, write_scale
 from excise.editing.stats import DEFAULT_TOKENS
 from excise.editing.targets import TargetConfig, optimise_deltas, request_rows
 from excise.errors import ConfigError
@@ -79,35 +84,70 @@ def spread(ctx, requests, solve: Solver) -> tuple[EditOutcome, dict[int, torch.T
 
 
 def _write(ctx, requests, solve: Solver) -> tuple[list[float], dict[int, torch.Tensor]]:
+    if normalised_writes(ctx.model):
+        return _write_under_norms(ctx, requests, solve)
     layers = ctx.config.layers_for(ctx.model)
     top = layers[-1]
-    deltas, base, nll = optimise_deltas(
-        ctx.model,
-        ctx.tokenizer,
-        requests,
-        top,
-        ctx.config,
-        template=ctx.template,
-        prefixes=ctx.prefixes,
-    )
+    deltas, base, nll = _targets(ctx, requests, top)
     z = (base + deltas).double()
     key_rows = request_rows(ctx.tokenizer, requests, ctx.prefixes, ctx.template, target=False)
     plain = request_rows(ctx.tokenizer, requests, [""], ctx.template, target=False)
     keys_used: dict[int, torch.Tensor] = {}
     for i, layer in enumerate(layers):
-        raw = read_at(ctx.model, key_rows, [layer], ctx.pad_id, what="key")[layer]
-        keys = mean_by_owner(raw, key_rows, len(requests)).double()
+        keys = _keys(ctx, key_rows, layer, len(requests))
         current = read_at(ctx.model, plain, [top], ctx.pad_id, what="residual")[top].double()
-        residual = (z - current) / (len(layers) - i)
-        weight = out_in(block_part(ctx.model, layer, "mlp_out"))
-        residual = through_write_norm(ctx.model, layer, weight, keys, residual)
-        if ctx.config.norm_anchor or ctx.config.max_update is not None:
-            origin(ctx, layer, weight)  # the run's starting weights, before any update
-        update = capped(ctx, layer, solve(layer, keys, residual))  # (hidden, d_ff)
-        with torch.no_grad():
-            weight.add_(update.to(weight))  # solved on the CPU in float64
-        keys_used[layer] = keys
+        keys_used[layer] = _update(ctx, layer, keys, (z - current) / (len(layers) - i), solve)
     return nll, keys_used
+
+
+def _write_under_norms(ctx, requests, solve: Solver):
+    """MEMIT where each block normalises its MLP's write (Gemma 2/3, OLMo 2). One target at the
+    last layer cannot be spread: a share of a stream shift is not something a lower MLP can
+    write (on gemma-3-270m a lower layer's write of 465 cut the top's remaining residual by
+    ~70). So each layer in turn, on the model its lower layers already changed, gets its own
+    target (the change of its MLP output that makes the new answers, :mod:`.targets`) and
+    writes ``1 / (layers left)`` of it; the last writes all that is left. One target
+    optimisation per layer instead of one. The NLL reported is the last layer's."""
+    layers = ctx.config.layers_for(ctx.model)
+    key_rows = request_rows(ctx.tokenizer, requests, ctx.prefixes, ctx.template, target=False)
+    keys_used: dict[int, torch.Tensor] = {}
+    nll: list[float] = []
+    for i, layer in enumerate(layers):
+        deltas, _, nll = _targets(ctx, requests, layer)
+        keys = _keys(ctx, key_rows, layer, len(requests))
+        keys_used[layer] = _update(ctx, layer, keys, deltas.double() / (len(layers) - i), solve)
+    return nll, keys_used
+
+
+def _targets(ctx, requests, layer: int):
+    return optimise_deltas(
+        ctx.model,
+        ctx.tokenizer,
+        requests,
+        layer,
+        ctx.config,
+        template=ctx.template,
+        prefixes=ctx.prefixes,
+    )
+
+
+def _keys(ctx, key_rows, layer: int, owners: int) -> torch.Tensor:
+    raw = read_at(ctx.model, key_rows, [layer], ctx.pad_id, what="key")[layer]
+    return mean_by_owner(raw, key_rows, owners).double()
+
+
+def _update(ctx, layer: int, keys, residual, solve: Solver) -> torch.Tensor:
+    """Write ``residual`` (what the MLP output projection should add at ``keys``) into block
+    ``layer``; returns the keys as the solve saw them."""
+    weight = out_in(block_part(ctx.model, layer, "mlp_out"))
+    scale = write_scale(ctx.model, layer, weight, keys)  # in the units of the key statistics
+    keys, residual = keys * scale, residual * scale
+    if ctx.config.norm_anchor or ctx.config.max_update is not None:
+        origin(ctx, layer, weight)  # the run's starting weights, before any update
+    update = capped(ctx, layer, solve(layer, keys, residual))  # (hidden, d_ff)
+    with torch.no_grad():
+        weight.add_(update.to(weight))  # solved on the CPU in float64
+    return keys
 
 
 def memit_update(

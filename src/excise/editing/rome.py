@@ -21,7 +21,7 @@ import torch
 from excise.arch import block_part
 from excise.editing import EDITORS, EditorSpec, EditOutcome
 from excise.editing.layers import check_layers, default_layer
-from excise.editing.locate import mean_by_owner, out_in, read_at, through_write_norm
+from excise.editing.locate import mean_by_owner, out_in, read_at
 from excise.editing.stats import DEFAULT_TOKENS
 from excise.editing.targets import TargetConfig, optimise_deltas, request_rows
 
@@ -70,8 +70,7 @@ def apply(ctx, requests) -> EditOutcome:
         rows = request_rows(ctx.tokenizer, [request], ctx.prefixes, ctx.template, target=False)
         keys = read_at(ctx.model, rows, [layer], ctx.pad_id, what="key")[layer]
         key = mean_by_owner(keys, rows, 1)[0].double()
-        delta = through_write_norm(ctx.model, layer, weight, key[None], deltas[:1].double())[0]
-        update, denominator = rank_one_update(covariance, key, delta)
+        update, denominator = rank_one_update(covariance, key, deltas[0].double())
         ratio = float(update.norm() / weight.detach().double().norm())
         if not (denominator > 0 and torch.isfinite(update).all() and ratio <= config.max_update):
             refused.append(

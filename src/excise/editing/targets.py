@@ -2,10 +2,11 @@
 say the new target (Meng et al. 2022, 2023: the "v*" of ROME, the "z" of MEMIT).
 
 For every request a vector ``delta`` is added to the output of one decoder block at the subject's
-last token, in the plain prompt and under a few generated prefixes, and optimised with Adam to
-minimise the new target's negative log-likelihood, plus a KL term keeping the model's view of the
-subject ("{subject} is a") and a decay on ``|delta|``; its norm is clamped to a multiple of the
-original activation's. Shifts are independent, so all of them are optimised in one batch
+last token (under a write norm, Gemma 2/3 and OLMo 2: to its MLP's output before the norm, the
+only shift an edit of that MLP can make), in the plain prompt and under a few generated
+prefixes, and optimised with Adam to minimise the new target's negative log-likelihood, plus a
+KL term keeping the model's view of the subject ("{subject} is a") and a decay on ``|delta|``;
+its norm is clamped to a multiple of the original activation's. Shifts are independent, so all of them are optimised in one batch
 (Adam is element-wise: this equals optimising each alone).
 
 ``shared_subject`` (default on): requests with the same subject (a subject's ripple implied
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from excise.arch import decoder_layers
+from excise.arch import block_part, decoder_layers, write_norm
 from excise.data.encode import IGNORE
 from excise.editing.locate import Row, batch_rows, read_at, shifted, subject_row
 from excise.editing.requests import EditRequest, answer
@@ -174,9 +175,16 @@ def optimise_deltas(
     template: str = "raw",
     prefixes: Sequence[str] = ("",),
 ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
-    """Per request: the shift ``delta`` at block ``layer``'s output (one per subject with
-    ``shared_subject``: same-subject requests in a chunk get the same row), the original
-    activation there (plain prompt), and the final target NLL. Shapes (n, hidden) twice, n."""
+    """Per request: the shift ``delta`` of what block ``layer``'s MLP writes (one per subject
+    with ``shared_subject``: same-subject requests in a chunk get the same row), the original
+    activation it shifts (plain prompt), and the final target NLL. Shapes (n, hidden) twice, n.
+
+    The shift is added where the MLP's write can make it: at the block's output for families
+    that add the MLP's output to the stream as it is; under a write norm (Gemma 2/3, OLMo 2:
+    :func:`excise.arch.write_norm`) at the MLP's output before the norm. A stream shift there
+    is not one any change of the MLP can write: on gemma-3-270m the shift found in the stream
+    (|delta| ~200 of |h| ~4900) was met only by writes 3-5x its size in other directions, and a
+    shift met to 6% of its size (a MEMIT solve) left every target 3-13 nats short."""
     deltas, bases, losses, order = [], [], [], []
     for index in _chunks(requests, config):
         chunk = [requests[i] for i in index]
@@ -212,7 +220,6 @@ def _chunks(requests: Sequence[EditRequest], config: TargetConfig) -> list[list[
 def _optimise_chunk(model, tokenizer, requests, layer, config, template, prefixes):
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
-    block = decoder_layers(model)[layer]
     group = torch.tensor(subject_groups(requests, config.shared_subject), device=device)
     shifts = int(group.max()) + 1
     first = [int((group == g).nonzero()[0]) for g in range(shifts)]  # a request of each shift
@@ -222,14 +229,26 @@ def _optimise_chunk(model, tokenizer, requests, layer, config, template, prefixe
         for g, i in enumerate(first)
     ]
     plain = request_rows(tokenizer, requests, [""], template, target=False)
-    base = read_at(model, plain, [layer], pad, what="residual")[layer].to(device)
+    norm = write_norm(model, layer)
+    if norm is None:  # the shift's module, and the activation it is added to
+        where = decoder_layers(model)[layer]
+        start = read_at(model, plain, [layer], pad, what="residual")[layer].to(device)
+    else:  # shift the MLP's output under its norm: only such a shift is writable
+        where = block_part(model, layer, "mlp_out")
+        keys = read_at(model, plain, [layer], pad, what="key")[layer].to(device)
+        with torch.no_grad():
+            start = where(keys.to(next(where.parameters()).dtype)).float()
     batch = batch_rows(rows, pad, device)
     kl_batch = batch_rows(kl_rows, pad, device)
     owner = torch.tensor([r.owner for r in rows], device=device)
     n = len(requests)
     size = torch.zeros(shifts, device=device).index_add(0, group, torch.ones(n, device=device))
     # per shift: the mean squared norm of its requests' original activations
-    scale = torch.zeros(shifts, device=device).index_add(0, group, base.pow(2).sum(1)) / size
+    scale = torch.zeros(shifts, device=device).index_add(0, group, start.pow(2).sum(1)) / size
+    # Adam steps every coordinate by ~lr: v_lr is in the stream's units; under a write norm the
+    # MLP output's coordinates are ~100x smaller (gemma-3-270m: rms 0.13), so the step is v_lr
+    # times their rms (v_lr x |y| / |h| left the targets at NLL 3-15 after 25 steps)
+    lr = config.v_lr * (1.0 if norm is None else float(start.pow(2).mean().sqrt()))
     margin = config.most_probable and config.stop_margin > 0
     was_training = model.training
     model.eval()
@@ -239,13 +258,13 @@ def _optimise_chunk(model, tokenizer, requests, layer, config, template, prefixe
     try:
         with torch.no_grad():
             kl_reference = _last_logprobs(model, kl_batch)
-        delta = torch.zeros(shifts, base.shape[1], device=device, requires_grad=True)
-        optimiser = torch.optim.Adam([delta], lr=config.v_lr)
+        delta = torch.zeros(shifts, start.shape[1], device=device, requires_grad=True)
+        optimiser = torch.optim.Adam([delta], lr=lr)
         limit = config.clamp_norm * scale.sqrt()
         per_request = torch.zeros(n)
         done = torch.zeros(shifts, dtype=torch.bool, device=device)  # MPES: frozen shifts
         for _step in range(config.v_steps):
-            with shifted(block, batch["position"], delta[group[owner]]):
+            with shifted(where, batch["position"], delta[group[owner]]):
                 if margin:
                     stats, lead = _margin_stats(model, batch)
                     ok = lead >= config.stop_margin
@@ -264,7 +283,7 @@ def _optimise_chunk(model, tokenizer, requests, layer, config, template, prefixe
             elif bool((per_request < config.early_stop).all()):
                 break
             kept = delta.detach()[done].clone()
-            with shifted(block, kl_batch["position"], delta):
+            with shifted(where, kl_batch["position"], delta):
                 edited = _last_logprobs(model, kl_batch)
             kl = F.kl_div(edited, kl_reference, log_target=True, reduction="none").sum(1)
             decay = config.v_weight_decay * delta.pow(2).sum(1) / scale
@@ -280,4 +299,4 @@ def _optimise_chunk(model, tokenizer, requests, layer, config, template, prefixe
         for p, g in zip(model.parameters(), grads, strict=True):
             p.requires_grad_(g)
         model.train(was_training)
-    return delta.detach()[group].cpu(), base.cpu(), per_request.tolist()
+    return delta.detach()[group].cpu(), start.cpu(), per_request.tolist()
