@@ -143,3 +143,24 @@ def candidate_layers(depth: int, count: int, first: int = 0) -> list[int]:
     if count == 1:
         return [(first + top) // 2]
     return sorted({first + round((top - first) * i / (count - 1)) for i in range(count)})
+
+
+# the median rms of SmolLM2-135M's weight matrices (embeddings aside), where the methods'
+# learning rates were tuned
+TUNED_WEIGHT_RMS = 0.1903
+
+
+def weight_scale(model: nn.Module) -> float:
+    """The median rms of ``model``'s weight matrices (embeddings aside) over SmolLM2-135M's.
+
+    Adam moves every weight by about its learning rate whatever the gradient's size, so an lr
+    tuned on one model is a relative step that much larger on a model with smaller weights:
+    gemma-3-270m's matrices have rms 0.040 (0.21 of SmolLM2's), and npo at SmolLM2's lr took
+    its perplexity 17.5 -> 118 and near-retain accuracy to 0.07; at 0.21x the lr, 20.4 (docs/results.md).
+    """
+    values = sorted(
+        float(p.detach().float().pow(2).mean().sqrt())
+        for name, p in model.named_parameters()
+        if p.dim() == 2 and "embed" not in name and "lm_head" not in name
+    )
+    return values[len(values) // 2] / TUNED_WEIGHT_RMS if values else 1.0

@@ -6,8 +6,8 @@ last token (under a write norm, Gemma 2/3 and OLMo 2: to its MLP's output before
 only shift an edit of that MLP can make), in the plain prompt and under a few generated
 prefixes, and optimised with Adam to minimise the new target's negative log-likelihood, plus a
 KL term keeping the model's view of the subject ("{subject} is a") and a decay on ``|delta|``;
-its norm is clamped to a multiple of the original activation's. Shifts are independent, so all of them are optimised in one batch
-(Adam is element-wise: this equals optimising each alone).
+its norm is clamped to a multiple of the original activation's. Shifts are independent, so all
+of them are optimised in one batch (Adam is element-wise: this equals optimising each alone).
 
 ``shared_subject`` (default on): requests with the same subject (a subject's ripple implied
 requests among them, :mod:`excise.editing.ripple`) get ONE shift, optimised on all of their

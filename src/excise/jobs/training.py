@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from excise.arch import weight_scale
 from excise.data.encode import encode_records
 from excise.data.tasks import Task
 from excise.methods import get_method, make_config
@@ -15,14 +16,20 @@ from excise.train import TrainConfig, train
 from excise.train.lora import LR_FACTOR, LoraSettings
 
 
-def train_config(method: str, options: dict[str, Any] | None, *, lora: bool = False) -> TrainConfig:
+def train_config(
+    method: str, options: dict[str, Any] | None, *, lora: bool = False, model=None
+) -> TrainConfig:
     """The method's tuned defaults, overridden by ``options`` (unknown keys rejected).
 
     With ``lora`` and no ``lr`` given, the default lr is ``excise.train.lora.LR_FACTOR`` times the
-    method's (adapters start from zero and need larger steps than full fine-tuning)."""
+    method's (adapters start from zero and need larger steps than full fine-tuning). Given the
+    ``model``, a default lr is also scaled by :func:`excise.arch.weight_scale` (the lrs were tuned
+    on SmolLM2-135M); an lr the user gives is kept as it is."""
     defaults = dict(get_method(method).train_defaults)
     if lora:
         defaults["lr"] = defaults.get("lr", TrainConfig.lr) * LR_FACTOR
+    if model is not None:
+        defaults["lr"] = defaults.get("lr", TrainConfig.lr) * weight_scale(model)
     return make_config(TrainConfig, {**defaults, **(options or {})})
 
 
@@ -45,7 +52,7 @@ def unlearn(
     folds them in and returns them."""
     spec = get_method(method)
     config = make_config(spec.config_cls, method_options)
-    settings = train_config(method, train_options, lora=lora is not None)
+    settings = train_config(method, train_options, lora=lora is not None, model=model)
     task.check()
     return train(
         model,

@@ -127,9 +127,10 @@ class UnlearnJob:
         if self.out is None and self.resume:
             raise ConfigError("resume continues from OUT.ckpt: give out")
 
-    def settings(self) -> TrainConfig:
-        """The training settings as they will run: the method's defaults and ``train``."""
-        return train_config(self.method, self.train, lora=self.lora is not None)
+    def settings(self, model=None) -> TrainConfig:
+        """The training settings as they will run: the method's defaults and ``train`` (with the
+        ``model``, a default lr scaled to its weights: :func:`excise.jobs.training.train_config`)."""
+        return train_config(self.method, self.train, lora=self.lora is not None, model=model)
 
     def plan(self) -> str:
         """What running the job does, with the training settings as resolved."""
@@ -150,7 +151,9 @@ class UnlearnJob:
                 f"  model   {self.model} ({self.dtype})",
                 f"  data    {data} (template {self.template})",
                 f"  method  {self.method} ({options}){lora}",
-                "  train   " + ", ".join(f"{k}={v}" for k, v in settings.items()),
+                "  train   "
+                + ", ".join(f"{k}={v}" for k, v in settings.items())
+                + ("" if "lr" in self.train else " (lr x the model's weight scale)"),
                 f"  eval    {self.eval}"
                 + (f", quick every {self.eval_every} steps" if self.eval_every else ""),
                 f"  audit   {audit}",
@@ -265,6 +268,7 @@ def run(job: UnlearnJob, *, echo: Echo | None = None) -> UnlearnResult:
                 gold_ratios = gold_eval.details.get("forget_truth_ratio")
             if not job.audit:
                 gold = None  # no second model held through training unless the audit needs it
+    settings = job.settings(model)  # the lr as it will run: scaled to the model's weights
     reference = None
     if job.gold is not None:
         with timer.stage("score the gold model"):
