@@ -140,3 +140,25 @@ def test_one_process_gets_the_plain_launch():
     launch = choose_launch(TrainConfig(), object())
     assert type(launch) is Launch and launch.kind == "plain" and launch.written_as == "plain"
     assert not launch.shards and launch.accelerator.num_processes == 1
+
+
+def test_default_learning_rates_follow_the_weights_scale_and_given_ones_stay(tiny_tokenizer):
+    """Adam's step is ~lr per weight: a model with weights half as large gets half the default
+    lr for a method on the outputs (npo); rmu's targets are scaled to activations, so its lr
+    stays; an lr the user gives is never changed."""
+    from excise.arch import TUNED_WEIGHT_RMS, weight_scale
+    from excise.jobs.training import train_config
+
+    model = make_tiny_model(tiny_tokenizer)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 2 and "embed" not in name:
+                param.copy_(torch.randn_like(param) * TUNED_WEIGHT_RMS / 2)
+    assert abs(weight_scale(model) - 0.5) < 0.02
+    scale = weight_scale(model)
+    npo, rmu = train_config("npo", None), train_config("rmu", None)
+    assert train_config("npo", None, model=model).lr == pytest.approx(npo.lr * scale)
+    assert train_config("rmu", None, model=model).lr == rmu.lr
+    assert train_config("npo", {"lr": 3e-5}, model=model).lr == 3e-5
+    lora = train_config("npo", None, lora=True)
+    assert train_config("npo", None, lora=True, model=model).lr == pytest.approx(lora.lr * scale)

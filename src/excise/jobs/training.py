@@ -24,11 +24,12 @@ def train_config(
     With ``lora`` and no ``lr`` given, the default lr is ``excise.train.lora.LR_FACTOR`` times the
     method's (adapters start from zero and need larger steps than full fine-tuning). Given the
     ``model``, a default lr is also scaled by :func:`excise.arch.weight_scale` (the lrs were tuned
-    on SmolLM2-135M); an lr the user gives is kept as it is."""
-    defaults = dict(get_method(method).train_defaults)
+    on SmolLM2-135M) where the method's ``lr_from_weights``; an lr the user gives is kept."""
+    spec = get_method(method)
+    defaults = dict(spec.train_defaults)
     if lora:
         defaults["lr"] = defaults.get("lr", TrainConfig.lr) * LR_FACTOR
-    if model is not None:
+    if model is not None and spec.lr_from_weights:
         defaults["lr"] = defaults.get("lr", TrainConfig.lr) * weight_scale(model)
     return make_config(TrainConfig, {**defaults, **(options or {})})
 

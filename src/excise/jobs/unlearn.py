@@ -153,7 +153,11 @@ class UnlearnJob:
                 f"  method  {self.method} ({options}){lora}",
                 "  train   "
                 + ", ".join(f"{k}={v}" for k, v in settings.items())
-                + ("" if "lr" in self.train else " (lr x the model's weight scale)"),
+                + (
+                    " (lr x the model's weight scale)"
+                    if "lr" not in self.train and get_method(self.method).lr_from_weights
+                    else ""
+                ),
                 f"  eval    {self.eval}"
                 + (f", quick every {self.eval_every} steps" if self.eval_every else ""),
                 f"  audit   {audit}",

@@ -187,5 +187,6 @@ SPEC = register(
         prepare,
         loss,
         train_defaults={"steps": 150, "lr": 5e-4},
+        lr_from_weights=False,
     )
 )

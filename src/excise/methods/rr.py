@@ -201,6 +201,7 @@ SPEC = register(
         prepare,
         loss,
         train_defaults={"steps": 150, "lr": 1e-3},
+        lr_from_weights=False,
         finish=finish,
     )
 )
