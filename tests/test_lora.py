@@ -269,7 +269,12 @@ def test_recipe_with_lora_runs_and_repeats(files, tmp_path):
     out = tmp_path / "out"
     assert (out / "adapter" / "adapter_config.json").is_file() and not (out / "model").exists()
     report = json.loads((out / "report.json").read_text())
-    assert report["method"]["train"]["lr"] == pytest.approx(2e-4)  # npo's 2e-5, x10 for LoRA
+    from excise.arch import weight_scale
+    from excise.models import load_model
+
+    scale = weight_scale(load_model(files["model"])[0])  # a tiny random model's: ~0.1
+    # npo's 2e-5, x10 for LoRA, x the weights' scale; spelled out, so a rerun keeps it
+    assert report["method"]["train"]["lr"] == pytest.approx(2e-4 * scale)
     repeated = yaml.safe_load((out / "recipe.yaml").read_text())
     assert repeated["lora"] == {
         "rank": 2,

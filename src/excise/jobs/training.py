@@ -12,7 +12,7 @@ from excise.arch import weight_scale
 from excise.data.encode import encode_records
 from excise.data.tasks import Task
 from excise.methods import get_method, make_config
-from excise.train import TrainConfig, train
+from excise.train import TrainConfig, checkpoint_settings, train
 from excise.train.lora import LR_FACTOR, LoraSettings
 
 
@@ -25,13 +25,29 @@ def train_config(
     method's (adapters start from zero and need larger steps than full fine-tuning). Given the
     ``model``, a default lr is also scaled by :func:`excise.arch.weight_scale` (the lrs were tuned
     on SmolLM2-135M) where the method's ``lr_from_weights``; an lr the user gives is kept."""
-    spec = get_method(method)
-    defaults = dict(spec.train_defaults)
+    defaults = dict(get_method(method).train_defaults)
     if lora:
         defaults["lr"] = defaults.get("lr", TrainConfig.lr) * LR_FACTOR
-    if model is not None and spec.lr_from_weights:
+    if model is not None and scales_lr(method, options):
         defaults["lr"] = defaults.get("lr", TrainConfig.lr) * weight_scale(model)
     return make_config(TrainConfig, {**defaults, **(options or {})})
+
+
+def scales_lr(method: str, options: dict[str, Any] | None) -> bool:
+    """Whether the lr will be scaled to the model's weights: the method's default (not one the
+    user gave) for a method whose ``lr_from_weights``."""
+    return "lr" not in (options or {}) and get_method(method).lr_from_weights
+
+
+def early_settings(
+    method: str, options: dict[str, Any] | None, settings: TrainConfig, method_config
+) -> dict[str, Any]:
+    """What a checkpoint to resume must match, checked before the model loads: an lr scaled to
+    the weights is known only once they do, and the training loop checks it then."""
+    checked = checkpoint_settings(settings, method_config)
+    if scales_lr(method, options):
+        checked["later"] = ["train.lr"]
+    return checked
 
 
 def unlearn(

@@ -43,7 +43,7 @@ from excise.jobs.common import (
     training_watch,
 )
 from excise.jobs.places import check_places
-from excise.jobs.training import train_config, unlearn
+from excise.jobs.training import early_settings, scales_lr, train_config, unlearn
 from excise.methods import get_method, make_config, typed_options
 from excise.metrics import Evaluation, evaluate
 from excise.metrics.benchmarks import benchmark_reference
@@ -51,12 +51,7 @@ from excise.metrics.generate import answer_sets
 from excise.metrics.lmeval import check_utility, parse_utility
 from excise.progress import Timer
 from excise.report import build_report, examples, write_report
-from excise.train import (
-    TrainConfig,
-    checkpoint_settings,
-    is_main_process,
-    tracking,
-)
+from excise.train import TrainConfig, is_main_process, tracking
 from excise.train.lora import LoraSettings, merge_adapters
 
 log = logging.getLogger("excise")
@@ -128,8 +123,7 @@ class UnlearnJob:
             raise ConfigError("resume continues from OUT.ckpt: give out")
 
     def settings(self, model=None) -> TrainConfig:
-        """The training settings as they will run: the method's defaults and ``train`` (with the
-        ``model``, a default lr scaled to its weights: :func:`excise.jobs.training.train_config`)."""
+        """The training settings as they will run (with ``model``: its lr, see train_config)."""
         return train_config(self.method, self.train, lora=self.lora is not None, model=model)
 
     def plan(self) -> str:
@@ -153,11 +147,7 @@ class UnlearnJob:
                 f"  method  {self.method} ({options}){lora}",
                 "  train   "
                 + ", ".join(f"{k}={v}" for k, v in settings.items())
-                + (
-                    " (lr x the model's weight scale)"
-                    if "lr" not in self.train and get_method(self.method).lr_from_weights
-                    else ""
-                ),
+                + " (lr x the model's weight scale)" * scales_lr(self.method, self.train),
                 f"  eval    {self.eval}"
                 + (f", quick every {self.eval_every} steps" if self.eval_every else ""),
                 f"  audit   {audit}",
@@ -243,7 +233,7 @@ def run(job: UnlearnJob, *, echo: Echo | None = None) -> UnlearnResult:
         report_to=job.report_to,
         logging_dir=job.logging_dir,
         resume=job.resume,
-        settings=checkpoint_settings(settings, method_config),
+        settings=early_settings(job.method, job.train, settings, method_config),
     )
     timer = Timer(echo)
     with timer.stage("load model"):

@@ -70,7 +70,9 @@ def read_state(path: Path) -> dict[str, Any]:
 
 
 def check_settings(path: Path, saved: dict[str, Any] | None, settings: dict[str, Any] | None):
-    """Refuse a checkpoint written with other settings, naming every one that changed."""
+    """Refuse a checkpoint written with other settings, naming every one that changed; those
+    ``settings["later"]`` names (e.g. ``train.lr``, known once the model loads) are left to the
+    check the training loop makes then."""
     if settings is None or saved is None or saved == settings:
         return
     changed = sorted(
@@ -78,7 +80,10 @@ def check_settings(path: Path, saved: dict[str, Any] | None, settings: dict[str,
         for part in ("train", "method")
         for key in set(saved.get(part, {})) | set(settings.get(part, {}))
         if saved.get(part, {}).get(key) != settings.get(part, {}).get(key)
+        and f"{part}.{key}" not in settings.get("later", ())
     )
+    if not changed:
+        return
     raise ConfigError(
         f"checkpoint {path} was written with other settings ({', '.join(changed)}); "
         "resume with the same settings, or delete the checkpoint folder to start again"
