@@ -37,6 +37,7 @@ class KeyStats:
     tokens: int
     model: str  # fingerprint of the model the keys were read from
     corpus: str  # hash of the text used
+    weighed: bool = False  # keys weighed by 1 / rms(W k) (a model with write norms: compute)
 
     def covariance(self, layer: int) -> torch.Tensor:
         if layer not in self.moments:
@@ -228,7 +229,7 @@ def key_stats(
                     {"moment": moment.contiguous()}, str(tmp), metadata={"tokens": str(counted)}
                 )
                 tmp.replace(folder / f"layer{layer}.safetensors")
-    return KeyStats(moments, counted, model_hash, digest)
+    return KeyStats(moments, counted, model_hash, digest, normalised_writes(model))
 
 
 def export_stats(stats: KeyStats, path: str | Path) -> None:
@@ -236,6 +237,7 @@ def export_stats(stats: KeyStats, path: str | Path) -> None:
     ``written_by`` marks the file as excise's, so ``--overwrite`` may replace it."""
     tensors = {f"layer{layer}": m.contiguous() for layer, m in stats.moments.items()}
     meta = {"tokens": str(stats.tokens), "model": stats.model, "corpus": stats.corpus}
+    meta["weighed"] = "rms" if stats.weighed else "none"
     save_file(tensors, str(path), metadata=meta | {"written_by": "excise stats"})
 
 
@@ -251,17 +253,31 @@ def import_stats(path: str | Path, *, model_hash: str | None = None) -> KeyStats
     except Exception as error:  # safetensors raises several types for a corrupt header
         raise DataError(f"{path} is not a statistics file written by `excise stats`") from error
     stats = KeyStats(
-        moments, int(meta.get("tokens", 0)), meta.get("model", ""), meta.get("corpus", "")
+        moments,
+        int(meta.get("tokens", 0)),
+        meta.get("model", ""),
+        meta.get("corpus", ""),
+        meta.get("weighed") == "rms",
     )
     return check_stats_model(stats, path, model_hash) if model_hash else stats
 
 
-def check_stats_model(stats: KeyStats, path: str | Path, model_hash: str) -> KeyStats:
+def check_stats_model(
+    stats: KeyStats, path: str | Path, model_hash: str, weighed: bool | None = None
+) -> KeyStats:
     """Refuse statistics made from another model than the one with ``model_hash`` (a file that
-    names no model is taken as it is)."""
+    names no model is taken as it is), or weighed otherwise than that model's keys must be
+    (``weighed``: whether it has write norms; files written before 2026-12-07 say nothing and
+    read as unweighed)."""
     if stats.model not in ("", model_hash):
         raise DataError(
             f"{path} was computed for model {stats.model}, not this one ({model_hash}); "
+            "recompute with `excise stats`"
+        )
+    if weighed is not None and stats.weighed != weighed:
+        raise DataError(
+            f"{path} holds keys {'weighed' if stats.weighed else 'unweighed'} by their output's "
+            f"rms, and this model's edits need them {'weighed' if weighed else 'unweighed'}; "
             "recompute with `excise stats`"
         )
     return stats

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from excise import models
+from excise.arch import normalised_writes
 from excise.editing import edit, make_config
 from excise.editing.delta import save_delta
 from excise.editing.metrics import edit_metrics, in_context_prefix
@@ -136,7 +137,7 @@ def run(job: EditJob, *, echo: Echo | None = None) -> EditResult:
         make_config(job.method, job.options).layers_for(model)  # layers out of range fail here
         model_hash = models.fingerprint(model)
         if stats is not None:
-            check_stats_model(stats, job.stats, model_hash)
+            check_stats_model(stats, job.stats, model_hash, normalised_writes(model))
         quick, full, retain_items = utility_probe(model, tokenizer, requests)
 
     def measure(current, context=None, items=requests) -> dict[str, float]:
