@@ -420,7 +420,7 @@ def test_rome_on_gemma3_lands_and_leaves_the_other_facts(tiny_tokenizer, tmp_pat
     assert float(after[0]) > -1.0 and bool((after[1:] > -0.5).all()), after
 
 
-def test_statistics_files_say_whether_their_keys_are_weighed(tiny_tokenizer, tmp_path):
+def test_statistics_files_say_whether_their_keys_are_weighed(tiny_tokenizer, tmp_path, monkeypatch):
     """A file of Gemma 3 statistics (keys weighed by 1 / rms(W k)) is refused for a model that
     needs them unweighed, and a file that says nothing (written before the weighing) reads as
     unweighed, so it is refused for Gemma 3 instead of read as if it were weighed."""
@@ -429,12 +429,10 @@ def test_statistics_files_say_whether_their_keys_are_weighed(tiny_tokenizer, tmp
     from excise.editing.stats import check_stats_model, export_stats, import_stats, key_stats
     from excise.errors import DataError
 
-    monkey_home = tmp_path / "home"
+    monkeypatch.setenv("EXCISE_HOME", str(tmp_path / "home"))
     model = gemma3_with_gains(tiny_tokenizer)
     corpus = write_corpus(tmp_path / "corpus.jsonl")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("EXCISE_HOME", str(monkey_home))
-        stats = key_stats(model, tiny_tokenizer, [1], tokens=200, corpus=corpus, progress=False)
+    stats = key_stats(model, tiny_tokenizer, [1], tokens=200, corpus=corpus, progress=False)
     assert stats.weighed
     export_stats(stats, tmp_path / "gemma.safetensors")
     read = import_stats(tmp_path / "gemma.safetensors")

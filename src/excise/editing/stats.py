@@ -206,7 +206,8 @@ def key_stats(
     texts = read_corpus(corpus)
     digest = corpus_hash(texts)
     model_hash = model_hash or fingerprint(model)
-    folder = _cache_dir(model_hash, digest, tokens, normalised_writes(model))
+    weighed = normalised_writes(model)
+    folder = _cache_dir(model_hash, digest, tokens, weighed)
     moments: dict[int, torch.Tensor] = {}
     counted = 0
     for layer in layers:
@@ -229,7 +230,7 @@ def key_stats(
                     {"moment": moment.contiguous()}, str(tmp), metadata={"tokens": str(counted)}
                 )
                 tmp.replace(folder / f"layer{layer}.safetensors")
-    return KeyStats(moments, counted, model_hash, digest, normalised_writes(model))
+    return KeyStats(moments, counted, model_hash, digest, weighed)
 
 
 def export_stats(stats: KeyStats, path: str | Path) -> None:

@@ -306,7 +306,7 @@ def run(job: UnlearnJob, *, echo: Echo | None = None) -> UnlearnResult:
             task,
             job.method,
             method_options=job.options,
-            train_options=job.train,
+            train_options={**job.train, "lr": settings.lr},  # resolved once, above
             checkpoint_dir=places.checkpoints,
             resume=job.resume,
             lora=job.lora,
