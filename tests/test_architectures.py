@@ -277,7 +277,8 @@ def test_rmu_does_not_steer_the_prefix_every_prompt_shares(arch, tiny_tokenizer)
     task, model, spec = tiny_task(), make_model(arch, tokenizer), get_method("rmu")
     forget, retain = (encode_records(tokenizer, part, "raw") for part in (task.forget, task.retain))
     assert all(e.input_ids[0] == bos for e in forget + retain)
-    config = make_config(spec.config_cls, OPTIONS["rmu"])
+    # one scale on both (Gemma's default 16 makes the prefix's share of the loss smaller still)
+    config = make_config(spec.config_cls, {**OPTIONS["rmu"], "steering_scale": 8.0})
     ctx = Context(
         model, tokenizer, config, forget, retain, task.forget, "raw", Accelerator(cpu=True)
     )
@@ -313,6 +314,48 @@ def test_rmu_defaults_follow_whether_mlp_writes_are_normalised(tiny_tokenizer):
     given = RMUConfig(layer=1, update_layers=2)  # what the user sets is kept on both
     assert [resolve_update_layers(m, given) for m in (gemma, llama)] == [2, 2]
     assert [resolve_layer(m, given) for m in (gemma, llama)] == [1, 1]
+
+
+def test_rmu_picks_the_layer_whose_normalised_write_moves_the_stream_most(tiny_tokenizer):
+    # gemma3-270m: forgetting followed the write's share of the stream, not the depth (layer 3,
+    # share 0.36: forget 0.061; layer 4, share 0.18: 0.217; measured 2026-12-07)
+    from accelerate import Accelerator
+
+    from excise.data.encode import collate, encode_records
+    from excise.methods import make_config
+    from excise.methods.rmu import leverage_window, write_shares
+    from excise.train import Context
+    from tests.conftest import tiny_task
+
+    model = make_gemma3(tiny_tokenizer, layers=18)
+    assert list(leverage_window(18)) == [3, 4, 5]
+    with torch.no_grad():  # layer 4's write is the longest (Gemma's norms scale by 1 + weight)
+        decoder_layers(model)[4].post_feedforward_layernorm.weight.fill_(7.0)
+    task, spec = tiny_task(), get_method("rmu")
+    forget, retain = (
+        encode_records(tiny_tokenizer, part, "raw") for part in (task.forget, task.retain)
+    )
+    batches = [collate(forget, tiny_tokenizer.pad_token_id)]
+    shares = write_shares(model, batches, [3, 4, 5])
+    assert max(shares, key=shares.get) == 4 and shares[4] > 2 * max(shares[3], shares[5])
+    ctx = Context(
+        model,
+        tiny_tokenizer,
+        make_config(spec.config_cls, {}),
+        forget,
+        retain,
+        task.forget,
+        "raw",
+        Accelerator(cpu=True),
+    )
+    spec.prepare(ctx)
+    assert ctx.state["layer"] == 4 and ctx.state["write_shares"][4] == pytest.approx(shares[4])
+    given = make_config(spec.config_cls, {"layer": 5})
+    ctx = Context(
+        model, tiny_tokenizer, given, forget, retain, task.forget, "raw", Accelerator(cpu=True)
+    )
+    spec.prepare(ctx)
+    assert ctx.state["layer"] == 5 and "write_shares" not in ctx.state  # a given layer is kept
 
 
 def gemma3_with_gains(tokenizer, seed: int = 0):
