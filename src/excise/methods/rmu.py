@@ -273,7 +273,7 @@ def loss(ctx, batch):
 SPEC = register(
     MethodSpec(
         "rmu",
-        "steer forget activations at one layer to a random vector; train 3 MLPs; truncated forward",
+        "steer forget activations at one layer to a random vector; train the MLPs up to it; truncated forward",
         RMUConfig,
         prepare,
         loss,
