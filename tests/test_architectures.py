@@ -36,7 +36,12 @@ from tests.test_editing import edit_options, write_corpus
 from tests.test_erasure import NEGATIVE, POSITIVE, TEXTS
 
 ARCHS = ("llama", "gemma3")
-OPTIONS = {"rmu": {"layer": 2, "update_layers": 2}, "distill": {"alpha": 0.3}}
+# cir: a tiny task has a few dozen forget tokens, which 24 + 36 components would nearly span
+OPTIONS = {
+    "rmu": {"layer": 2, "update_layers": 2},
+    "distill": {"alpha": 0.3},
+    "cir": {"act_components": 2, "grad_components": 2},
+}
 BUDGETS = {**FAST, "relearn": {**FAST["relearn"], "steps": (0, 2)}}  # runs, not recovery curves
 CAPITALS = [("France", "Paris"), ("Spain", "Madrid"), ("Italy", "Rome"), ("Germany", "Berlin")]
 

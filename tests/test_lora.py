@@ -58,9 +58,10 @@ def test_lora_trains_only_adapters_on_the_method_layers(
 WITHOUT_WARM_START = {"tar": {"init_method": None}, "distill": {"init_method": None, "alpha": 0.0}}
 
 
-# task_vector and fisher_noise do all their work on the base weights in prepare: refused below
+# task_vector and fisher_noise do all their work on the base weights in prepare, cir projects
+# the change of the base weights: refused below
 @pytest.mark.parametrize(
-    "method", [m for m in UNLEARNING if m not in ("rr", "task_vector", "fisher_noise")]
+    "method", [m for m in UNLEARNING if m not in ("rr", "task_vector", "fisher_noise", "cir")]
 )
 def test_every_method_trains_adapters(tiny_tokenizer, method):
     """Any method with --lora: only adapters train, and merging reproduces the adapted model."""
@@ -87,6 +88,11 @@ def test_lora_refuses_methods_that_change_the_base_first(tiny_tokenizer, method)
     """A warm start changes the base: OUT/adapter on the original model would be wrong."""
     with pytest.raises(ConfigError, match="changed the weights while preparing"):
         run(make_tiny_model(tiny_tokenizer), tiny_tokenizer, method, LoraSettings(rank=2))
+
+
+def test_lora_refuses_cir(tiny_tokenizer):
+    with pytest.raises(ConfigError, match="cir changes the base weights itself"):
+        run(make_tiny_model(tiny_tokenizer), tiny_tokenizer, "cir", LoraSettings(rank=2))
 
 
 def test_npo_reference_is_the_model_without_adapters(tiny_tokenizer):

@@ -13,7 +13,12 @@ from excise.scoring import forward_stats
 from excise.train import Context, TrainConfig, train
 from tests.conftest import make_tiny_model, teach, tiny_task, train_tiny
 
-OPTIONS = {"rmu": {"layer": 2, "update_layers": 2}, "distill": {"alpha": 0.3}}
+# cir: a tiny task has a few dozen forget tokens, which 24 + 36 components would nearly span
+OPTIONS = {
+    "rmu": {"layer": 2, "update_layers": 2},
+    "distill": {"alpha": 0.3},
+    "cir": {"act_components": 2, "grad_components": 2},
+}
 ALL = sorted(all_methods())
 
 

@@ -162,3 +162,33 @@ def test_default_learning_rates_follow_the_weights_scale_and_given_ones_stay(tin
     assert train_config("npo", {"lr": 3e-5}, model=model).lr == 3e-5
     lora = train_config("npo", None, lora=True)
     assert train_config("npo", None, lora=True, model=model).lr == pytest.approx(lora.lr * scale)
+
+
+def test_sgd_steps_are_linear_in_the_learning_rate(tiny_tokenizer):
+    # optimizer: sgd (cir's): no moments, so a step is -lr x the gradient: twice the lr moves
+    # every weight twice as far, and each weight as far as its gradient is large
+    from excise.errors import ConfigError
+    from excise.train import TrainConfig
+
+    with pytest.raises(ConfigError, match="unknown optimizer"):
+        TrainConfig(optimizer="lion")
+    start = make_tiny_model(tiny_tokenizer).state_dict()
+    moved = {}
+    for optimizer in ("sgd", "adamw"):
+        for lr in (0.1, 0.2):
+            model = make_tiny_model(tiny_tokenizer)
+            model.load_state_dict(start)
+            train_tiny(model, tiny_tokenizer, "ga", steps=1, optimizer=optimizer, lr=lr,
+                       max_grad_norm=1e9)  # fmt: skip
+            moved[optimizer, lr] = torch.cat(
+                [(p.detach() - start[n]).flatten() for n, p in model.named_parameters()]
+            )
+    assert moved["sgd", 0.1].abs().max() > 1e-4
+    torch.testing.assert_close(moved["sgd", 0.2], 2 * moved["sgd", 0.1], atol=1e-6, rtol=1e-4)
+
+    def spread(move):  # largest over median of the weights that moved
+        size = move.abs()[move.abs() > 1e-9]
+        return float(size.max() / size.median())
+
+    # AdamW's first step moves every weight with a gradient by about lr; SGD by lr x its gradient
+    assert spread(moved["adamw", 0.1]) < 1.5 and spread(moved["sgd", 0.1]) > 10

@@ -102,6 +102,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         help="precision of AdamW's moments (default fp32; 8bit needs bitsandbytes)",
     )
     unlearn.add_argument(
+        "--optimizer",
+        choices=("adamw", "sgd"),
+        help="adamw, or sgd: plain steps of lr along the gradient clipped to max_grad_norm "
+        "(default: the method's; cir: sgd)",
+    )
+    unlearn.add_argument(
         "--gradient-checkpointing",
         action="store_true",
         default=None,
@@ -182,7 +188,7 @@ def add_run_parser(commands: argparse._SubParsersAction) -> None:
 
 def train_options(args: argparse.Namespace) -> dict[str, Any]:
     names = ("steps", "lr", "batch_size", "grad_accum", "seed", "checkpoint_every")
-    names += ("optimizer_in_backward", "optimizer_states", "gradient_checkpointing")
+    names += ("optimizer_in_backward", "optimizer_states", "gradient_checkpointing", "optimizer")
     options = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if getattr(args, "quiet", False):
         options["progress"] = False

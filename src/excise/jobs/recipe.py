@@ -100,6 +100,7 @@ class TrainSection(Section):
     optimizer_in_backward: bool | None = None
     optimizer_states: Literal["fp32", "bf16", "8bit"] | None = None
     gradient_checkpointing: bool | None = None
+    optimizer: Literal["adamw", "sgd"] | None = None
 
 
 class AuditSection(Section):

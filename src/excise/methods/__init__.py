@@ -30,6 +30,7 @@ UNLEARNING = (
     "distill",
     "task_vector",
     "fisher_noise",
+    "cir",
 )
 MODULES = (*UNLEARNING, "finetune")
 
@@ -50,6 +51,9 @@ class MethodSpec:
     # targets already scaled to the model's activations (rmu on gemma-3-270m at 0.21x its lr:
     # forget 0.156 where the unscaled lr gives 0.031)
     lr_from_weights: bool = True
+    # False: cannot train through --lora adapters (cir keeps the change of the base weights
+    # itself out of chosen subspaces)
+    takes_lora: bool = True
 
 
 METHODS: Registry[MethodSpec] = Registry("method", "excise.methods", MODULES)

@@ -41,6 +41,9 @@ class TrainConfig:
     optimizer_in_backward: bool = False
     optimizer_states: Literal["fp32", "bf16", "8bit"] = "fp32"
     gradient_checkpointing: bool = False
+    # adamw, or sgd (no momentum, no state): with max_grad_norm clipping every step has length
+    # lr x min(1, max_grad_norm / |g|), normalised SGD where the gradient is large (cir)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
 
     def __post_init__(self) -> None:
         for name, low in (("steps", 0), ("batch_size", 1), ("grad_accum", 1)):
@@ -57,6 +60,8 @@ class TrainConfig:
             raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
         if self.checkpoint_every < 0 or self.warmup_steps < 0:
             raise ConfigError("checkpoint_every and warmup_steps must be >= 0")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}: adamw or sgd")
         if self.optimizer_states not in ("fp32", "bf16", "8bit"):
             raise ConfigError(
                 f"unknown optimizer_states {self.optimizer_states!r}: fp32, bf16 or 8bit"

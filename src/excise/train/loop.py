@@ -90,6 +90,9 @@ def train(
         raise ExciseError("the forget set is empty: nothing to unlearn")
     if uses_retain and not retain:
         raise ExciseError("this method needs a retain set, and it is empty")
+    if lora is not None and not getattr(method, "takes_lora", True):
+        name = getattr(method, "name", "this method")
+        raise ConfigError(f"{name} changes the base weights itself; train it without --lora")
     if lora is not None and hasattr(method_config, "lora_rank"):
         # such a method (rr) injects and merges adapters itself, ours included
         raise ConfigError(

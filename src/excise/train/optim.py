@@ -43,7 +43,10 @@ def check_states(config: TrainConfig) -> None:
 def adamw(
     config: TrainConfig, groups: list[dict[str, Any]], *, fused: bool, seed: int = 0
 ) -> torch.optim.Optimizer:
-    """AdamW over ``groups`` with the states ``config.optimizer_states`` asks for."""
+    """AdamW over ``groups`` with the states ``config.optimizer_states`` asks for, or plain SGD
+    where ``config.optimizer`` is sgd (no states to keep)."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr)
     if config.optimizer_states == "bf16":
         return AdamWBF16(groups, lr=config.lr, seed=seed)
     if config.optimizer_states == "8bit":
