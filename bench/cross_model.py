@@ -72,7 +72,9 @@ def figures(row: str, report: dict) -> dict:
         cell["timings_s"] = report.get("timings_s", {})
         if before.get("retain_accuracy"):
             cell["retain_kept"] = round(after["retain_accuracy"] / before["retain_accuracy"], 4)
-        recovery = (report.get("audit") or {}).get("recovery") or {}
+        audit = report.get("audit") or {}
+        # the scorecard's worst (the audit's own "recovery" is per attack)
+        recovery = (audit.get("scorecard") or {}).get("recovery") or audit.get("recovery") or {}
         if "worst" in recovery:
             cell["worst_under_attack"] = round(float(recovery["worst"]), 4)
     elif row == "memit":
