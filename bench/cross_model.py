@@ -141,7 +141,7 @@ SHOWN["ablate"] = SHOWN["erase"]
 
 def cell_figures(row: str, cell: dict) -> list[str]:
     b, a = cell.get("before", {}), cell.get("after", {})
-    if row == "demo":
+    if row.split("-")[0] == "demo":  # demo, demo-layer5 (an earlier default's cell)
         keys = (*DEMO_KEYS, "perplexity")
         shown = [f"{k.split('_')[0]} {fmt(b.get(k))} -> {fmt(a.get(k))}" for k in keys]
         shown.append(f"retain kept {fmt(cell.get('retain_kept'))}")

@@ -25,7 +25,7 @@ from excise.editing.layers import default_layer, default_layers
 from excise.editing.requests import EditRequest, Probe
 from excise.erasure import ERASERS
 from excise.erasure.core import erase, resolve_options
-from excise.errors import ModelError
+from excise.errors import ConfigError, ModelError
 from excise.methods import all_methods, get_method
 from excise.models import fingerprint
 from excise.registry import defaults
@@ -116,6 +116,10 @@ def test_truncated_forward_equals_the_full_one(arch, tiny_tokenizer):
 @pytest.mark.parametrize("name", sorted(all_methods()))
 def test_method_trains_on_both_families(name, arch, tiny_tokenizer):
     model = make_model(arch, tiny_tokenizer)
+    if name == "cir" and arch == "gemma3":  # refused, by name, before any work
+        with pytest.raises(ConfigError, match="cir does not work yet"):
+            train_tiny(model, tiny_tokenizer, name, steps=2, options=OPTIONS.get(name))
+        return
     before = {k: v.clone() for k, v in model.state_dict().items()}
     log = train_tiny(model, tiny_tokenizer, name, steps=2, options=OPTIONS.get(name))
     assert len(log) == 2 and all(math.isfinite(v) for row in log for v in row.values())

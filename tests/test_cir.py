@@ -79,3 +79,19 @@ def test_cir_forgets_taught_facts_and_keeps_most_of_retain(tiny_tokenizer):
     forget = accuracy(model, tiny_tokenizer, task.forget_eval, "raw")
     retain = accuracy(model, tiny_tokenizer, task.retain_eval, "raw")
     assert forget <= 0.25 and retain >= 0.75
+
+
+def test_cir_refuses_normalised_writes_before_any_work(tmp_path, tiny_tokenizer, capsys):
+    # on gemma3-270m it broke the model at every lr tried: refused right after loading, in one
+    # line with exit code 2, before the task's filter or any evaluation; nothing written
+    from excise.cli import main
+    from excise.models import save_model
+    from tests.test_architectures import make_gemma3
+
+    folder = save_model(make_gemma3(tiny_tokenizer), tiny_tokenizer, tmp_path / "gemma")
+    out = tmp_path / "out"
+    argv = ["unlearn", "--model", str(folder), "--task", "chem-symbols", "--method", "cir"]
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "cir does not work yet" in err and "Traceback" not in err
+    assert "load task" not in err and not out.exists()

@@ -44,7 +44,7 @@ from excise.jobs.common import (
 )
 from excise.jobs.places import check_places
 from excise.jobs.training import early_settings, scales_lr, train_config, unlearn
-from excise.methods import get_method, make_config, typed_options
+from excise.methods import check_model, get_method, make_config, typed_options
 from excise.metrics import Evaluation, evaluate
 from excise.metrics.benchmarks import benchmark_reference
 from excise.metrics.generate import answer_sets
@@ -238,6 +238,7 @@ def run(job: UnlearnJob, *, echo: Echo | None = None) -> UnlearnResult:
     timer = Timer(echo)
     with timer.stage("load model"):
         model, tokenizer = load(job.model, job)
+    check_model(job.method, model)  # before the task's filter and the evaluation
     with timer.stage("load task"):
         task = job_task(job, model, tokenizer, filter_items=job.filter_known)
         task, data_warnings = check_training_data(

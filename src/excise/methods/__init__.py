@@ -14,7 +14,15 @@ import torch
 
 from excise.registry import Registry, make_config, typed_options
 
-__all__ = ["METHODS", "MethodSpec", "get_method", "make_config", "register", "typed_options"]
+__all__ = [
+    "METHODS",
+    "MethodSpec",
+    "check_model",
+    "get_method",
+    "make_config",
+    "register",
+    "typed_options",
+]
 
 UNLEARNING = (
     "ga",
@@ -54,9 +62,18 @@ class MethodSpec:
     # False: cannot train through --lora adapters (cir keeps the change of the base weights
     # itself out of chosen subspaces)
     takes_lora: bool = True
+    # refuses a model the method does not work on (ConfigError), right after it loads
+    check_model: Callable[[Any], None] | None = None
 
 
 METHODS: Registry[MethodSpec] = Registry("method", "excise.methods", MODULES)
 register = METHODS.register
 all_methods = METHODS.all
 get_method = METHODS.get
+
+
+def check_model(name: str, model: Any) -> None:
+    """Refuse ``model`` where method ``name`` is known not to work, before any long work."""
+    check = get_method(name).check_model
+    if check is not None:
+        check(model)

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import torch
 
 from excise.activations.states import hidden_at
-from excise.arch import block_part, decoder_layers, num_layers, run_until
+from excise.arch import block_part, decoder_layers, normalised_writes, num_layers, run_until
 from excise.data.encode import collate
 from excise.errors import ConfigError
 from excise.methods import MethodSpec, register
@@ -240,8 +240,22 @@ def _project_in_forward(ctx, linears) -> list:
     return [module.register_forward_hook(make(name)) for name, module in linears.items()]
 
 
+def refuse_normalised_writes(model) -> None:
+    """cir is not validated where each block normalises its MLP's write (Gemma 2/3, OLMo 2):
+    on gemma3-270m (chem-symbols, 100 SGD steps, 2026-12-07) it broke the model at every lr
+    tried (perplexity 16.97 -> 4e11 at 0.5, 7e5 at 0.1, 2981 at 0.02; retain 0.000): there
+    breaking an MLP's output cannot shrink its write, only turn it, and the gradients, scaled by
+    Gemma's ~20x larger activations, are clipped to full-length steps every time."""
+    if normalised_writes(model):
+        raise ConfigError(
+            "cir does not work yet on models that normalise each MLP's write (Gemma 2/3, "
+            "OLMo 2): on gemma3-270m it broke the model at every lr tried; use rmu or npo"
+        )
+
+
 def prepare(ctx) -> None:
     model, config = ctx.unwrapped, ctx.config
+    refuse_normalised_writes(model)
     layers = resolve_layers(model, config)
     for param in model.parameters():
         param.requires_grad_(False)
@@ -327,5 +341,6 @@ SPEC = register(
         finish=finish,
         shardable=False,
         takes_lora=False,
+        check_model=refuse_normalised_writes,
     )
 )
