@@ -82,8 +82,9 @@ def test_cir_forgets_taught_facts_and_keeps_most_of_retain(tiny_tokenizer):
 
 
 def test_cir_refuses_normalised_writes_before_any_work(tmp_path, tiny_tokenizer, capsys):
-    # on gemma3-270m it broke the model at every lr tried: refused right after loading, in one
-    # line with exit code 2, before the task's filter or any evaluation; nothing written
+    # on gemma3-270m its default lr broke the model (1/250 of it forgot only 81%): refused right
+    # after loading, in one line with exit code 2, before the task's filter or any evaluation;
+    # nothing written
     from excise.cli import main
     from excise.models import save_model
     from tests.test_architectures import make_gemma3
