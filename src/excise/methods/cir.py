@@ -243,7 +243,7 @@ def _project_in_forward(ctx, linears) -> list:
 def refuse_normalised_writes(model) -> None:
     """cir is not validated where each block normalises its MLP's write (Gemma 2/3, OLMo 2):
     on gemma3-270m (chem-symbols, 100 SGD steps, quick sample, 2026-12-07) its default lr broke
-    the model (perplexity 16.97 -> 4e11 at 0.5, 7e5 at 0.1, 2981 at 0.02; retain 0.000) and at
+    the model (perplexity 16.97 -> 4e11 at 0.5 (30 steps), 7e5 at 0.1, 2981 at 0.02; retain 0.000) and at
     0.002 it forgot only to 0.188 (retain 0.938, perplexity 17.27): there breaking an MLP's
     output cannot shrink its write, only turn it, and the gradients, scaled by Gemma's ~20x
     larger activations, are clipped to full-length steps. Not tuned there yet."""
