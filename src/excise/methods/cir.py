@@ -16,9 +16,10 @@ writes a collapsed output direction; the gradient of W_trained is exactly CIR's 
 product of collapsed output gradients and collapsed activations. The projected weights are
 written into the model after the last step (a plain checkpoint). Steps are the authors' plain
 SGD (the loop's ``optimizer: sgd``; clipped to max_grad_norm 1, which the collapsed gradients
-stay under here): AdamW's per-weight scaling would blow tiny collapsed gradients up to full steps
-(measured: at lr 1e-4 the retain states drifted, mean squared error 57 after 74 steps, while the
-forget loss did not move).
+stay under here on SmolLM2): AdamW's per-weight scaling would blow tiny collapsed gradients up to
+full steps. (One AdamW run, lr 1e-4, drifted the retain states while the forget loss did not
+move, but it also applied the basis measurement's leftover gradients in its first step, since
+fixed, so it does not separate the two causes.)
 
 Forget loss ("MLP breaking", the authors' ``mlp_confuse``): at each layer of ``layers``, the MLP's
 output on a forget token dotted with its original output, over the layer's mean squared original
