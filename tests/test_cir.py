@@ -1,6 +1,7 @@
 """cir (collapse of irrelevant representations) on tiny models: the change of every trained
 weight stays out of the collapsed directions, and it forgets taught facts."""
 
+import pytest
 import torch
 
 from excise.attacks.base import accuracy
@@ -96,3 +97,33 @@ def test_cir_refuses_normalised_writes_before_any_work(tmp_path, tiny_tokenizer,
     err = capsys.readouterr().err
     assert "cir does not work yet" in err and "Traceback" not in err
     assert "load task" not in err and not out.exists()
+
+
+def test_cir_refuses_families_whose_mlps_it_cannot_train():
+    # OPT has no MLP module (fc1, fc2 sit in the block); GPT-2's MLP projections are Conv1D
+    from transformers import AutoModelForCausalLM, GPT2Config, OPTConfig
+
+    from excise.errors import ConfigError
+    from excise.methods.cir import check_supported
+
+    opt = AutoModelForCausalLM.from_config(
+        OPTConfig(vocab_size=64, hidden_size=16, ffn_dim=32, num_hidden_layers=2,
+                  num_attention_heads=2, max_position_embeddings=32, word_embed_proj_dim=16)
+    )  # fmt: skip
+    gpt2 = AutoModelForCausalLM.from_config(
+        GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=32)
+    )
+    with pytest.raises(ConfigError, match="MLP as one module"):
+        check_supported(opt)
+    with pytest.raises(ConfigError, match="nn.Linear"):
+        check_supported(gpt2)
+
+
+def test_cir_with_lora_is_refused_when_the_job_is_made():
+    # before any loading (the loop refuses it too, for the Python API's direct calls)
+    from excise.errors import ConfigError
+    from excise.jobs.unlearn import UnlearnJob
+    from excise.train.lora import LoraSettings
+
+    with pytest.raises(ConfigError, match="cir changes the base weights itself"):
+        UnlearnJob(method="cir", task="chem-symbols", lora=LoraSettings(rank=2))

@@ -52,7 +52,7 @@ from excise.metrics.lmeval import check_utility, parse_utility
 from excise.progress import Timer
 from excise.report import build_report, examples, write_report
 from excise.train import TrainConfig, is_main_process, tracking
-from excise.train.lora import LoraSettings, merge_adapters
+from excise.train.lora import LoraSettings, check_lora, merge_adapters
 
 log = logging.getLogger("excise")
 
@@ -111,6 +111,7 @@ class UnlearnJob:
         spec = get_method(self.method)
         self.options = typed_options(spec.config_cls, self.options)  # "1e-3" -> 0.001, checked
         settings = self.settings()
+        check_lora(spec, spec.config_cls, self.lora)  # before any loading, as in the loop
         if self.merge and self.lora is None:
             raise ConfigError("--merge merges LoRA adapters; it needs --lora R")
         if settings.steps < 1:

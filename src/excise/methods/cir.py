@@ -52,11 +52,11 @@ from dataclasses import dataclass
 import torch
 
 from excise.activations.states import hidden_at
-from excise.arch import block_part, decoder_layers, normalised_writes, num_layers, run_until
+from excise.arch import decoder_layers, get_module, layout, normalised_writes, num_layers, run_until
 from excise.data.encode import collate
 from excise.errors import ConfigError
 from excise.methods import MethodSpec, register
-from excise.methods.rmu import masked_mse, padded, shared_prefix
+from excise.methods.rmu import cache_states, masked_mse, padded, shared_prefix
 
 
 @dataclass
@@ -93,13 +93,12 @@ def resolve_layers(model, config: CIRConfig) -> range:
 
 
 def mlp_of(model, layer: int) -> torch.nn.Module:
-    """The MLP module of block ``layer`` (the parent of its output projection)."""
-    down = block_part(model, layer, "mlp_out")
-    block = decoder_layers(model)[layer]
-    for module in block.modules():
-        if any(child is down for child in module.children()):
-            return module
-    raise ConfigError("cir: no MLP module found around the output projection")
+    """The MLP module of block ``layer``: the parent of its output projection in the family's
+    layout (``mlp.down_proj`` -> ``mlp``)."""
+    parent, _, _ = layout(model).mlp_out.rpartition(".")
+    if not parent:  # OPT: fc1 and fc2 sit in the block itself, with nothing that is the MLP
+        raise ConfigError("cir needs each block's MLP as one module; this model family has none")
+    return get_module(decoder_layers(model)[layer], parent)
 
 
 def trained_linears(model, top: int) -> dict[str, torch.nn.Linear]:
@@ -131,13 +130,20 @@ def collapsed(delta: torch.Tensor, acts: torch.Tensor, grads: torch.Tensor) -> t
     return delta - grads.T @ (grads @ delta)
 
 
+def effective_weight(ctx, name: str, weight: torch.Tensor) -> torch.Tensor:
+    """W0 + collapse(W - W0): the weight the trained linear ``name`` acts with."""
+    acts, grads = ctx.state["bases"][name]
+    origin = ctx.state["origin"][name]
+    return origin + collapsed(weight - origin, acts, grads)
+
+
 def forget_loss(ctx, outputs: dict[int, torch.Tensor], batch) -> torch.Tensor:
     mask = batch["attention_mask"].bool().clone()
     mask[:, : ctx.state["shared"]] = False
     original = ctx.state["original"]
+    rows = batch["index"].tolist()
     terms = []
     for layer, out in outputs.items():
-        rows = batch["index"].tolist()
         org = padded({i: original[i][layer] for i in rows}, rows, out.shape[1]).to(out.device)
         dot = (out * org).sum(-1) / ctx.state["norm2"][layer]
         terms.append(dot.clamp(min=ctx.config.floor)[mask].mean())
@@ -231,14 +237,20 @@ def _project_in_forward(ctx, linears) -> list:
 
     def make(name):
         def hook(module, inputs, _output):
-            acts, grads = ctx.state["bases"][name]
-            origin = ctx.state["origin"][name]
-            weight = origin + collapsed(module.weight - origin, acts, grads)
+            weight = effective_weight(ctx, name, module.weight)
             return torch.nn.functional.linear(inputs[0], weight, module.bias)
 
         return hook
 
     return [module.register_forward_hook(make(name)) for name, module in linears.items()]
+
+
+def check_supported(model) -> None:
+    """Refuse, right after loading, a model cir cannot train: normalised MLP writes (below), no
+    MLP module (OPT), or MLPs without ``nn.Linear`` layers (GPT-2's Conv1D)."""
+    refuse_normalised_writes(model)
+    if not trained_linears(model, 0):
+        raise ConfigError("cir trains the MLPs' nn.Linear layers; this model's MLPs have none")
 
 
 def refuse_normalised_writes(model) -> None:
@@ -258,7 +270,7 @@ def refuse_normalised_writes(model) -> None:
 
 def prepare(ctx) -> None:
     model, config = ctx.unwrapped, ctx.config
-    refuse_normalised_writes(model)
+    check_supported(model)
     layers = resolve_layers(model, config)
     for param in model.parameters():
         param.requires_grad_(False)
@@ -278,16 +290,9 @@ def prepare(ctx) -> None:
         )
         for layer in layers
     }
-    top = layers[-1]
-    ctx.state["retain_frozen"] = {}
-    if config.alpha > 0:
-        with torch.no_grad():
-            for start in range(0, len(ctx.retain), 32):
-                chunk = ctx.retain[start : start + 32]
-                hidden = hidden_at(model, top, ctx.to_device(collate(chunk, ctx.pad_id)))
-                for row, example in enumerate(chunk):
-                    size = len(example.input_ids)
-                    ctx.state["retain_frozen"][example.index] = hidden[row, :size].clone()
+    ctx.state["retain_frozen"] = (
+        cache_states(ctx, ctx.retain, layers[-1]) if config.alpha > 0 else {}
+    )
     source = ctx.forget if config.collapse == "forget" else ctx.retain
     ctx.state["bases"] = _bases(ctx, linears, list(layers), source[: config.pca_examples])
     ctx.state["origin"] = {name: m.weight.detach().clone() for name, m in linears.items()}
@@ -324,9 +329,7 @@ def finish(ctx) -> None:
     for handle in ctx.state.pop("hooks", []):
         handle.remove()
     for name, module in ctx.state["linears"].items():
-        acts, grads = ctx.state["bases"][name]
-        origin = ctx.state["origin"][name]
-        module.weight.copy_(origin + collapsed(module.weight - origin, acts, grads))
+        module.weight.copy_(effective_weight(ctx, name, module.weight))
 
 
 SPEC = register(
@@ -344,6 +347,6 @@ SPEC = register(
         finish=finish,
         shardable=False,
         takes_lora=False,
-        check_model=refuse_normalised_writes,
+        check_model=check_supported,
     )
 )

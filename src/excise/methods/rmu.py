@@ -175,7 +175,8 @@ def masked_mse(actual: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -
 
 
 @torch.no_grad()
-def _cache(ctx, examples, layer: int) -> dict[int, torch.Tensor]:
+def cache_states(ctx, examples, layer: int) -> dict[int, torch.Tensor]:
+    """{example index: (tokens, hidden)} after block ``layer`` of the model as it is now."""
     cached = {}
     for start in range(0, len(examples), 32):
         chunk = examples[start : start + 32]
@@ -207,14 +208,14 @@ def prepare(ctx) -> None:
     ctx.state["layer"] = layer
     sequences = [e.input_ids for e in (*ctx.forget, *ctx.retain)]
     ctx.state["shared"] = shared_prefix(sequences, set(ctx.tokenizer.all_special_ids))
-    ctx.state["retain_frozen"] = _cache(ctx, ctx.retain, layer) if config.alpha > 0 else {}
+    ctx.state["retain_frozen"] = cache_states(ctx, ctx.retain, layer) if config.alpha > 0 else {}
     generator = torch.Generator().manual_seed(config.seed)
     direction = torch.rand(model.config.hidden_size, generator=generator)
     direction = direction / direction.norm()
     coeff = config.steering_coeff
     if coeff is None:
         # the median token norm, skipping position 0 (attention sinks carry outsized norms)
-        forget_hidden = _cache(ctx, ctx.forget[:64], layer)
+        forget_hidden = cache_states(ctx, ctx.forget[:64], layer)
         norms = torch.cat([h[1:].norm(dim=-1) for h in forget_hidden.values()])
         coeff = resolve_steering_scale(model, config) * float(norms.median())
     ctx.state["coeff"] = coeff

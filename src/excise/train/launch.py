@@ -64,15 +64,15 @@ class Launch:
         return model
 
     def optimizer(self, named: dict[str, torch.nn.Parameter]) -> torch.optim.Optimizer:
-        """AdamW over the trained parameters (states as ``optimizer_states`` asks:
-        :mod:`excise.train.optim`); no weight decay on vectors (norms, biases)."""
+        """AdamW over the trained parameters (states as ``optimizer_states`` asks), or SGD
+        (``optimizer: sgd``): :mod:`excise.train.optim`; no weight decay on vectors."""
         decay = [p for p in named.values() if p.ndim >= 2]
         no_decay = [p for p in named.values() if p.ndim < 2]
         groups = [
             {"params": decay, "weight_decay": self.config.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        return optim.adamw(
+        return optim.build(
             self.config,
             [g for g in groups if g["params"] or self.empty_groups],
             fused=all(
@@ -276,7 +276,7 @@ class InBackward(Launch):
             param = groups[0]["params"][0]
             groups[0]["weight_decay"] = optim.decay_of(param, config)
             fused = param.device.type in ("cpu", "cuda") and param.is_floating_point()
-            return optim.adamw(config, groups, fused=fused, seed=hash((config.seed, index)))
+            return optim.build(config, groups, fused=fused, seed=hash((config.seed, index)))
 
         return optim.InBackward(named, build)
 

@@ -48,7 +48,7 @@ from excise.train.checkpoint import (
 )
 from excise.train.config import Context, Method, TrainConfig, schedule
 from excise.train.launch import Launch, choose_launch
-from excise.train.lora import LoraSettings, add_adapters
+from excise.train.lora import LoraSettings, add_adapters, check_lora
 from excise.train.optim import check_states
 from excise.train.recompute import check_recompute
 from excise.train.signals import TrainingDiverged, TrainingInterrupted, stop_flag
@@ -90,15 +90,7 @@ def train(
         raise ExciseError("the forget set is empty: nothing to unlearn")
     if uses_retain and not retain:
         raise ExciseError("this method needs a retain set, and it is empty")
-    if lora is not None and not getattr(method, "takes_lora", True):
-        name = getattr(method, "name", "this method")
-        raise ConfigError(f"{name} changes the base weights itself; train it without --lora")
-    if lora is not None and hasattr(method_config, "lora_rank"):
-        # such a method (rr) injects and merges adapters itself, ours included
-        raise ConfigError(
-            "this method has its own LoRA option (lora_rank); set it with --set lora_rank=R "
-            "instead of --lora"
-        )
+    check_lora(method, method_config, lora)
     set_seed(config.seed)
     launch = choose_launch(config, method)
     check_states(config)  # before any long work

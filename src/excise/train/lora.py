@@ -77,6 +77,23 @@ class Adapter:
         return folder
 
 
+def check_lora(method, method_config, lora: LoraSettings | None) -> None:
+    """Refuse ``--lora`` for a method that cannot train through excise's adapters:
+    one that changes the base weights itself (``takes_lora`` False: cir) or one with its own LoRA
+    option (``lora_rank``: rr). ``method_config`` may be the config class (checked early)."""
+    if lora is None:
+        return
+    if not getattr(method, "takes_lora", True):
+        name = getattr(method, "name", "this method")
+        raise ConfigError(f"{name} changes the base weights itself; train it without --lora")
+    if hasattr(method_config, "lora_rank"):
+        # such a method (rr) injects and merges adapters itself, ours included
+        raise ConfigError(
+            "this method has its own LoRA option (lora_rank); set it with --set lora_rank=R "
+            "instead of --lora"
+        )
+
+
 def _is_linear(module: torch.nn.Module) -> bool:
     from transformers.pytorch_utils import Conv1D  # GPT-2's transposed linear layer
 

@@ -40,7 +40,7 @@ def check_states(config: TrainConfig) -> None:
         )
 
 
-def adamw(
+def build(
     config: TrainConfig, groups: list[dict[str, Any]], *, fused: bool, seed: int = 0
 ) -> torch.optim.Optimizer:
     """AdamW over ``groups`` with the states ``config.optimizer_states`` asks for, or plain SGD
