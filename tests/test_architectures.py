@@ -32,7 +32,7 @@ from excise.registry import defaults
 from excise.scoring import score_pairs
 from tests.conftest import make_tiny_model, teach, train_tiny
 from tests.test_attacks import FAST, fact_task
-from tests.test_editing import edit_options, write_corpus
+from tests.test_editing import assert_written, edit_options, write_corpus
 from tests.test_erasure import NEGATIVE, POSITIVE, TEXTS
 
 ARCHS = ("llama", "gemma3")
@@ -186,8 +186,7 @@ def test_editor_lands_an_edit_on_both_families(method, arch, tiny_tokenizer, tmp
     )
     after = score_pairs(result.model, tiny_tokenizer, wanted, "raw").logprob
     assert bool((after > before + 1.0).all()), (arch, method, before, after, result.refused)
-    changed = {n for n, d in result.deltas.items() if d.abs().max() > 0}
-    assert changed and all("mlp.down_proj" in n for n in changed)
+    assert_written(result, method)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

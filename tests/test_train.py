@@ -172,6 +172,9 @@ def test_sgd_steps_are_linear_in_the_learning_rate(tiny_tokenizer):
 
     with pytest.raises(ConfigError, match="unknown optimizer"):
         TrainConfig(optimizer="lion")
+    for states in ("bf16", "8bit"):  # AdamW's moment precision: SGD has none to set
+        with pytest.raises(ConfigError, match="SGD keeps no states"):
+            TrainConfig(optimizer="sgd", optimizer_states=states)
     start = make_tiny_model(tiny_tokenizer).state_dict()
     moved = {}
     for optimizer in ("sgd", "adamw"):

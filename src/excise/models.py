@@ -26,6 +26,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers import logging as hf_logging
 
+from excise import sidememory
 from excise.bundled import BUNDLED, bundled_gguf
 from excise.errors import ExciseError, ModelError
 from excise.fsutil import check_safetensors, exists
@@ -266,6 +267,8 @@ def load_model(
     if spec in BUNDLED and not BUNDLED[spec].chat:
         tokenizer.chat_template = None  # a base model: "auto" picks raw prompts
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if Path(source).is_dir():
+        sidememory.load(model, source)  # an edit kept as a side memory, if the folder has one
     if device == "auto":
         device = default_device()
     if device:
@@ -336,12 +339,17 @@ def _check_causal(spec: str, config) -> None:
 
 
 def save_model(model: PreTrainedModel, tokenizer: object, out: str | os.PathLike) -> Path:
-    """Write a standard HF checkpoint (safetensors) that plain ``from_pretrained`` loads."""
+    """Write a standard HF checkpoint (safetensors) that plain ``from_pretrained`` loads; a
+    model with a side memory (:mod:`excise.sidememory`) gets it in a file of its own, which
+    ``from_pretrained`` does not read (:func:`load_model` does)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
-    model.save_pretrained(out, safe_serialization=True)
+    if (memory := sidememory.find(model)) is not None:  # the memory beside unedited weights
+        sidememory.save_beside(model, memory, out)
+    else:
+        model.save_pretrained(out, safe_serialization=True)
     if bars:  # turning them on where excise.progress turned them off warns (huggingface_hub)
         hf_logging.enable_progress_bar()
     tokenizer.save_pretrained(out)
@@ -353,7 +361,8 @@ def clone_model(model: PreTrainedModel) -> PreTrainedModel:
     # its own config: changes to the copy's config (fold unties embeddings) stay on the copy
     config = deepcopy(model.config)
     copy = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype)
-    copy.load_state_dict(model.state_dict())
+    copy.load_state_dict(sidememory.base_state(model))
+    sidememory.carry(model, copy)
     copy.to(next(model.parameters()).device)
     return copy.eval()
 

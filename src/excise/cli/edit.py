@@ -18,7 +18,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     from excise.editing.stats import DEFAULT_TOKENS  # lazy: torch (for --tokens' default)
 
     edit = commands.add_parser(
-        "edit", help="change facts in place (rome, memit, alphaedit, ft) and write model + deltas"
+        "edit", help="change facts (rome, memit, alphaedit, ft, memory) and write model + deltas"
     )
     edit.add_argument(
         "--model",
@@ -28,7 +28,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     source = edit.add_mutually_exclusive_group(required=True)
     source.add_argument("--requests", help="edit requests: excise jsonl, CounterFact or zsRE json")
     source.add_argument("--task", help="built-in requests: counterfact-mini (`excise tasks`)")
-    edit.add_argument("--method", default="memit", help="rome, memit, alphaedit or ft")
+    edit.add_argument("--method", default="memit", help="rome, memit, alphaedit, ft or memory")
     edit.add_argument("--limit", type=int, help="use the first N requests")
     edit.add_argument(
         "--sequential", type=int, metavar="N", help="apply in sequential batches of N requests"

@@ -43,7 +43,7 @@ class EditorSpec:
 
 
 EDITORS: Registry[EditorSpec] = Registry(
-    "edit method", "excise.editing", ("rome", "memit", "alphaedit", "ft")
+    "edit method", "excise.editing", ("rome", "memit", "alphaedit", "ft", "memory")
 )
 
 

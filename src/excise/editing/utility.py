@@ -39,6 +39,14 @@ def utility_probe(model, tokenizer, requests: list | None = None) -> tuple[Probe
     except ExciseError:  # a model that knows none of them (a tiny test model, say)
         facts = []
     texts = [t.text for t in task.fluency]
+    # multiple choice as a whole, and on the questions that name no edited subject (a question
+    # about an edited country is the edit's business, as a fact is): each question scored once
+    pattern = naming(r.subject for r in requests or [])
+    named = [
+        bool(pattern and pattern.search(" ".join([q.question, *q.choices]))) for q in task.utility
+    ]
+    about = [q for q, hit in zip(task.utility, named, strict=True) if hit]
+    apart = [q for q, hit in zip(task.utility, named, strict=True) if not hit]
 
     def quick(current) -> dict[str, float]:
         if not facts:
@@ -47,9 +55,14 @@ def utility_probe(model, tokenizer, requests: list | None = None) -> tuple[Probe
         return {"retain_accuracy": values["retain_accuracy"]}
 
     def full(current) -> dict[str, float]:
+        right_about, right_apart = (
+            mc_accuracy(current, tokenizer, part) * len(part) if part else 0.0
+            for part in (about, apart)
+        )
         return {
             **quick(current),
-            "mc_accuracy": mc_accuracy(current, tokenizer, task.utility),
+            "mc_accuracy": (right_about + right_apart) / len(task.utility),
+            "mc_unrelated_accuracy": right_apart / len(apart) if apart else float("nan"),
             "perplexity": perplexity(current, tokenizer, texts),
         }
 

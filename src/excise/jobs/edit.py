@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from excise import models
+from excise import models, sidememory
 from excise.arch import normalised_writes
 from excise.editing import edit, make_config
 from excise.editing.delta import save_delta
@@ -37,7 +37,7 @@ from excise.report.edit import edit_card, edit_examples, edit_html
 
 @dataclass(kw_only=True)
 class EditJob:
-    """Change facts in ``model`` with ``method`` (rome, memit, alphaedit, ft).
+    """Change facts in ``model`` with ``method`` (rome, memit, alphaedit, ft, memory).
 
     The facts are ``requests`` (an excise jsonl, CounterFact or zsRE json file) or a built-in
     request set named by ``task`` (``counterfact-mini``), the first ``limit`` of them; with
@@ -179,6 +179,12 @@ def run(job: EditJob, *, echo: Echo | None = None) -> EditResult:
             last = requests[-job.sequential :] if not result.stopped else []
             if last:
                 after["last_batch"] = measure(model, items=last)
+    found = sidememory.find(model)  # the memory editor's (or one the model came with)
+    if found and echo:
+        echo(
+            f"the edits are a side memory ({found[1].size} entries, {sidememory.FILE}): "
+            "excise loads it with the model, transformers' from_pretrained does not"
+        )
     report = {
         **header("edit", job.model, {"name": "edit requests", "size": len(requests)}),
         "method": {"name": job.method, "options": result.config},
@@ -191,6 +197,7 @@ def run(job: EditJob, *, echo: Echo | None = None) -> EditResult:
         },
         "applied": result.applied,
         "ripple": {"relations": job.ripple, "implied": result.implied} if job.ripple else None,
+        "memory": sidememory.describe(found[1], found[0]) if found else None,
         "guard": job.guard,
         "sequential": job.sequential,
         "before": before,

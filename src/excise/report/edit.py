@@ -143,12 +143,27 @@ def edit_card(report: dict[str, Any]) -> str:
         lines.append(f"- stopped early: {report['stopped']}")
     if report.get("refused"):
         lines.append(f"- refused edits: {len(report['refused'])} (see report.html)")
+    memory = report.get("memory")
+    if memory:
+        where = [
+            "",
+            f"**The edits are NOT in the weights.** They are a side memory of {memory['entries']} "
+            f"entries on layer {memory['layer']} in `{memory['file']}` (routed by key similarity, "
+            f"threshold {memory['threshold']}). `transformers`' `from_pretrained` loads the "
+            "unedited model from this folder; excise (`excise.models.load_model`, every `excise` "
+            "command) loads it with the edits. Deleting the file restores the base model.",
+            "",
+        ]
+    else:
+        where = [
+            "",
+            "A standard Hugging Face checkpoint. `../delta.safetensors` holds the exact weight "
+            "changes: `excise revert-delta --model THIS --delta ../delta.safetensors --out BASE` "
+            "restores the base model.",
+            "",
+        ]
     lines += [
-        "",
-        "A standard Hugging Face checkpoint. `../delta.safetensors` holds the exact weight changes:",
-        "`excise revert-delta --model THIS --delta ../delta.safetensors --out BASE` restores the "
-        "base model.",
-        "",
+        *where,
         "## Before and after",
         "",
         "`_tf` metrics are teacher forced, `_gen` come from greedy generation; in-context is the "

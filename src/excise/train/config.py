@@ -66,6 +66,11 @@ class TrainConfig:
             raise ConfigError(
                 f"unknown optimizer_states {self.optimizer_states!r}: fp32, bf16 or 8bit"
             )
+        if self.optimizer == "sgd" and self.optimizer_states != "fp32":
+            raise ConfigError(
+                f"optimizer_states {self.optimizer_states} sets AdamW's moment precision; plain "
+                "SGD keeps no states: drop one of the two"
+            )
         if self.optimizer_in_backward and self.grad_accum > 1:
             raise ConfigError(
                 "optimizer_in_backward applies each gradient as it is made, so it cannot "
