@@ -301,17 +301,18 @@ def _sequential_lines(records: list[dict]) -> list[str]:
         "(score) / every new-target token the argmax (tf), teacher forced. `batch` = the batch "
         "just edited, `all` = every edit so far. Retain: the chem-symbols facts the original "
         "model answers that name no subject of the requests "
-        f"({records[0].get('retain_items', '?')}); MC: general multiple choice; ppl: perplexity "
+        f"({records[0].get('retain_items', '?')}); MC: general multiple choice (in brackets, where "
+        "measured: on the questions that name no subject of the requests); ppl: perplexity "
         "of the fluency texts; drift: |W - W_0|_F / |W_0|_F over the edited weights.",
         "",
         f"Original model: retain {cell(original.get('retain_accuracy'))}, MC "
-        f"{cell(original['mc_accuracy'])}, ppl {cell(original['perplexity'])}.",
+        f"{_mc(original)}, ppl {cell(original['perplexity'])}.",
         "",
         "| method | batches run | edits | eff. last batch score / tf | eff. all score / tf "
         "| retain | MC | ppl |",
         "|---|---|---|---|---|---|---|---|",
         f"| original | – | 0 | – | – | {cell(original.get('retain_accuracy'))} "
-        f"| {cell(original['mc_accuracy'])} | {cell(original['perplexity'])} |",
+        f"| {_mc(original)} | {cell(original['perplexity'])} |",
     ]
     for record in records:
         last = record["trace"][-1] if record["trace"] else None
@@ -324,7 +325,7 @@ def _sequential_lines(records: list[dict]) -> list[str]:
             + (
                 f"| {cell(full['efficacy_all']['score'])} / {cell(full['efficacy_all']['tf'])} "
                 f"(after {full['edits']}) | {cell(last.get('retain_accuracy'))} "
-                f"| {cell(full.get('mc_accuracy'))} | {cell(full.get('perplexity'))} "
+                f"| {_mc(full)} | {cell(full.get('perplexity'))} "
                 f"(after {full['edits']}) |"
                 if full
                 else f"| – | {cell(last.get('retain_accuracy'))} | – | – |"
@@ -348,12 +349,18 @@ def _sequential_lines(records: list[dict]) -> list[str]:
             lines.append(
                 f"| {row['batch']} | {row['edits']} | {cell(row['efficacy_batch']['score'])} "
                 f"| {cell(row['efficacy_batch']['tf'])} | {cell(every.get('score'))} "
-                f"| {cell(row.get('retain_accuracy'))} | {cell(row.get('mc_accuracy'))} "
+                f"| {cell(row.get('retain_accuracy'))} | {_mc(row)} "
                 f"| {cell(row.get('perplexity'))} | {row.get('drift', float('nan')):.4f} "
                 f"| {cell(nll[i] if i < len(nll) else None)} | {row['seconds']:.0f} |"
             )
         lines.append("")
     return lines
+
+
+def _mc(row: dict) -> str:
+    """MC accuracy, and in brackets on the questions naming no edited subject (if measured)."""
+    apart = row.get("mc_unrelated_accuracy")
+    return _cell(row.get("mc_accuracy")) + (f" ({_cell(apart)})" if apart is not None else "")
 
 
 def sequential_report(args) -> None:

@@ -220,3 +220,29 @@ def test_memory_routes_the_same_in_bfloat16():
     half = memory.to(torch.bfloat16)
     out = half(keys.to(torch.bfloat16))
     assert torch.equal(out[0], torch.tensor([1.0, 2.0, 3.0])) and not out[1].any()
+
+
+def test_edit_utility_scores_multiple_choice_apart_from_questions_naming_an_edited_subject(
+    tiny_model, tiny_tokenizer
+):
+    """A question about an edited subject is the edit's business: the utility probe reports MC
+    over every question and over those naming no edited subject, each question scored once."""
+    from excise.data.tasks import load_task
+    from excise.editing.preserve import naming
+    from excise.editing.requests import EditRequest
+    from excise.editing.utility import utility_probe
+    from excise.metrics import mc_accuracy
+
+    questions = load_task("chem-symbols").utility
+    requests = [EditRequest("0", "The capital of {} is", "France", "Rome", "Paris")]
+    _, full, _ = utility_probe(tiny_model, tiny_tokenizer, requests)
+    values = full(tiny_model)
+    pattern = naming(["France"])
+    apart = [q for q in questions if not pattern.search(" ".join([q.question, *q.choices]))]
+    assert 0 < len(apart) < len(questions)
+    assert values["mc_unrelated_accuracy"] == pytest.approx(
+        mc_accuracy(tiny_model, tiny_tokenizer, apart)
+    )
+    assert values["mc_accuracy"] == pytest.approx(
+        mc_accuracy(tiny_model, tiny_tokenizer, questions), abs=1.5 / len(questions)
+    )
