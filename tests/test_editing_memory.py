@@ -246,3 +246,20 @@ def test_edit_utility_scores_multiple_choice_apart_from_questions_naming_an_edit
     assert values["mc_accuracy"] == pytest.approx(
         mc_accuracy(tiny_model, tiny_tokenizer, questions), abs=1.5 / len(questions)
     )
+
+
+def test_a_damaged_or_foreign_memory_file_fails_in_one_line(capitals, tiny_tokenizer, tmp_path):
+    from safetensors.torch import save_file
+
+    from excise.errors import ModelError
+    from excise.models import load_model, save_model
+
+    folder = save_model(capitals, tiny_tokenizer, tmp_path / "model")
+    (folder / sidememory.FILE).write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelError, match="excise-memory.safetensors is damaged"):
+        load_model(str(folder), device=None)
+    foreign = sidememory.SideMemory(torch.eye(5), 3, 0.6)  # another model's widths
+    tensors = {name: t.contiguous() for name, t in foreign.state_dict().items()}
+    save_file(tensors, folder / sidememory.FILE, metadata={"layer": "1"})
+    with pytest.raises(ModelError, match="does not fit this model"):
+        load_model(str(folder), device=None)

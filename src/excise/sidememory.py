@@ -200,6 +200,13 @@ def load(model: nn.Module, folder: str | Path) -> SideMemory | None:
         raise ModelError(f"cannot read the side memory {path}: {error}") from None
     if not 0 <= layer < num_layers(model):
         raise ModelError(f"the side memory {path} is for layer {layer}, not in this model")
+    shape = set(next(block_part(model, layer, "mlp_out").parameters()).shape)
+    if {memory.whiten.shape[0], memory.values.shape[1]} != shape:
+        raise ModelError(
+            f"the side memory {path} does not fit this model (keys {memory.whiten.shape[0]} "
+            f"wide, shifts {memory.values.shape[1]}; layer {layer}'s projection is "
+            f"{sorted(shape)}): it was saved with another model"
+        )
     return attach(model, layer, memory)
 
 
