@@ -215,5 +215,6 @@ def describe(memory: SideMemory, layer: int) -> dict[str, object]:
         "file": FILE,
         "layer": layer,
         "entries": memory.size,
-        "threshold": float(memory.threshold),
+        "keys": memory.keys.shape[0],
+        "threshold": round(float(memory.threshold), 4),  # stored as float32
     }
