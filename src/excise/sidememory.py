@@ -59,11 +59,15 @@ class SideMemory(nn.Module):
         self.register_buffer("threshold", torch.tensor(float(threshold)))
         self.layer = -1  # the decoder block it sits in, set by attach
 
-    def restore(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Take the entries (any number) and settings of a saved or copied memory."""
-        for name in ("whiten", "sink", "keys", "values", "threshold"):
-            setattr(self, name, tensors[name].to(self.whiten.device, torch.float32).clone())
-        self.owners = tensors["owners"].to(self.whiten.device, torch.long).clone()
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> SideMemory:
+        """A memory with the entries (any number) and settings of a saved or copied one's
+        tensors (its ``state_dict``)."""
+        memory = cls(tensors["whiten"].clone(), tensors["values"].shape[1], 0.0)
+        for name in ("sink", "keys", "values", "threshold"):
+            setattr(memory, name, tensors[name].to(torch.float32).clone())
+        memory.owners = tensors["owners"].to(torch.long).clone()
+        return memory
 
     @property
     def size(self) -> int:
@@ -78,10 +82,6 @@ class SideMemory(nn.Module):
         """Whether each direction is far enough from the attention sink's to be told apart
         (the first token's key has one direction whatever the token: SINK_LIMIT)."""
         return directions @ self.sink.float() < SINK_LIMIT
-
-    def similarity(self, keys: torch.Tensor) -> torch.Tensor:
-        """(..., stored keys) cosine of each key with each stored key."""
-        return self.directions(keys) @ self.keys.T
 
     def add(
         self, keys: torch.Tensor, groups: torch.Tensor, values: torch.Tensor, merge_above: float
@@ -180,9 +180,7 @@ def carry(model: nn.Module, copy: nn.Module) -> None:
     """Attach to ``copy`` (same family and size) a copy of ``model``'s memory, if it has one."""
     found = find(model)
     if found is not None:
-        twin = SideMemory(found[1].whiten, found[1].values.shape[1], 0.0)
-        twin.restore(dict(found[1].state_dict()))
-        attach(copy, found[0], twin)
+        attach(copy, found[0], SideMemory.from_tensors(found[1].state_dict()))
 
 
 def load(model: nn.Module, folder: str | Path) -> SideMemory | None:
@@ -194,8 +192,7 @@ def load(model: nn.Module, folder: str | Path) -> SideMemory | None:
         with safe_open(str(path), "pt") as handle:
             layer = int(handle.metadata()["layer"])
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-        memory = SideMemory(tensors["whiten"], tensors["values"].shape[1], 0.0)
-        memory.restore(tensors)
+        memory = SideMemory.from_tensors(tensors)
     except (KeyError, ValueError, RuntimeError, OSError) as error:
         raise ModelError(f"cannot read the side memory {path}: {error}") from None
     if not 0 <= layer < num_layers(model):

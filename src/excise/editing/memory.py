@@ -20,9 +20,10 @@ the prompts that lead up to its subject as the edit prompt did (a causal model's
 only on the words up to it), and nothing else: unrelated facts, fluency and questions about
 other subjects stay put by construction, whatever the number of edits. The first token's key
 is the attention sink's whatever the token, so a subject that opens a prompt is written for
-the prefixed contexts only (reported among the refused edits as "partly"). The price is generalisation: a paraphrase whose
-key falls under ``threshold`` is not routed (lower it to reach more phrasings, at the risk of
-routing neighbours), and facts that are reached without the subject's token are not.
+the prefixed contexts only (reported among the refused edits as "partly"). The price is
+generalisation: a paraphrase whose key falls under ``threshold`` is not routed (lower it to
+reach more phrasings, at the risk of routing neighbours), and facts that are reached without
+the subject's token are not.
 
 **The output is not a plain checkpoint**: the weights saved are the unedited ones and the memory
 is a file beside them (``excise-memory.safetensors``, named in ``config.json`` and the model
@@ -47,7 +48,7 @@ from excise.data.encode import IGNORE, lead_ids
 from excise.editing import EDITORS, EditorSpec, EditOutcome
 from excise.editing.layers import check_layers, default_layers
 from excise.editing.locate import Row, out_in, read_at
-from excise.editing.stats import DEFAULT_TOKENS
+from excise.editing.stats import DEFAULT_TOKENS, SAMPLE, read_corpus
 from excise.editing.targets import TargetConfig, optimise_deltas, request_rows, subject_groups
 from excise.errors import ConfigError
 
@@ -98,8 +99,6 @@ def model_memory(ctx, layer: int) -> sidememory.SideMemory:
 def sink_direction(ctx, layer: int, memory: sidememory.SideMemory) -> torch.Tensor:
     """The whitened unit direction of the first token's key (the attention sink's), averaged
     over openings of the shipped text sample."""
-    from excise.editing.stats import SAMPLE, read_corpus
-
     starts = lead_ids(ctx.tokenizer)  # as every prompt starts (a BOS token, where there is one)
     rows = []
     for text in read_corpus(SAMPLE)[:SINK_TEXTS]:
