@@ -263,3 +263,27 @@ def test_a_damaged_or_foreign_memory_file_fails_in_one_line(capitals, tiny_token
     save_file(tensors, folder / sidememory.FILE, metadata={"layer": "1"})
     with pytest.raises(ModelError, match="does not fit this model"):
         load_model(str(folder), device=None)
+
+
+def test_multiple_choice_questions_whose_answer_an_edit_replaces_are_counted_apart(
+    tiny_model, tiny_tokenizer
+):
+    """A question an edit answers differently ("What is the capital of Portugal?" after Lisbon
+    -> Athens) is apart from one that only names the edited subject ("In which country is the city
+    of Rio de Janeiro?", Portugal among its choices) and from the unrelated ones; each once."""
+    from excise.data.tasks import load_task
+    from excise.editing.requests import EditRequest
+    from excise.editing.utility import _mc_parts, utility_probe
+
+    questions = load_task("chem-symbols").utility
+    requests = [EditRequest("0", "The capital of {} is", "Portugal", "Athens", "Lisbon")]
+    parts = _mc_parts(questions, requests)
+    replaced = [q.question for q in parts["replaced"]]
+    same = [q.question for q in parts["same_subject"]]
+    assert "What is the capital of Portugal?" in replaced
+    assert "What is the capital of Portugal?" not in same
+    assert all("Portugal" in " ".join([q.question, *q.choices]) for q in parts["same_subject"])
+    assert sum(len(p) for p in parts.values()) == len(questions)
+    values = utility_probe(tiny_model, tiny_tokenizer, requests)[1](tiny_model)
+    assert values["mc_replaced_questions"] == len(replaced)
+    assert values["mc_unrelated_questions"] == len(parts["unrelated"])

@@ -10,7 +10,7 @@ from excise.editing.preserve import naming
 from excise.errors import ExciseError
 from excise.metrics import mc_accuracy, perplexity, qa_metrics
 
-Probe = Callable[[object], dict[str, float]]
+Probe = Callable[[object], dict[str, float]]  # (question counts are ints)
 
 
 def unrelated(facts: list, requests: list) -> list:
@@ -39,14 +39,12 @@ def utility_probe(model, tokenizer, requests: list | None = None) -> tuple[Probe
     except ExciseError:  # a model that knows none of them (a tiny test model, say)
         facts = []
     texts = [t.text for t in task.fluency]
-    # multiple choice as a whole, and on the questions that name no edited subject (a question
-    # about an edited country is the edit's business, as a fact is): each question scored once
-    pattern = naming(r.subject for r in requests or [])
-    named = [
-        bool(pattern and pattern.search(" ".join([q.question, *q.choices]))) for q in task.utility
-    ]
-    about = [q for q, hit in zip(task.utility, named, strict=True) if hit]
-    apart = [q for q, hit in zip(task.utility, named, strict=True) if not hit]
+    # multiple choice as a whole and in three parts, each question scored once: the questions
+    # that name no edited subject; those whose answer an edit replaces (an edit of a subject they
+    # name has the answer as its old target: "Who wrote Romeo and Juliet?" after Romeo and
+    # Juliet -> Mark Twain), which a landed edit should move; and the other questions naming an
+    # edited subject (another relation of it, or it among the choices), which it should not
+    parts = _mc_parts(task.utility, requests or [])
 
     def quick(current) -> dict[str, float]:
         if not facts:
@@ -55,15 +53,43 @@ def utility_probe(model, tokenizer, requests: list | None = None) -> tuple[Probe
         return {"retain_accuracy": values["retain_accuracy"]}
 
     def full(current) -> dict[str, float]:
-        right_about, right_apart = (
-            mc_accuracy(current, tokenizer, part) * len(part) if part else 0.0
-            for part in (about, apart)
-        )
+        right = {
+            k: mc_accuracy(current, tokenizer, qs) * len(qs) if qs else 0.0
+            for k, qs in parts.items()
+        }
+        share = {k: right[k] / len(qs) if qs else float("nan") for k, qs in parts.items()}
         return {
             **quick(current),
-            "mc_accuracy": (right_about + right_apart) / len(task.utility),
-            "mc_unrelated_accuracy": right_apart / len(apart) if apart else float("nan"),
+            "mc_accuracy": sum(right.values()) / len(task.utility),
+            "mc_unrelated_accuracy": share["unrelated"],
+            "mc_replaced_accuracy": share["replaced"],
+            "mc_same_subject_accuracy": share["same_subject"],
+            **{f"mc_{k}_questions": len(qs) for k, qs in parts.items()},
             "perplexity": perplexity(current, tokenizer, texts),
         }
 
     return quick, full, len(facts)
+
+
+def _mc_parts(questions: list, requests: list) -> dict[str, list]:
+    """``questions`` split: ``unrelated`` (naming no subject of ``requests``), ``replaced`` (an
+    edit of a subject they name has their answer as its old target) and ``same_subject``."""
+    pattern = naming(r.subject for r in requests)
+    parts: dict[str, list] = {"unrelated": [], "replaced": [], "same_subject": []}
+    for q in questions:
+        text = " ".join([q.question, *q.choices])
+        named = set(pattern.findall(text)) if pattern else set()
+        if not named:
+            parts["unrelated"].append(q)
+            continue
+        right = _plain(q.choices[q.answer])
+        replaced = any(
+            r.subject in named and r.target_true and _plain(r.target_true) == right
+            for r in requests
+        )
+        parts["replaced" if replaced else "same_subject"].append(q)
+    return parts
+
+
+def _plain(text: str) -> str:
+    return " ".join(text.lower().removeprefix("the ").split())
