@@ -114,6 +114,16 @@ def _mc(row: dict, part: str) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _kept(row: dict) -> str:
+    """Multiple choice on the questions whose answer no edit replaces (unrelated + same subject):
+    what the edits should leave as it was."""
+    parts = [(row.get(f"mc_{k}_accuracy"), row.get(f"mc_{k}_questions")) for k in MC_PARTS[::2]]
+    if any(v is None or n is None for v, n in parts):
+        return "-"
+    total = sum(n for _, n in parts)
+    return f"{sum(v * n for v, n in parts) / total:.3f}" if total else "-"
+
+
 def table_lines(rows: list[dict]) -> list[str]:
     """One markdown table per schedule: generation, teacher forced in brackets."""
     lines = []
@@ -131,14 +141,15 @@ def table_lines(rows: list[dict]) -> list[str]:
             "| editor | " + " | ".join(METRICS) + " | all edits, score (tf) | unrelated facts "
             f"({first['retain_items']}) | MC all (90) | "
             + " | ".join(f"MC {k} ({first.get(f'mc_{k}_questions')})" for k in MC_PARTS)
-            + " | perplexity | edit s |",
-            "|---" * (len(METRICS) + 9) + "|",
+            + " | MC not replaced | perplexity | edit s |",
+            "|---" * (len(METRICS) + 10) + "|",
             "| unedited | "
             + " | ".join(_pair(before["metrics"], m) for m in METRICS)
             + f" | {before['efficacy_all']['score']:.3f} ({before['efficacy_all']['tf']:.3f})"
             + f" | {before.get('retain_accuracy', float('nan')):.3f}"
             + f" | {before['mc_accuracy']:.3f} | "
             + " | ".join(_mc(before, k) for k in MC_PARTS)
+            + f" | {_kept(before)}"
             + f" | {before['perplexity']:.2f} | - |",
         ]
         for r in chosen:
@@ -149,6 +160,7 @@ def table_lines(rows: list[dict]) -> list[str]:
                 + f" | {r.get('retain_accuracy', float('nan')):.3f}"
                 + f" | {r['mc_accuracy']:.3f} | "
                 + " | ".join(_mc(r, k) for k in MC_PARTS)
+                + f" | {_kept(r)}"
                 + f" | {r['perplexity']:.2f} | {r['edit_s']:.0f} |"
             )
         lines.append("")
@@ -166,7 +178,13 @@ def main() -> None:
     parser.add_argument("--prefixes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=f"editing-table-{time.strftime('%Y-%m-%d')}")
+    parser.add_argument("--report", action="store_true", help="only rewrite OUT.md from OUT.json")
     args = parser.parse_args()
+    if args.report:
+        rows = json.loads((RESULTS / f"{args.out}.json").read_text())
+        (RESULTS / f"{args.out}.md").write_text("\n".join(table_lines(rows)))
+        print("\n".join(table_lines(rows)))
+        return
     for name in args.editors.split(","):
         _variant(name)  # refuse a bad name before the long work
     model, tokenizer, requests = _setup(args.threads)

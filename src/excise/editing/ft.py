@@ -27,8 +27,9 @@ from excise.train import TrainConfig, train
 class FTConfig:
     layer: int | None = None  # default: per architecture (excise.editing.layers)
     steps: int = 25
-    # FT-L's 5e-4 (tuned on GPT-2 XL) moved no edit on SmolLM2-135M (4 requests: the new answer
-    # never more likely than the old); 5e-3 made 3 of 4 (2026-12-07, bench/editing_table.py)
+    # FT-L's 5e-4 (tuned on GPT-2 XL) moved no edit on SmolLM2-135M (4 requests at once: the new
+    # answer never the more likely); 5e-3 made 3 of 4, but 100 at once only 0.12 in 25 steps
+    # (2026-12-07, docs/editing.md): a baseline; more steps (--set steps=N) for real use
     lr: float = 5e-3
     norm_constraint: float = 5e-3  # max |W - W0| per element
     batch_size: int = 16
