@@ -12,6 +12,7 @@ from typing import Any
 from excise.cli import helptext
 from excise.cli.common import echo, job_from, parse_set
 from excise.errors import ConfigError
+from excise.report.fmt import number
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -174,7 +175,9 @@ def print_edit_table(report: dict[str, Any]) -> None:
             f"{context.get(key, float('nan')):>9.3f}"
         )
     for key, value in report["after"].get("utility", {}).items():
-        print(f"{key:<30}{report['before']['utility'].get(key, float('nan')):>9.3f}{value:>9.3f}")
+        # a part of the MC set no question falls in is n/a; question counts are whole numbers
+        was = report["before"]["utility"].get(key)
+        print(f"{key:<30}{number(was):>9}{number(value):>9}")
     if report.get("stopped"):
         print(f"stopped early: {report['stopped']}")
     if report.get("refused"):
