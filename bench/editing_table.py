@@ -124,6 +124,25 @@ def _kept(row: dict) -> str:
     return f"{sum(v * n for v, n in parts) / total:.3f}" if total else "-"
 
 
+def _questions(row: dict) -> int:
+    return sum(row.get(f"mc_{k}_questions") or 0 for k in MC_PARTS)
+
+
+def _cells(row: dict) -> str:
+    """A row's cells from efficacy to perplexity (the unedited model's and each editor's)."""
+    return " | ".join(
+        [
+            *(_pair(row["metrics"], m) for m in METRICS),
+            f"{row['efficacy_all']['score']:.3f} ({row['efficacy_all']['tf']:.3f})",
+            f"{row.get('retain_accuracy', float('nan')):.3f}",
+            f"{row['mc_accuracy']:.3f}",
+            *(_mc(row, k) for k in MC_PARTS),
+            _kept(row),
+            f"{row['perplexity']:.2f}",
+        ]
+    )
+
+
 def table_lines(rows: list[dict]) -> list[str]:
     """One markdown table per schedule: generation, teacher forced in brackets."""
     lines = []
@@ -139,30 +158,13 @@ def table_lines(rows: list[dict]) -> list[str]:
             + f"; edit metrics on {first['sample']} of them",
             "",
             "| editor | " + " | ".join(METRICS) + " | all edits, score (tf) | unrelated facts "
-            f"({first['retain_items']}) | MC all (90) | "
+            f"({first['retain_items']}) | MC all ({_questions(first)}) | "
             + " | ".join(f"MC {k} ({first.get(f'mc_{k}_questions')})" for k in MC_PARTS)
             + " | MC not replaced | perplexity | edit s |",
             "|---" * (len(METRICS) + 10) + "|",
-            "| unedited | "
-            + " | ".join(_pair(before["metrics"], m) for m in METRICS)
-            + f" | {before['efficacy_all']['score']:.3f} ({before['efficacy_all']['tf']:.3f})"
-            + f" | {before.get('retain_accuracy', float('nan')):.3f}"
-            + f" | {before['mc_accuracy']:.3f} | "
-            + " | ".join(_mc(before, k) for k in MC_PARTS)
-            + f" | {_kept(before)}"
-            + f" | {before['perplexity']:.2f} | - |",
+            f"| unedited | {_cells(before)} | - |",
         ]
-        for r in chosen:
-            lines.append(
-                f"| {r['editor']} | "
-                + " | ".join(_pair(r["metrics"], m) for m in METRICS)
-                + f" | {r['efficacy_all']['score']:.3f} ({r['efficacy_all']['tf']:.3f})"
-                + f" | {r.get('retain_accuracy', float('nan')):.3f}"
-                + f" | {r['mc_accuracy']:.3f} | "
-                + " | ".join(_mc(r, k) for k in MC_PARTS)
-                + f" | {_kept(r)}"
-                + f" | {r['perplexity']:.2f} | {r['edit_s']:.0f} |"
-            )
+        lines += [f"| {r['editor']} | {_cells(r)} | {r['edit_s']:.0f} |" for r in chosen]
         lines.append("")
     return lines
 
